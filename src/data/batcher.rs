@@ -1,0 +1,323 @@
+//! Sentence buckets (the reference's `BucketSentenceIter`) as a Burn [`DataLoader`].
+//!
+//! Each sentence (its ids, end of sentence included) goes into the smallest bucket that holds
+//! it; longer sentences are dropped. A batch holds `batch_size` sentences of one bucket, padded
+//! with [`PAD_ID`]; its targets are the inputs shifted left by one. Each bucket's last
+//! incomplete batch is dropped. With shuffling, the sentences of each bucket and the order of
+//! the batches are shuffled every epoch by a generator seeded from `(seed, epoch)`, so a resumed
+//! run sees exactly the order the uninterrupted run would have seen.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
+use burn::data::dataset::DatasetError;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::data::vocab::PAD_ID;
+use crate::model::LmBatch;
+
+/// Sentences sorted into length buckets.
+#[derive(Debug, Clone)]
+pub struct Buckets {
+    /// Bucket lengths, ascending.
+    pub lengths: Vec<usize>,
+    /// The sentences of each bucket, unpadded.
+    pub sentences: Vec<Vec<Vec<usize>>>,
+    /// Sentences dropped because they are longer than the largest bucket.
+    pub dropped: usize,
+}
+
+impl Buckets {
+    /// Sorts `sentences` into buckets of the given `lengths`.
+    pub fn new(sentences: &[Vec<usize>], lengths: &[usize]) -> Self {
+        let mut lengths = lengths.to_vec();
+        lengths.sort_unstable();
+        lengths.dedup();
+        let mut buckets = vec![Vec::new(); lengths.len()];
+        let mut dropped = 0;
+        for s in sentences {
+            match lengths.iter().position(|&l| l >= s.len()) {
+                Some(b) => buckets[b].push(s.clone()),
+                None => dropped += 1,
+            }
+        }
+        Self {
+            lengths,
+            sentences: buckets,
+            dropped,
+        }
+    }
+
+    /// Number of full batches of `batch_size` per epoch.
+    pub fn num_batches(&self, batch_size: usize) -> usize {
+        self.sentences.iter().map(|b| b.len() / batch_size).sum()
+    }
+}
+
+/// One batch on the host: `[batch, seq]` row-major ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBatch {
+    /// Number of sentences.
+    pub batch: usize,
+    /// Padded length.
+    pub seq: usize,
+    /// Input ids `[batch, seq]`.
+    pub inputs: Vec<i64>,
+    /// Target ids `[batch, seq]`: inputs shifted left by one, [`PAD_ID`] after the end.
+    pub targets: Vec<i64>,
+}
+
+impl HostBatch {
+    /// Pads `sentences` to `seq` and derives the targets.
+    pub fn new(sentences: &[&Vec<usize>], seq: usize) -> Self {
+        let mut inputs = vec![PAD_ID as i64; sentences.len() * seq];
+        let mut targets = inputs.clone();
+        for (row, s) in sentences.iter().enumerate() {
+            for (j, &id) in s.iter().enumerate() {
+                inputs[row * seq + j] = id as i64;
+                if j > 0 {
+                    targets[row * seq + j - 1] = id as i64;
+                }
+            }
+        }
+        Self {
+            batch: sentences.len(),
+            seq,
+            inputs,
+            targets,
+        }
+    }
+
+    /// Number of real target tokens.
+    pub fn tokens(&self) -> usize {
+        self.targets.iter().filter(|&&t| t != PAD_ID as i64).count()
+    }
+
+    /// The batch as tensors on `device`.
+    pub fn to_device(&self, device: &Device) -> LmBatch {
+        let shape = [self.batch, self.seq];
+        let mask: Vec<f32> = self
+            .targets
+            .iter()
+            .map(|&t| if t == PAD_ID as i64 { 0.0 } else { 1.0 })
+            .collect();
+        LmBatch {
+            inputs: Tensor::<2, Int>::from_data(TensorData::new(self.inputs.clone(), shape), device),
+            targets: Tensor::<2, Int>::from_data(
+                TensorData::new(self.targets.clone(), shape),
+                device,
+            ),
+            mask: Tensor::<2>::from_data(TensorData::new(mask, shape), device),
+            tokens: self.tokens(),
+        }
+    }
+}
+
+/// A [`DataLoader`] over bucketed batches.
+///
+/// Shuffling is a function of `(seed, epoch)`; the epoch advances on every call to `iter`,
+/// starting from `first_epoch`, and is shared by the loaders made with `to_device` and `slice`.
+#[derive(Clone)]
+pub struct BucketLoader {
+    buckets: Arc<Buckets>,
+    batch_size: usize,
+    shuffle: Option<u64>,
+    drop_last: bool,
+    next_epoch: Arc<AtomicUsize>,
+    range: Option<(usize, usize)>,
+    device: Device,
+}
+
+impl BucketLoader {
+    /// A training loader: batches of `batch_size` sentences, each bucket's incomplete last batch
+    /// dropped, shuffled with `seed`; `first_epoch` is the 1-based epoch the first `iter` serves.
+    pub fn training(
+        buckets: Buckets,
+        batch_size: usize,
+        seed: u64,
+        first_epoch: usize,
+        device: Device,
+    ) -> Self {
+        Self::new(buckets, batch_size, Some(seed), true, first_epoch, device)
+    }
+
+    /// An evaluation loader: every sentence once, in corpus order within each bucket.
+    pub fn evaluation(buckets: Buckets, batch_size: usize, device: Device) -> Self {
+        Self::new(buckets, batch_size, None, false, 1, device)
+    }
+
+    fn new(
+        buckets: Buckets,
+        batch_size: usize,
+        shuffle: Option<u64>,
+        drop_last: bool,
+        first_epoch: usize,
+        device: Device,
+    ) -> Self {
+        Self {
+            buckets: Arc::new(buckets),
+            batch_size,
+            shuffle,
+            drop_last,
+            next_epoch: Arc::new(AtomicUsize::new(first_epoch)),
+            range: None,
+            device,
+        }
+    }
+
+    /// The batches of `epoch`, in order, on the host.
+    pub fn epoch_batches(&self, epoch: usize) -> Vec<HostBatch> {
+        let mut rng = self
+            .shuffle
+            .map(|seed| StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        let mut batches = Vec::new();
+        for (bucket, &len) in self.buckets.sentences.iter().zip(&self.buckets.lengths) {
+            let mut order: Vec<&Vec<usize>> = bucket.iter().collect();
+            if let Some(rng) = rng.as_mut() {
+                order.shuffle(rng);
+            }
+            for chunk in order.chunks(self.batch_size) {
+                if chunk.len() == self.batch_size || !self.drop_last {
+                    batches.push(HostBatch::new(chunk, len));
+                }
+            }
+        }
+        if let Some(rng) = rng.as_mut() {
+            batches.shuffle(rng);
+        }
+        if let Some((start, end)) = self.range {
+            batches = batches.into_iter().skip(start).take(end - start).collect();
+        }
+        batches
+    }
+
+    fn num_batches(&self) -> usize {
+        match self.range {
+            Some((start, end)) => end - start,
+            None if self.drop_last => self.buckets.num_batches(self.batch_size),
+            None => self
+                .buckets
+                .sentences
+                .iter()
+                .map(|b| b.len().div_ceil(self.batch_size))
+                .sum(),
+        }
+    }
+
+    /// Number of sentences served per epoch.
+    pub fn num_sentences(&self) -> usize {
+        match (self.range, self.drop_last) {
+            (None, false) => self.buckets.sentences.iter().map(Vec::len).sum(),
+            _ => self.num_batches() * self.batch_size,
+        }
+    }
+}
+
+struct BucketIter {
+    batches: std::vec::IntoIter<HostBatch>,
+    device: Device,
+    done: usize,
+    total: usize,
+}
+
+impl Iterator for BucketIter {
+    type Item = Result<LmBatch, DatasetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch = self.batches.next()?;
+        self.done += batch.batch;
+        Some(Ok(batch.to_device(&self.device)))
+    }
+}
+
+impl DataLoaderIterator<LmBatch> for BucketIter {
+    fn progress(&self) -> Progress {
+        Progress::new(self.done, self.total, Some("sentences".into()))
+    }
+}
+
+impl DataLoader<LmBatch> for BucketLoader {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch> + 'a> {
+        let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
+        let batches = self.epoch_batches(epoch);
+        Box::new(BucketIter {
+            total: batches.iter().map(|b| b.batch).sum(),
+            batches: batches.into_iter(),
+            device: self.device.clone(),
+            done: 0,
+        })
+    }
+
+    fn num_items(&self) -> usize {
+        self.num_sentences()
+    }
+
+    fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<LmBatch>> {
+        Arc::new(Self {
+            device: device.clone(),
+            ..self.clone()
+        })
+    }
+
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<LmBatch>> {
+        let offset = self.range.map_or(0, |r| r.0);
+        let end = end.min(self.num_batches());
+        Arc::new(Self {
+            range: Some((offset + start.min(end), offset + end)),
+            ..self.clone()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_go_to_the_smallest_bucket_that_holds_them_and_long_ones_are_dropped() {
+        let s: Vec<Vec<usize>> = [3, 4, 5, 9, 10, 11].iter().map(|&n| vec![7; n]).collect();
+        let b = Buckets::new(&s, &[10, 4]);
+        assert_eq!(b.lengths, vec![4, 10]);
+        assert_eq!(b.sentences[0].len(), 2);
+        assert_eq!(b.sentences[1].len(), 3);
+        assert_eq!(b.dropped, 1);
+    }
+
+    #[test]
+    fn padding_and_shifted_targets() {
+        let a = vec![5, 6, 7, 1];
+        let b = vec![8, 1];
+        let hb = HostBatch::new(&[&a, &b], 5);
+        assert_eq!(hb.inputs, vec![5, 6, 7, 1, 0, 8, 1, 0, 0, 0]);
+        assert_eq!(hb.targets, vec![6, 7, 1, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(hb.tokens(), 4);
+    }
+
+    #[test]
+    fn incomplete_batches_are_dropped_and_shuffling_depends_on_seed_and_epoch() {
+        let s: Vec<Vec<usize>> = (0..23).map(|i| vec![i + 3, 1]).collect();
+        let loader = |seed: Option<u64>| match seed {
+            Some(seed) => BucketLoader::training(Buckets::new(&s, &[4]), 5, seed, 1, Device::flex()),
+            None => BucketLoader::evaluation(Buckets::new(&s, &[4]), 5, Device::flex()),
+        };
+        let l = loader(Some(1));
+        assert_eq!(l.num_items(), 20);
+        let e1 = l.epoch_batches(1);
+        assert_eq!(e1.len(), 4);
+        assert_eq!(e1, loader(Some(1)).epoch_batches(1), "same seed, same order");
+        assert_ne!(e1, l.epoch_batches(2), "a new order each epoch");
+        assert_ne!(e1, loader(Some(2)).epoch_batches(1));
+        let plain = loader(None).epoch_batches(1);
+        assert_eq!(plain[0].inputs[0], 3, "evaluation keeps the corpus order");
+        assert_eq!(plain.len(), 5, "and keeps the incomplete last batch");
+        assert_eq!(loader(None).num_items(), 23);
+        // iter() advances the epoch.
+        let first: Vec<_> = l.iter().map(|b| b.unwrap().tokens).collect();
+        assert_eq!(first.len(), 4);
+        assert_eq!(l.epoch_batches(2), loader(Some(1)).epoch_batches(2));
+    }
+}

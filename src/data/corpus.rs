@@ -1,0 +1,182 @@
+//! Reading corpora in PTB format: one sentence per line, whitespace-separated tokens, UTF-8.
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Tiny Shakespeare (public domain), embedded so that training works with no download.
+pub const EMBEDDED_TINY_SHAKESPEARE: &str = include_str!("../../assets/tinyshakespeare.txt");
+
+/// A sentence: its whitespace-separated tokens.
+pub type Sentence = Vec<String>;
+
+/// The splits of a corpus, as sentences of tokens.
+#[derive(Debug, Clone)]
+pub struct Corpus {
+    /// Sentences the model trains on and the vocabulary is built from.
+    pub train: Vec<Sentence>,
+    /// Sentences for the per-epoch validation.
+    pub valid: Vec<Sentence>,
+    /// Sentences for a final test evaluation, when a test split is given.
+    pub test: Option<Vec<Sentence>>,
+}
+
+/// Where the text of each split comes from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum CorpusSource {
+    /// The embedded Tiny Shakespeare: first `train_fraction` of its lines train, the rest valid.
+    Embedded {
+        /// Share of lines used for training, e.g. 0.9.
+        train_fraction: f64,
+    },
+    /// Files on disk. Without `valid`, the last lines of `train` are held out for validation.
+    Files {
+        /// Training text.
+        train: PathBuf,
+        /// Validation text.
+        valid: Option<PathBuf>,
+        /// Test text, evaluated once at the end.
+        test: Option<PathBuf>,
+        /// Share of `train`'s lines used for training when `valid` is absent.
+        train_fraction: f64,
+    },
+}
+
+impl CorpusSource {
+    /// Reads every split.
+    pub fn load(&self) -> Result<Corpus> {
+        match self {
+            CorpusSource::Embedded { train_fraction } => {
+                let lines = parse_text(EMBEDDED_TINY_SHAKESPEARE, Path::new("<embedded>"))?;
+                let (train, valid) = split_lines(lines, *train_fraction, Path::new("<embedded>"))?;
+                Ok(Corpus {
+                    train,
+                    valid,
+                    test: None,
+                })
+            }
+            CorpusSource::Files {
+                train,
+                valid,
+                test,
+                train_fraction,
+            } => {
+                let train_lines = read_corpus(train)?;
+                let (train_s, valid_s) = match valid {
+                    Some(v) => (train_lines, read_corpus(v)?),
+                    None => split_lines(train_lines, *train_fraction, train)?,
+                };
+                let test = test.as_deref().map(read_corpus).transpose()?;
+                Ok(Corpus {
+                    train: train_s,
+                    valid: valid_s,
+                    test,
+                })
+            }
+        }
+    }
+}
+
+/// Reads one corpus file: its non-blank lines as sentences of tokens.
+///
+/// Errors name the file and the line: missing file, invalid UTF-8, binary data, no tokens.
+pub fn read_corpus(path: &Path) -> Result<Vec<Sentence>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read corpus file", path, e))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
+        Error::Corpus {
+            path: path.to_path_buf(),
+            problem: format!(
+                "line {line}: not valid UTF-8 (byte {}); convert the file to UTF-8",
+                e.valid_up_to()
+            ),
+        }
+    })?;
+    parse_text(text, path)
+}
+
+/// Splits `text` into sentences of tokens, skipping blank lines; CRLF line ends are accepted.
+pub fn parse_text(text: &str, path: &Path) -> Result<Vec<Sentence>> {
+    let mut sentences = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.contains('\0') {
+            return Err(Error::Corpus {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "line {}: contains NUL bytes, so it looks like binary data; \
+                     pass a text file with one sentence per line",
+                    i + 1
+                ),
+            });
+        }
+        let tokens: Sentence = line.split_whitespace().map(str::to_owned).collect();
+        if !tokens.is_empty() {
+            sentences.push(tokens);
+        }
+    }
+    if sentences.is_empty() {
+        return Err(Error::Corpus {
+            path: path.to_path_buf(),
+            problem: "no tokens (the file is empty or only blank lines); \
+                      pass a text file with one sentence per line"
+                .into(),
+        });
+    }
+    Ok(sentences)
+}
+
+fn split_lines(
+    mut lines: Vec<Sentence>,
+    train_fraction: f64,
+    path: &Path,
+) -> Result<(Vec<Sentence>, Vec<Sentence>)> {
+    if !(train_fraction > 0.0 && train_fraction < 1.0) {
+        return Err(Error::Config(format!(
+            "--train-fraction must be between 0 and 1, got {train_fraction}"
+        )));
+    }
+    let n = ((lines.len() as f64) * train_fraction).round() as usize;
+    if n == 0 || n >= lines.len() {
+        return Err(Error::Corpus {
+            path: path.to_path_buf(),
+            problem: format!(
+                "{} sentences are too few to hold out a validation split; pass --valid FILE",
+                lines.len()
+            ),
+        });
+    }
+    let valid = lines.split_off(n);
+    Ok((lines, valid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blank_lines_are_skipped_and_crlf_is_accepted() {
+        let s = parse_text("a b\r\n\r\n  \nc\r\n", Path::new("t")).unwrap();
+        assert_eq!(s, vec![vec!["a", "b"], vec!["c"]]);
+    }
+
+    #[test]
+    fn bad_files_name_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.txt");
+        std::fs::write(&p, "\n \n").unwrap();
+        assert!(read_corpus(&p).unwrap_err().to_string().contains("no tokens"));
+        std::fs::write(&p, b"ok\nbad \xff here\n").unwrap();
+        let e = read_corpus(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("UTF-8"), "{e}");
+        let e = read_corpus(&dir.path().join("missing.txt")).unwrap_err().to_string();
+        assert!(e.contains("missing.txt"), "{e}");
+    }
+
+    #[test]
+    fn embedded_corpus_splits_ninety_ten() {
+        let c = CorpusSource::Embedded { train_fraction: 0.9 }.load().unwrap();
+        let total = c.train.len() + c.valid.len();
+        assert_eq!(c.train.len(), (total as f64 * 0.9).round() as usize);
+        assert_eq!(c.train[0], vec!["First", "Citizen:"]);
+    }
+}

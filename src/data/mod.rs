@@ -1,0 +1,5 @@
+//! Corpora, vocabulary and batching.
+
+pub mod batcher;
+pub mod corpus;
+pub mod vocab;

@@ -1,0 +1,36 @@
+//! Train word-level LSTM language models with [Burn](https://burn.dev), on a GPU (wgpu) or a CPU.
+//!
+//! The library holds everything; the `lstm-lm` binary only parses flags and picks a device.
+//! Module direction: [`error`], [`fsutil`] and [`data::vocab`] are leaves; [`model`] and
+//! [`lstm`] never import [`data`]; [`training`] and [`eval`] use the layers below them.
+//!
+//! ```no_run
+//! use lstm_lm::{config::Preset, data::corpus::CorpusSource, render::ProgressMode, training};
+//! use burn::tensor::Device;
+//!
+//! let report = training::train(training::TrainRequest {
+//!     config: Preset::Tiny.config(),
+//!     corpus: CorpusSource::Embedded { train_fraction: 0.9 },
+//!     run_dir: "runs/example".into(),
+//!     fresh: true,
+//!     device: Device::flex(),
+//!     progress: ProgressMode::Quiet,
+//!     interrupter: Default::default(),
+//! })?;
+//! println!("valid perplexity {}", report.epochs[0].valid_perplexity);
+//! # Ok::<(), lstm_lm::error::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod fsutil;
+pub mod lstm;
+pub mod metrics;
+pub mod model;
+pub mod render;
+pub mod training;

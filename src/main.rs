@@ -1,0 +1,287 @@
+//! `lstm-lm`: the command line. It parses flags and picks a device; the library does the rest.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use burn::tensor::Device;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use lstm_lm::config::{ExperimentConfig, Preset};
+use lstm_lm::data::corpus::CorpusSource;
+use lstm_lm::model::LossNorm;
+use lstm_lm::render::ProgressMode;
+use lstm_lm::training::{train, TrainRequest};
+
+/// Train word-level LSTM language models, on a GPU (wgpu) or a CPU.
+///
+/// With no arguments it trains on the embedded Tiny Shakespeare. Rerunning the same command
+/// after an interruption continues from the last complete epoch.
+#[derive(Parser, Debug)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a model (the default when no subcommand is given).
+    Train(TrainArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct TrainArgs {
+    /// Starting config; the flags below override its values.
+    #[arg(long, value_enum, default_value_t = Preset::Default)]
+    preset: Preset,
+    /// A fetched dataset (see `cargo xtask fetch-data`); ignored when --train is given.
+    #[arg(long, value_enum, default_value_t = Dataset::Tinyshakespeare)]
+    dataset: Dataset,
+    /// Folder that `cargo xtask fetch-data` wrote to.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Training text: one sentence per line, whitespace-separated tokens, UTF-8.
+    #[arg(long, value_name = "FILE")]
+    train: Option<PathBuf>,
+    /// Validation text; without it, the last lines of --train are held out.
+    #[arg(long, value_name = "FILE", requires = "train")]
+    valid: Option<PathBuf>,
+    /// Test text, scored once when training ends.
+    #[arg(long, value_name = "FILE", requires = "train")]
+    test: Option<PathBuf>,
+    /// Share of training lines kept for training when no --valid is given.
+    #[arg(long, default_value_t = 0.9)]
+    train_fraction: f64,
+    /// Where to train: auto picks a GPU when wgpu finds one, else the CPU (flex).
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Run folder for config, vocabulary, metrics and checkpoints [default: runs/<data>-<preset>].
+    #[arg(long, value_name = "DIR")]
+    artifact_dir: Option<PathBuf>,
+    /// Start over, discarding the run in the run folder.
+    #[arg(long)]
+    fresh: bool,
+    /// Total number of epochs (raise it to continue a finished run).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Seed of initialisation and shuffling.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Sentences per batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Embedding width.
+    #[arg(long)]
+    embed: Option<usize>,
+    /// LSTM hidden width.
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// Number of LSTM layers.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Largest vocabulary, specials included (0 = every training word).
+    #[arg(long)]
+    max_vocab: Option<usize>,
+    /// Bucket lengths in tokens, comma-separated; longer sentences are dropped.
+    #[arg(long, value_delimiter = ',')]
+    buckets: Option<Vec<usize>>,
+    /// Loss reduction: sum over tokens / batch size, or mean per token.
+    #[arg(long, value_enum)]
+    loss_norm: Option<LossNorm>,
+    /// Progress display: auto = live bar in a terminal, plain lines otherwise.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Dataset {
+    /// Tiny Shakespeare, embedded in the binary (90/10 split by lines).
+    Tinyshakespeare,
+    /// Penn Treebank (Mikolov), from `cargo xtask fetch-data --dataset ptb`.
+    Ptb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DeviceChoice {
+    /// A GPU when wgpu finds an adapter, else the CPU.
+    Auto,
+    /// A GPU through WebGPU (Vulkan, Metal, DX12); needs `--features wgpu`.
+    Wgpu,
+    /// The CPU, Burn's flex backend.
+    Flex,
+    /// The CPU, Burn's deprecated ndarray backend (`--features ndarray`).
+    Ndarray,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Train(args)) => args,
+        None => cli.train,
+    };
+    if let Err(e) = run_train(args) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_train(args: TrainArgs) -> anyhow::Result<()> {
+    let config = build_config(&args);
+    let (corpus, data_name) = corpus(&args)?;
+    let preset = format!("{:?}", args.preset).to_lowercase();
+    let run_dir = args
+        .artifact_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{data_name}-{preset}")));
+    let device = choose_device(args.device)?;
+
+    let interrupter = burn::train::Interrupter::new();
+    let on_signal = interrupter.clone();
+    let mut pressed = false;
+    ctrlc::set_handler(move || {
+        if pressed {
+            std::process::exit(130);
+        }
+        pressed = true;
+        eprintln!("\nstopping after this batch (Ctrl-C again to quit at once)");
+        on_signal.stop(Some("Ctrl-C"));
+    })
+    .context("cannot install the Ctrl-C handler")?;
+
+    let report = train(TrainRequest {
+        config,
+        corpus,
+        run_dir,
+        fresh: args.fresh,
+        device,
+        progress: args.progress,
+        interrupter,
+    })?;
+    if report.interrupted {
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
+fn build_config(args: &TrainArgs) -> ExperimentConfig {
+    let mut c = args.preset.config();
+    macro_rules! set {
+        ($flag:ident => $($field:tt)+) => {
+            if let Some(v) = args.$flag.clone() {
+                c.$($field)+ = v;
+            }
+        };
+    }
+    set!(epochs => epochs);
+    set!(seed => seed);
+    set!(batch_size => data.batch_size);
+    set!(embed => model.d_embed);
+    set!(hidden => model.d_hidden);
+    set!(layers => model.n_layers);
+    set!(max_vocab => data.max_vocab);
+    set!(buckets => data.buckets);
+    set!(loss_norm => model.loss_norm);
+    if let Some(lr) = args.lr {
+        c.optimizer = c.optimizer.with_lr(lr);
+    }
+    c
+}
+
+fn corpus(args: &TrainArgs) -> anyhow::Result<(CorpusSource, String)> {
+    if let Some(train) = &args.train {
+        let name = train
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "corpus".into());
+        return Ok((
+            CorpusSource::Files {
+                train: train.clone(),
+                valid: args.valid.clone(),
+                test: args.test.clone(),
+                train_fraction: args.train_fraction,
+            },
+            name,
+        ));
+    }
+    match args.dataset {
+        Dataset::Tinyshakespeare => Ok((
+            CorpusSource::Embedded {
+                train_fraction: args.train_fraction,
+            },
+            "tinyshakespeare".into(),
+        )),
+        Dataset::Ptb => {
+            let dir = args.data_dir.join("ptb");
+            let split = |s: &str| dir.join(format!("ptb.{s}.txt"));
+            for s in ["train", "valid", "test"] {
+                if !split(s).is_file() {
+                    return Err(lstm_lm::error::Error::MissingData {
+                        what: format!("the PTB {s} split"),
+                        path: split(s),
+                        remedy: "download it with `cargo xtask fetch-data --dataset ptb` \
+                                 (or pass --data-dir)"
+                            .into(),
+                    }
+                    .into());
+                }
+            }
+            Ok((
+                CorpusSource::Files {
+                    train: split("train"),
+                    valid: Some(split("valid")),
+                    test: Some(split("test")),
+                    train_fraction: args.train_fraction,
+                },
+                "ptb".into(),
+            ))
+        }
+    }
+}
+
+/// The device for `choice`; never panics when no GPU exists.
+fn choose_device(choice: DeviceChoice) -> anyhow::Result<Device> {
+    match choice {
+        DeviceChoice::Flex => Ok(Device::flex()),
+        DeviceChoice::Ndarray => ndarray_device(),
+        DeviceChoice::Wgpu => gpu_device().map_err(|why| anyhow::anyhow!(why)),
+        DeviceChoice::Auto => match gpu_device() {
+            Ok(device) => Ok(device),
+            Err(why) => {
+                println!("no GPU: {why}; training on the CPU (flex)");
+                Ok(Device::flex())
+            }
+        },
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[allow(deprecated)]
+fn ndarray_device() -> anyhow::Result<Device> {
+    Ok(Device::ndarray())
+}
+
+#[cfg(not(feature = "ndarray"))]
+fn ndarray_device() -> anyhow::Result<Device> {
+    anyhow::bail!("this build has no ndarray backend; rebuild with `--features ndarray`")
+}
+
+#[cfg(feature = "wgpu")]
+fn gpu_device() -> Result<Device, String> {
+    // Adapter discovery reports "no adapter" as an error; a driver that panics instead is
+    // caught too, so that `--device auto` always falls back to the CPU.
+    match std::panic::catch_unwind(|| Device::wgpu_options().init()) {
+        Ok(Ok(device)) => Ok(device),
+        Ok(Err(e)) => Err(format!("wgpu found no usable adapter ({e})")),
+        Err(_) => Err("wgpu failed while looking for an adapter".into()),
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn gpu_device() -> Result<Device, String> {
+    Err("this build has no GPU support (rebuild with `--features wgpu`)".into())
+}

@@ -1,0 +1,98 @@
+//! The `lstm-lm` binary: kill -9 and rerun, and the errors a user sees.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lstm_lm::checkpoint::last_complete_checkpoint;
+
+fn lstm_lm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lstm-lm"));
+    c.stdin(Stdio::null());
+    c
+}
+
+fn train_args<'a>(train: &'a Path, valid: &'a Path, run: &'a Path) -> Vec<&'a std::ffi::OsStr> {
+    let mut a: Vec<&std::ffi::OsStr> = [
+        "--preset", "tiny", "--epochs", "4", "--max-vocab", "500", "--embed", "16", "--hidden", "24",
+        "--device", "flex", "--progress", "plain", "--artifact-dir",
+    ]
+    .iter()
+    .map(|s| s.as_ref())
+    .collect();
+    a.extend([run.as_os_str(), "--train".as_ref(), train.as_os_str(), "--valid".as_ref(), valid.as_os_str()]);
+    a
+}
+
+#[test]
+fn kill_9_during_training_then_the_same_command_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, valid) = common::tiny_corpus(tmp.path(), 3000, 300);
+    let run = tmp.path().join("run");
+    let args = train_args(&train, &valid, &run);
+
+    let mut child = lstm_lm().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while last_complete_checkpoint(&run).is_none() {
+        assert!(Instant::now() < deadline, "no checkpoint within 5 minutes");
+        assert!(child.try_wait().unwrap().is_none(), "training exited early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let kept = last_complete_checkpoint(&run).unwrap();
+    assert!(kept < 4, "killed before the end");
+
+    let out = lstm_lm().args(&args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("resuming from the checkpoint of epoch {kept}")), "{stdout}");
+    assert!(stdout.contains(&format!("epoch {}/4: train ppl", kept + 1)), "{stdout}");
+    assert!(!stdout.contains(&format!("epoch {kept}/4: train ppl")), "finished epochs are not redone");
+    assert!(stdout.contains("epoch 4/4: train ppl"), "{stdout}");
+    let epochs: Vec<usize> = lstm_lm::training::read_history(&run).iter().map(|e| e.epoch).collect();
+    assert_eq!(epochs, vec![1, 2, 3, 4], "each epoch recorded once");
+
+    // A changed model is refused, naming the difference and the way out.
+    let mut changed = args.clone();
+    let i = changed.iter().position(|a| *a == "24").unwrap();
+    changed[i] = "32".as_ref();
+    let out = lstm_lm().args(&changed).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("cannot resume") && stderr.contains("model.d_hidden") && stderr.contains("--fresh"), "{stderr}");
+}
+
+#[test]
+fn missing_ptb_names_the_fetch_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = lstm_lm()
+        .args(["--dataset", "ptb", "--data-dir"])
+        .arg(tmp.path())
+        .args(["--device", "flex"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("cargo xtask fetch-data --dataset ptb"), "{stderr}");
+    assert!(stderr.contains("ptb.train.txt"), "{stderr}");
+}
+
+#[test]
+fn a_bad_corpus_file_is_named_with_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.txt");
+    std::fs::write(&bad, b"fine line\nsecond \xc3\x28 line\n").unwrap();
+    let out = lstm_lm()
+        .args(["--device", "flex", "--train"])
+        .arg(&bad)
+        .arg("--artifact-dir")
+        .arg(tmp.path().join("run"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("bad.txt") && stderr.contains("line 2") && stderr.contains("UTF-8"), "{stderr}");
+}

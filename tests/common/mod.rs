@@ -1,0 +1,37 @@
+//! Test devices and fixtures. The only place besides main.rs that names concrete backends.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use lstm_lm::config::Preset;
+use lstm_lm::config::ExperimentConfig;
+use lstm_lm::data::corpus::EMBEDDED_TINY_SHAKESPEARE;
+
+/// The CPU backends every test runs on: flex (the default) and ndarray (deprecated, kept).
+#[allow(deprecated)]
+pub fn cpu_devices() -> Vec<(&'static str, Device)> {
+    vec![("flex", Device::flex()), ("ndarray", Device::ndarray())]
+}
+
+/// Writes the first `train` lines of Tiny Shakespeare as a training file and the next `valid`
+/// lines as a validation file into `dir`; returns their paths.
+pub fn tiny_corpus(dir: &Path, train: usize, valid: usize) -> (PathBuf, PathBuf) {
+    let lines: Vec<&str> = EMBEDDED_TINY_SHAKESPEARE.lines().collect();
+    let t = dir.join("train.txt");
+    let v = dir.join("valid.txt");
+    std::fs::write(&t, lines[..train].join("\n")).unwrap();
+    std::fs::write(&v, lines[train..train + valid].join("\n")).unwrap();
+    (t, v)
+}
+
+/// A model small enough that an epoch over a few thousand lines takes about a second.
+pub fn tiny_config(epochs: usize) -> ExperimentConfig {
+    let mut c = Preset::Tiny.config();
+    c.epochs = epochs;
+    c.data.max_vocab = 500;
+    c.model.d_embed = 16;
+    c.model.d_hidden = 24;
+    c
+}

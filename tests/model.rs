@@ -1,0 +1,72 @@
+//! The model's shapes and the LSTM cell's arithmetic, on every CPU backend.
+
+mod common;
+
+use burn::module::Param;
+use burn::tensor::{Int, Tensor, TensorData};
+use lstm_lm::lstm::{LstmLayer, LstmState};
+use lstm_lm::model::{InitScheme, LmConfig, LossNorm};
+
+#[test]
+fn forward_shapes_on_every_backend() {
+    for (name, device) in common::cpu_devices() {
+        let config = LmConfig {
+            vocab_size: 13,
+            d_embed: 5,
+            d_hidden: 7,
+            n_layers: 3,
+            init: InitScheme::Uniform { range: 0.1 },
+            loss_norm: LossNorm::Token,
+        };
+        let model = config.init(1, &device);
+        let inputs = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64; 4 * 6], [4, 6]), &device);
+        let (logits, state) = model.forward(inputs, None);
+        assert_eq!(logits.dims(), [4, 6, 13], "{name}");
+        assert_eq!(state.len(), 3, "{name}: one state per layer");
+        for s in &state {
+            assert_eq!(s.hidden.dims(), [4, 7], "{name}");
+            assert_eq!(s.cell.dims(), [4, 7], "{name}");
+        }
+    }
+}
+
+/// One unit, one input, two steps, computed by hand:
+/// gates z = x*wx + h*wh + b per gate (i, f, g, o); c' = σ(f)c + σ(i)tanh(g); h' = σ(o)tanh(c').
+#[test]
+fn lstm_cell_matches_a_hand_computation() {
+    let (wx, wh, b) = ([0.5, -0.3, 0.8, 0.1], [0.2, 0.4, -0.6, 0.7], [0.1, 1.0, -0.2, 0.05]);
+    let xs = [1.5, -0.5];
+    let (h0, c0) = (0.3, -0.1);
+    let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let (mut h, mut c) = (h0, c0);
+    let mut expected = Vec::new();
+    for x in xs {
+        let z: Vec<f64> = (0..4).map(|k| x * wx[k] + h * wh[k] + b[k]).collect();
+        c = sig(z[1]) * c + sig(z[0]) * z[2].tanh();
+        h = sig(z[3]) * c.tanh();
+        expected.push(h);
+    }
+
+    for (name, device) in common::cpu_devices() {
+        let data = |v: &[f64], shape: Vec<usize>| {
+            TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape)
+        };
+        let t = |v: &[f64], shape: Vec<usize>| Tensor::<2>::from_data(data(v, shape), &device);
+        let layer = LstmLayer {
+            input_weight: Param::from_tensor(t(&wx, vec![1, 4])),
+            hidden_weight: Param::from_tensor(t(&wh, vec![1, 4])),
+            bias: Param::from_tensor(Tensor::<1>::from_data(data(&b, vec![4]), &device)),
+        };
+        let state = LstmState {
+            hidden: t(&[h0], vec![1, 1]),
+            cell: t(&[c0], vec![1, 1]),
+        };
+        let (out, last) = layer.forward(Tensor::<3>::from_data(data(&xs, vec![1, 2, 1]), &device), Some(state));
+        let got: Vec<f32> = out.into_data().try_into_vec::<f32>().unwrap();
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((*g as f64 - e).abs() < 1e-6, "{name}: {got:?} vs {expected:?}");
+        }
+        let c_last: Vec<f32> = last.cell.into_data().try_into_vec::<f32>().unwrap();
+        assert!((c_last[0] as f64 - c).abs() < 1e-6, "{name}");
+    }
+}

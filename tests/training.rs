@@ -1,0 +1,141 @@
+//! Training through burn-train on tiny corpora: learning, checkpoints, resume, refusals.
+
+mod common;
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use lstm_lm::data::corpus::CorpusSource;
+use lstm_lm::error::Error;
+use lstm_lm::render::ProgressMode;
+use lstm_lm::training::{load_model, read_history, train, TrainReport, TrainRequest};
+use lstm_lm::config::ExperimentConfig;
+
+fn files(dir: &Path) -> CorpusSource {
+    let (train, valid) = common::tiny_corpus(dir, 1500, 300);
+    CorpusSource::Files {
+        train,
+        valid: Some(valid),
+        test: None,
+        train_fraction: 0.9,
+    }
+}
+
+fn run(config: ExperimentConfig, corpus: &CorpusSource, run_dir: &Path, device: &Device) -> Result<TrainReport, Error> {
+    train(TrainRequest {
+        config,
+        corpus: corpus.clone(),
+        run_dir: run_dir.to_path_buf(),
+        fresh: false,
+        device: device.clone(),
+        progress: ProgressMode::Quiet,
+        interrupter: Default::default(),
+    })
+}
+
+#[test]
+fn validation_perplexity_falls_and_the_run_folder_is_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = files(tmp.path());
+    for (name, device) in common::cpu_devices() {
+        let dir = tmp.path().join(name);
+        let report = run(common::tiny_config(3), &corpus, &dir, &device).unwrap();
+        let ppl: Vec<f64> = report.epochs.iter().map(|e| e.valid_perplexity).collect();
+        assert_eq!(ppl.len(), 3, "{name}");
+        assert!(ppl.iter().all(|p| p.is_finite() && *p > 1.0), "{name}: {ppl:?}");
+        assert!(ppl[2] < ppl[0], "{name}: valid perplexity must fall: {ppl:?}");
+        // A uniform guess over the vocabulary is the baseline to beat.
+        assert!(ppl[2] < report.vocab_size as f64, "{name}: {ppl:?}");
+        assert!(report.epochs.iter().all(|e| e.tokens_per_second > 0.0), "{name}");
+
+        for f in ["config.json", "vocab.txt"] {
+            assert!(dir.join(f).is_file(), "{name}: {f}");
+        }
+        let ckpt = dir.join("checkpoint");
+        for r in ["model", "optim", "scheduler"] {
+            assert!(ckpt.join(format!("{r}-3.bpk")).is_file(), "{name}: {r}-3");
+            assert!(ckpt.join(format!("{r}-2.bpk")).is_file(), "{name}: {r}-2");
+            assert!(!ckpt.join(format!("{r}-1.bpk")).exists(), "{name}: keeps the last two");
+        }
+        assert_eq!(read_history(&dir), report.epochs, "{name}: history.jsonl");
+    }
+}
+
+#[test]
+fn an_interrupted_run_resumes_at_the_next_epoch_with_the_saved_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = files(tmp.path());
+    let device = Device::flex();
+
+    // The run left alone.
+    let whole = tmp.path().join("whole");
+    let a = run(common::tiny_config(2), &corpus, &whole, &device).unwrap();
+    assert_eq!(a.resumed_from, None);
+
+    // The same run stopped after epoch 1 (the state a kill during epoch 2 leaves), then rerun.
+    let split = tmp.path().join("split");
+    run(common::tiny_config(1), &corpus, &split, &device).unwrap();
+    let saved = load_model(&split, Some(1), &device).unwrap();
+    let b = run(common::tiny_config(2), &corpus, &split, &device).unwrap();
+    assert_eq!(b.resumed_from, Some(1));
+    assert_eq!(b.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(), vec![2]);
+
+    // Resumed from the saved weights, optimizer state and data order: the same end point.
+    let weights = |m: &lstm_lm::model::LanguageModel| -> Vec<f32> {
+        m.lstm.layers[0].hidden_weight.val().into_data().try_into_vec::<f32>().unwrap()
+    };
+    let (wa, wb) = (weights(&load_model(&whole, Some(2), &device).unwrap()), weights(&load_model(&split, Some(2), &device).unwrap()));
+    let max_diff = wa.iter().zip(&wb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(max_diff < 1e-5, "resumed weights differ by {max_diff}");
+    assert_ne!(weights(&saved), wb, "epoch 2 did train");
+    let (pa, pb) = (a.epochs[1].valid_perplexity, b.epochs[0].valid_perplexity);
+    assert!((pa - pb).abs() / pa < 1e-4, "valid perplexity {pa} vs {pb}");
+    assert_eq!(read_history(&split).len(), 2);
+
+    // Nothing left to do once all epochs are done.
+    let c = run(common::tiny_config(2), &corpus, &split, &device).unwrap();
+    assert!(c.epochs.is_empty());
+}
+
+#[test]
+fn resuming_with_a_changed_config_or_changed_data_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = files(tmp.path());
+    let device = Device::flex();
+    let dir = tmp.path().join("run");
+    run(common::tiny_config(1), &corpus, &dir, &device).unwrap();
+    let config_before = std::fs::read(dir.join("config.json")).unwrap();
+
+    let mut changed = common::tiny_config(2);
+    changed.model.d_hidden = 40;
+    let err = run(changed, &corpus, &dir, &device).unwrap_err();
+    assert!(matches!(err, Error::IncompatibleRun { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("model.d_hidden: run has 24, this command has 40"), "{msg}");
+    assert!(msg.contains("--fresh"), "{msg}");
+    assert_eq!(std::fs::read(dir.join("config.json")).unwrap(), config_before, "run untouched");
+
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (other_train, _) = common::tiny_corpus(&other, 900, 300);
+    let CorpusSource::Files { valid, .. } = &corpus else { unreachable!() };
+    let changed_data = CorpusSource::Files { train: other_train, valid: valid.clone(), test: None, train_fraction: 0.9 };
+    let msg = run(common::tiny_config(2), &changed_data, &dir, &device).unwrap_err().to_string();
+    assert!(msg.contains("different vocabulary"), "{msg}");
+
+    // --fresh starts over.
+    let mut changed = common::tiny_config(1);
+    changed.model.d_hidden = 40;
+    let report = train(TrainRequest {
+        config: changed,
+        corpus: corpus.clone(),
+        run_dir: dir.clone(),
+        fresh: true,
+        device,
+        progress: ProgressMode::Quiet,
+        interrupter: Default::default(),
+    })
+    .unwrap();
+    assert_eq!(report.resumed_from, None);
+    assert_eq!(report.epochs.len(), 1);
+}

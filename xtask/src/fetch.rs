@@ -1,0 +1,483 @@
+//! Downloads with checksums, retries and atomic renames.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use md5::Md5;
+use sha2::{Digest, Sha256};
+
+/// The reference's download addresses (MXNet's example data).
+pub const DEFAULT_BASE_URL: &str = "https://raw.githubusercontent.com/dmlc/web-data/master/mxnet";
+
+/// The expected digest of a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Checksum {
+    /// Lowercase hex MD5.
+    Md5(String),
+    /// Lowercase hex SHA-256.
+    Sha256(String),
+}
+
+impl Checksum {
+    fn hasher(&self) -> Hasher {
+        match self {
+            Checksum::Md5(_) => Hasher::Md5(Md5::new()),
+            Checksum::Sha256(_) => Hasher::Sha256(Sha256::new()),
+        }
+    }
+
+    fn expected(&self) -> &str {
+        match self {
+            Checksum::Md5(h) | Checksum::Sha256(h) => h,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Checksum::Md5(_) => "md5",
+            Checksum::Sha256(_) => "sha256",
+        }
+    }
+}
+
+enum Hasher {
+    Md5(Md5),
+    Sha256(Sha256),
+}
+
+impl Hasher {
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::Md5(h) => h.update(bytes),
+            Hasher::Sha256(h) => h.update(bytes),
+        }
+    }
+
+    fn hex(self) -> String {
+        let digest: Vec<u8> = match self {
+            Hasher::Md5(h) => h.finalize().to_vec(),
+            Hasher::Sha256(h) => h.finalize().to_vec(),
+        };
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// One file to fetch.
+#[derive(Clone, Debug)]
+pub struct FileSpec {
+    /// Dataset it belongs to (`ptb`, `tinyshakespeare`).
+    pub dataset: &'static str,
+    /// Path under the base URL, and under the data folder.
+    pub path: String,
+    /// Its expected digest.
+    pub checksum: Checksum,
+}
+
+/// Every file `fetch-data` knows, with the checksums of ../shared/REFERENCE.md.
+pub fn catalogue() -> Vec<FileSpec> {
+    let md5 = |s: &str| Checksum::Md5(s.into());
+    vec![
+        FileSpec {
+            dataset: "ptb",
+            path: "ptb/ptb.train.txt".into(),
+            checksum: md5("f26c4b92c5fdc7b3f8c7cdcb991d8420"),
+        },
+        FileSpec {
+            dataset: "ptb",
+            path: "ptb/ptb.valid.txt".into(),
+            checksum: md5("aa0affc06ff7c36e977d7cd49e3839bf"),
+        },
+        FileSpec {
+            dataset: "ptb",
+            path: "ptb/ptb.test.txt".into(),
+            checksum: md5("8b80168b89c18661a38ef683c0dc3721"),
+        },
+        FileSpec {
+            dataset: "tinyshakespeare",
+            path: "tinyshakespeare/input.txt".into(),
+            checksum: Checksum::Sha256(
+                "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed".into(),
+            ),
+        },
+    ]
+}
+
+/// How downloads behave.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Attempts per file for transient failures.
+    pub attempts: u32,
+    /// Longest wait for any read or connect.
+    pub timeout: Duration,
+    /// Wait before the second attempt; doubled after each further failure.
+    pub first_backoff: Duration,
+    /// Draw a progress bar (only shown when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Fetches every file in `files`; stops at the first that cannot be fetched.
+pub fn fetch_all(files: &[FileSpec], base_url: &str, data_dir: &Path, options: &Options) -> anyhow::Result<()> {
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(options.timeout)
+        .timeout(options.timeout)
+        .build()
+        .context("cannot create the HTTP client")?;
+    for file in files {
+        fetch_one(&client, file, base_url, data_dir, options)?;
+    }
+    Ok(())
+}
+
+/// The digest of the file at `path`, if it can be read.
+fn digest_of(path: &Path, checksum: &Checksum) -> Option<String> {
+    let mut file = File::open(path).ok()?;
+    let mut hasher = checksum.hasher();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).ok()?;
+        if n == 0 {
+            return Some(hasher.hex());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// A failed attempt: whether trying again may help.
+struct Failure {
+    transient: bool,
+    error: anyhow::Error,
+}
+
+fn fetch_one(
+    client: &reqwest::blocking::Client,
+    file: &FileSpec,
+    base_url: &str,
+    data_dir: &Path,
+    options: &Options,
+) -> anyhow::Result<()> {
+    let target = data_dir.join(&file.path);
+    let url = format!("{}/{}", base_url.trim_end_matches('/'), file.path);
+    match digest_of(&target, &file.checksum) {
+        Some(d) if d == file.checksum.expected() => {
+            println!("{}: present, checksum ok", target.display());
+            return Ok(());
+        }
+        Some(_) => println!(
+            "{}: present but its checksum is wrong; downloading it again",
+            target.display()
+        ),
+        None => {}
+    }
+    let dir = target.parent().expect("catalogue paths have a folder");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+
+    let mut backoff = options.first_backoff;
+    let mut attempt = 1;
+    loop {
+        let tmp = dir.join(format!(
+            ".{}.part-{}",
+            target.file_name().expect("file name").to_string_lossy(),
+            std::process::id()
+        ));
+        let result = download(client, &url, &tmp, &target, file, options);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        match result {
+            Ok(()) => {
+                println!("{}: downloaded, checksum ok", target.display());
+                return Ok(());
+            }
+            Err(f) if f.transient && attempt < options.attempts => {
+                eprintln!(
+                    "{}: attempt {attempt}/{} failed ({:#}); retrying in {:.1} s",
+                    file.path,
+                    options.attempts,
+                    f.error,
+                    backoff.as_secs_f64()
+                );
+                std::thread::sleep(backoff);
+                backoff *= 2;
+                attempt += 1;
+            }
+            Err(f) => {
+                return Err(f.error.context(format!(
+                    "cannot fetch {} from {url} (after {attempt} attempt{}); no file was written",
+                    target.display(),
+                    if attempt == 1 { "" } else { "s" }
+                )))
+            }
+        }
+    }
+}
+
+fn download(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    tmp: &Path,
+    target: &Path,
+    file: &FileSpec,
+    options: &Options,
+) -> Result<(), Failure> {
+    let transient = |error: anyhow::Error| Failure {
+        transient: true,
+        error,
+    };
+    let permanent = |error: anyhow::Error| Failure {
+        transient: false,
+        error,
+    };
+    let mut response = client
+        .get(url)
+        .send()
+        .map_err(|e| transient(anyhow!(e).context("request failed")))?;
+    let status = response.status();
+    if !status.is_success() {
+        let e = anyhow!("the server answered HTTP {status}");
+        return Err(if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+            transient(e)
+        } else {
+            permanent(e)
+        });
+    }
+    let expected_len = response.content_length();
+    let bar = if options.progress {
+        let bar = ProgressBar::new(expected_len.unwrap_or(0));
+        bar.set_style(
+            ProgressStyle::with_template("{msg} {bytes}/{total_bytes} {wide_bar} {eta}")
+                .expect("static template"),
+        );
+        bar.set_message(file.path.clone());
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let write = |e: std::io::Error| permanent(anyhow!(e).context(format!("cannot write {}", tmp.display())));
+    let mut out = File::create(tmp).map_err(write)?;
+    let mut hasher = file.checksum.hasher();
+    let mut received: u64 = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = response
+            .read(&mut buf)
+            .map_err(|e| transient(anyhow!(e).context(format!("connection lost after {received} bytes"))))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(write)?;
+        hasher.update(&buf[..n]);
+        received += n as u64;
+        bar.set_position(received);
+    }
+    bar.finish_and_clear();
+    if let Some(len) = expected_len.filter(|&len| len != received) {
+        return Err(transient(anyhow!(
+            "the body was cut short: {received} of {len} bytes"
+        )));
+    }
+    let got = hasher.hex();
+    if got != file.checksum.expected() {
+        return Err(permanent(anyhow!(
+            "checksum mismatch: expected {} {}, got {got} ({received} bytes); the mirror serves \
+             a different file: try another --base-url",
+            file.checksum.name(),
+            file.checksum.expected()
+        )));
+    }
+    out.sync_all().map_err(write)?;
+    drop(out);
+    std::fs::rename(tmp, target).map_err(|e| {
+        permanent(anyhow!(e).context(format!("cannot move the download to {}", target.display())))
+    })?;
+    if let Ok(d) = File::open(target.parent().unwrap_or(Path::new("."))) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Files in `dir` and below (for tests: proves nothing partial is left).
+#[cfg(test)]
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(all_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fetches from a loopback HTTP server started by each test.
+
+    use super::*;
+    use std::io::BufRead;
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const BODY: &[u8] = b"the cat sat on the mat\nthe dog sat too\n";
+
+    /// What the server does with each request, in order; the last one repeats.
+    #[derive(Clone, Copy)]
+    enum Reply {
+        Ok,
+        NotFound,
+        ServerError,
+        /// Announces the full length, sends half, closes.
+        Truncated,
+    }
+
+    /// Serves `replies` on a loopback port; returns the base URL and the request counter.
+    fn serve(replies: Vec<Reply>) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(20) {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok() && line != "\r\n" && !line.is_empty() {
+                    line.clear();
+                }
+                let i = seen.fetch_add(1, Ordering::SeqCst);
+                let reply = replies[i.min(replies.len() - 1)];
+                let head = |status: &str, len: usize| {
+                    format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+                };
+                let _ = match reply {
+                    Reply::Ok => stream
+                        .write_all(head("200 OK", BODY.len()).as_bytes())
+                        .and_then(|_| stream.write_all(BODY)),
+                    Reply::NotFound => stream.write_all(head("404 Not Found", 0).as_bytes()),
+                    Reply::ServerError => stream.write_all(head("500 Internal Server Error", 0).as_bytes()),
+                    Reply::Truncated => stream
+                        .write_all(head("200 OK", BODY.len()).as_bytes())
+                        .and_then(|_| stream.write_all(&BODY[..BODY.len() / 2])),
+                };
+                let _ = stream.flush();
+            }
+        });
+        (format!("http://{addr}"), count)
+    }
+
+    fn spec(checksum: Checksum) -> FileSpec {
+        FileSpec {
+            dataset: "test",
+            path: "set/file.txt".into(),
+            checksum,
+        }
+    }
+
+    fn good() -> Checksum {
+        let mut h = Md5::new();
+        h.update(BODY);
+        Checksum::Md5(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    fn options() -> Options {
+        Options {
+            attempts: 3,
+            timeout: Duration::from_secs(5),
+            first_backoff: Duration::from_millis(10),
+            progress: false,
+        }
+    }
+
+    fn run(replies: Vec<Reply>, checksum: Checksum, dir: &Path) -> (anyhow::Result<()>, usize) {
+        let (url, count) = serve(replies);
+        let result = fetch_all(&[spec(checksum)], &url, dir, &options());
+        (result, count.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn success_writes_the_verified_file_and_a_second_run_skips_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (result, requests) = run(vec![Reply::Ok], good(), dir.path());
+        result.unwrap();
+        assert_eq!(requests, 1);
+        assert_eq!(std::fs::read(dir.path().join("set/file.txt")).unwrap(), BODY);
+        assert_eq!(all_files(dir.path()).len(), 1, "no temporary file left");
+        let (result, requests) = run(vec![Reply::NotFound], good(), dir.path());
+        result.unwrap();
+        assert_eq!(requests, 0, "a valid file is not downloaded again");
+    }
+
+    #[test]
+    fn wrong_checksum_fails_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (result, requests) = run(vec![Reply::Ok], Checksum::Md5("00".repeat(16)), dir.path());
+        let msg = format!("{:#}", result.unwrap_err());
+        assert!(msg.contains("checksum mismatch") && msg.contains("set/file.txt"), "{msg}");
+        assert_eq!(requests, 1, "a complete body with the wrong digest is not retried");
+        assert!(all_files(dir.path()).is_empty(), "{:?}", all_files(dir.path()));
+    }
+
+    #[test]
+    fn not_found_fails_at_once_naming_the_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let (result, requests) = run(vec![Reply::NotFound], good(), dir.path());
+        let msg = format!("{:#}", result.unwrap_err());
+        assert!(msg.contains("404") && msg.contains("http://127.0.0.1:"), "{msg}");
+        assert_eq!(requests, 1, "404 is not retried");
+        assert!(all_files(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn truncated_body_is_retried_and_never_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (result, requests) = run(vec![Reply::Truncated], good(), dir.path());
+        let msg = format!("{:#}", result.unwrap_err());
+        assert!(msg.contains("after 3 attempts"), "{msg}");
+        assert_eq!(requests, 3);
+        assert!(all_files(dir.path()).is_empty(), "{:?}", all_files(dir.path()));
+
+        let (result, requests) = run(
+            vec![Reply::Truncated, Reply::ServerError, Reply::Ok],
+            good(),
+            dir.path(),
+        );
+        result.unwrap();
+        assert_eq!(requests, 3, "transient failures are retried until one succeeds");
+        assert_eq!(std::fs::read(dir.path().join("set/file.txt")).unwrap(), BODY);
+    }
+
+    #[test]
+    fn a_corrupt_existing_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("set")).unwrap();
+        std::fs::write(dir.path().join("set/file.txt"), b"garbage").unwrap();
+        let (result, _) = run(vec![Reply::Ok], good(), dir.path());
+        result.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("set/file.txt")).unwrap(), BODY);
+    }
+
+    #[test]
+    fn catalogue_matches_the_shared_copies() {
+        // ../shared/data holds PTB valid/test and Tiny Shakespeare; their digests must be the
+        // ones fetch-data checks.
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+        for (spec, local) in catalogue().iter().zip([None, Some("ptb.valid.txt"), Some("ptb.test.txt"), Some("tinyshakespeare.txt")]) {
+            let Some(local) = local else { continue };
+            let path = shared.join(local);
+            if !path.exists() {
+                eprintln!("skipping {}: not present", path.display());
+                continue;
+            }
+            assert_eq!(digest_of(&path, &spec.checksum).as_deref(), Some(spec.checksum.expected()), "{local}");
+        }
+    }
+}
