@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use md5::Md5;
 use sha2::{Digest, Sha256};
@@ -119,17 +119,24 @@ pub struct Options {
     pub progress: bool,
 }
 
-/// Fetches every file in `files`; stops at the first that cannot be fetched.
+/// Fetches every file in `files`; one that fails does not stop the others, and the error lists
+/// every failure.
 pub fn fetch_all(files: &[FileSpec], base_url: &str, data_dir: &Path, options: &Options) -> anyhow::Result<()> {
     let client = reqwest::blocking::Client::builder()
         .connect_timeout(options.timeout)
         .timeout(options.timeout)
         .build()
         .context("cannot create the HTTP client")?;
-    for file in files {
-        fetch_one(&client, file, base_url, data_dir, options)?;
+    let failures: Vec<String> = files
+        .iter()
+        .filter_map(|file| fetch_one(&client, file, base_url, data_dir, options).err())
+        .map(|e| format!("{e:#}"))
+        .collect();
+    match failures.len() {
+        0 => Ok(()),
+        1 => bail!("{}", failures[0]),
+        n => bail!("{n} files failed:\n  {}", failures.join("\n  ")),
     }
-    Ok(())
 }
 
 /// The digest of the file at `path`, if it can be read.
@@ -453,6 +460,17 @@ mod tests {
         result.unwrap();
         assert_eq!(requests, 3, "transient failures are retried until one succeeds");
         assert_eq!(std::fs::read(dir.path().join("set/file.txt")).unwrap(), BODY);
+    }
+
+    #[test]
+    fn one_failing_file_does_not_stop_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, _) = serve(vec![Reply::NotFound, Reply::Ok]);
+        let mut second = spec(good());
+        second.path = "set/other.txt".into();
+        let err = fetch_all(&[spec(good()), second], &url, dir.path(), &options()).unwrap_err();
+        assert!(format!("{err:#}").contains("set/file.txt"), "{err:#}");
+        assert_eq!(all_files(dir.path()), vec![dir.path().join("set/other.txt")]);
     }
 
     #[test]
