@@ -96,3 +96,28 @@ fn a_bad_corpus_file_is_named_with_its_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("bad.txt") && stderr.contains("line 2") && stderr.contains("UTF-8"), "{stderr}");
 }
+
+#[test]
+fn ctrl_c_stops_after_the_batch_and_keeps_the_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, valid) = common::tiny_corpus(tmp.path(), 3000, 300);
+    let run = tmp.path().join("run");
+    let mut args = train_args(&train, &valid, &run);
+    let i = args.iter().position(|a| *a == "4").unwrap();
+    args[i] = "50".as_ref(); // far more epochs than the test waits for
+
+    let child = lstm_lm().args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while last_complete_checkpoint(&run).is_none() {
+        assert!(Instant::now() < deadline, "no checkpoint within 5 minutes");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    let kept = last_complete_checkpoint(&run).unwrap();
+    assert!(kept < 50);
+    assert!(stdout.contains(&format!("interrupted; the checkpoint of epoch {kept} is kept")), "{stdout}");
+}
