@@ -32,7 +32,11 @@ pub fn last_complete_checkpoint(run_dir: &Path) -> Option<usize> {
             let epoch = name.strip_prefix("model-")?.strip_suffix(".bpk")?;
             epoch.parse::<usize>().ok()
         })
-        .filter(|&epoch| RECORDS.iter().all(|r| record_path(&dir, r, epoch).is_file()))
+        .filter(|&epoch| {
+            RECORDS
+                .iter()
+                .all(|r| record_path(&dir, r, epoch).is_file())
+        })
         .max()
 }
 
@@ -69,7 +73,9 @@ impl<R: Checkpoint> Checkpointer<R> for AtomicFileCheckpointer {
 
     fn delete(&self, epoch: usize) -> Result<(), CheckpointerError> {
         match std::fs::remove_file(record_path(&self.dir, &self.name, epoch)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CheckpointerError::IOError(e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(CheckpointerError::IOError(e))
+            }
             _ => Ok(()),
         }
     }

@@ -193,7 +193,12 @@ fn diff(path: &str, run: &serde_json::Value, now: &serde_json::Value, out: &mut 
                     format!("{path}.{k}")
                 };
                 let null = serde_json::Value::Null;
-                diff(&p, a.get(k).unwrap_or(&null), b.get(k).unwrap_or(&null), out);
+                diff(
+                    &p,
+                    a.get(k).unwrap_or(&null),
+                    b.get(k).unwrap_or(&null),
+                    out,
+                );
             }
         }
         (a, b) if a != b => out.push(format!("{path}: run has {a}, this command has {b}")),
@@ -208,7 +213,10 @@ mod tests {
     #[test]
     fn seed_preset_is_the_reference() {
         let c = Preset::Seed.config();
-        assert_eq!((c.model.d_embed, c.model.d_hidden, c.model.n_layers), (256, 256, 2));
+        assert_eq!(
+            (c.model.d_embed, c.model.d_hidden, c.model.n_layers),
+            (256, 256, 2)
+        );
         assert_eq!(c.data.batch_size, 50);
         assert_eq!(c.data.buckets, vec![10, 20, 40, 60, 80]);
         assert_eq!(

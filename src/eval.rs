@@ -38,7 +38,11 @@ pub fn evaluate_bucketed(
         nll += loss.nll_sum.into_scalar::<f64>();
         tokens += loss.tokens;
     }
-    let loss = if tokens == 0 { f64::NAN } else { nll / tokens as f64 };
+    let loss = if tokens == 0 {
+        f64::NAN
+    } else {
+        nll / tokens as f64
+    };
     Evaluation {
         tokens,
         loss,

@@ -76,7 +76,10 @@ impl LstmLayer {
         }
         let param = |v: Vec<f32>, shape: Vec<usize>| TensorData::new(v, shape);
         Self {
-            input_weight: Param::from_tensor(Tensor::from_data(param(wi, vec![d_input, g]), device)),
+            input_weight: Param::from_tensor(Tensor::from_data(
+                param(wi, vec![d_input, g]),
+                device,
+            )),
             hidden_weight: Param::from_tensor(Tensor::from_data(
                 param(wh, vec![d_hidden, g]),
                 device,

@@ -71,7 +71,10 @@ impl PerplexityMetric {
                 count: self.tokens,
             }
         };
-        SerializedEntry::new(format!("epoch {}", format_float(v, 2)), serialized.serialize())
+        SerializedEntry::new(
+            format!("epoch {}", format_float(v, 2)),
+            serialized.serialize(),
+        )
     }
 }
 

@@ -72,7 +72,10 @@ impl LmConfig {
                 }
                 InitScheme::Uniform { range } => uniform(rng, rows * cols, range),
             };
-            Param::from_tensor(Tensor::from_data(TensorData::new(values, [rows, cols]), device))
+            Param::from_tensor(Tensor::from_data(
+                TensorData::new(values, [rows, cols]),
+                device,
+            ))
         };
         // MXNet's embedding weight is (V, E) and its "fan_in" is E.
         let embedding = Embedding {
@@ -218,10 +221,20 @@ mod tests {
     #[test]
     fn forget_gate_bias_starts_at_one_and_weights_are_bounded() {
         let model = config().init(1, &Device::flex());
-        let b: Vec<f32> = model.lstm.layers[0].bias.val().into_data().try_into_vec::<f32>().unwrap();
+        let b: Vec<f32> = model.lstm.layers[0]
+            .bias
+            .val()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
         assert!(b[..6].iter().all(|&x| x == 0.0));
         assert!(b[6..12].iter().all(|&x| x == 1.0));
-        let w: Vec<f32> = model.lstm.layers[1].hidden_weight.val().into_data().try_into_vec::<f32>().unwrap();
+        let w: Vec<f32> = model.lstm.layers[1]
+            .hidden_weight
+            .val()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
         let s = (2.34f32 / 6.0).sqrt();
         assert!(w.iter().all(|x| x.abs() <= s));
         assert!(w.iter().any(|x| x.abs() > s / 2.0), "uses the range");
@@ -233,7 +246,12 @@ mod tests {
         let b = config().init(7, &Device::flex());
         let c = config().init(8, &Device::flex());
         let w = |m: &LanguageModel| -> Vec<f32> {
-            m.output.weight.val().into_data().try_into_vec::<f32>().unwrap()
+            m.output
+                .weight
+                .val()
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap()
         };
         assert_eq!(w(&a), w(&b));
         assert_ne!(w(&a), w(&c));

@@ -157,7 +157,10 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     } = request;
     config.validate()?;
     let corpus = corpus.load()?;
-    let vocab = Vocab::build(corpus.train.iter().map(Vec::as_slice), config.data.max_vocab);
+    let vocab = Vocab::build(
+        corpus.train.iter().map(Vec::as_slice),
+        config.data.max_vocab,
+    );
     config.model.vocab_size = vocab.len();
 
     if fresh {
@@ -212,7 +215,8 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         first_epoch,
         device.clone(),
     );
-    let valid_loader = BucketLoader::evaluation(valid_buckets, config.data.batch_size, device.clone());
+    let valid_loader =
+        BucketLoader::evaluation(valid_buckets, config.data.batch_size, device.clone());
 
     let model = config.model.init(config.seed, &device.clone().autodiff());
     println!(
@@ -244,17 +248,18 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         )
     };
     let ckpt = checkpoint_dir(&run_dir);
-    let mut training = SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(valid_loader))
-        .metrics((PerplexityMetric::new(), TokensPerSecond::new()))
-        .with_custom_checkpointers(
-            AtomicFileCheckpointer::new(&ckpt, "model"),
-            AtomicFileCheckpointer::new(&ckpt, "optim"),
-            AtomicFileCheckpointer::new(&ckpt, "scheduler"),
-        )
-        .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
-        .num_epochs(config.epochs)
-        .renderer(Box::new(renderer))
-        .with_interrupter(interrupter);
+    let mut training =
+        SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(valid_loader))
+            .metrics((PerplexityMetric::new(), TokensPerSecond::new()))
+            .with_custom_checkpointers(
+                AtomicFileCheckpointer::new(&ckpt, "model"),
+                AtomicFileCheckpointer::new(&ckpt, "optim"),
+                AtomicFileCheckpointer::new(&ckpt, "scheduler"),
+            )
+            .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
+            .num_epochs(config.epochs)
+            .renderer(Box::new(renderer))
+            .with_interrupter(interrupter);
     if let Some(epoch) = resumed_from {
         training = training.checkpoint(epoch);
     }
@@ -341,7 +346,12 @@ fn clear_run(run_dir: &Path) -> Result<()> {
             std::fs::remove_dir_all(&p).map_err(|e| Error::io("cannot remove", &p, e))?;
         }
     }
-    for name in [files::CONFIG, files::VOCAB, files::HISTORY, "experiment.log"] {
+    for name in [
+        files::CONFIG,
+        files::VOCAB,
+        files::HISTORY,
+        "experiment.log",
+    ] {
         let p = run_dir.join(name);
         if p.is_file() {
             std::fs::remove_file(&p).map_err(|e| Error::io("cannot remove", &p, e))?;
@@ -386,8 +396,14 @@ fn check_resume(run_dir: &Path, config: &ExperimentConfig, vocab: &Vocab) -> Res
 }
 
 /// Writes config and vocabulary, and cuts the history back to the epochs the checkpoint holds.
-fn save_run(run_dir: &Path, config: &ExperimentConfig, vocab: &Vocab, epochs_kept: usize) -> Result<()> {
-    std::fs::create_dir_all(run_dir).map_err(|e| Error::io("cannot create run folder", run_dir, e))?;
+fn save_run(
+    run_dir: &Path,
+    config: &ExperimentConfig,
+    vocab: &Vocab,
+    epochs_kept: usize,
+) -> Result<()> {
+    std::fs::create_dir_all(run_dir)
+        .map_err(|e| Error::io("cannot create run folder", run_dir, e))?;
     let json = serde_json::to_string_pretty(config).expect("config serialises");
     crate::fsutil::write_atomic(&run_dir.join(files::CONFIG), json.as_bytes())?;
     vocab.save(&run_dir.join(files::VOCAB))?;
@@ -413,8 +429,15 @@ pub fn read_history(run_dir: &Path) -> Vec<EpochStats> {
 }
 
 fn append_history(path: &Path, stats: &EpochStats) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    writeln!(f, "{}", serde_json::to_string(stats).expect("stats serialise"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(
+        f,
+        "{}",
+        serde_json::to_string(stats).expect("stats serialise")
+    )?;
     f.sync_data()
 }
 

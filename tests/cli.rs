@@ -16,13 +16,32 @@ fn lstm_lm() -> Command {
 
 fn train_args<'a>(train: &'a Path, valid: &'a Path, run: &'a Path) -> Vec<&'a std::ffi::OsStr> {
     let mut a: Vec<&std::ffi::OsStr> = [
-        "--preset", "tiny", "--epochs", "4", "--max-vocab", "500", "--embed", "16", "--hidden", "24",
-        "--device", "flex", "--progress", "plain", "--artifact-dir",
+        "--preset",
+        "tiny",
+        "--epochs",
+        "4",
+        "--max-vocab",
+        "500",
+        "--embed",
+        "16",
+        "--hidden",
+        "24",
+        "--device",
+        "flex",
+        "--progress",
+        "plain",
+        "--artifact-dir",
     ]
     .iter()
     .map(|s| s.as_ref())
     .collect();
-    a.extend([run.as_os_str(), "--train".as_ref(), train.as_os_str(), "--valid".as_ref(), valid.as_os_str()]);
+    a.extend([
+        run.as_os_str(),
+        "--train".as_ref(),
+        train.as_os_str(),
+        "--valid".as_ref(),
+        valid.as_os_str(),
+    ]);
     a
 }
 
@@ -33,7 +52,12 @@ fn kill_9_during_training_then_the_same_command_resumes() {
     let run = tmp.path().join("run");
     let args = train_args(&train, &valid, &run);
 
-    let mut child = lstm_lm().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = lstm_lm()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     while last_complete_checkpoint(&run).is_none() {
         assert!(Instant::now() < deadline, "no checkpoint within 5 minutes");
@@ -47,12 +71,28 @@ fn kill_9_during_training_then_the_same_command_resumes() {
 
     let out = lstm_lm().args(&args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains(&format!("resuming from the checkpoint of epoch {kept}")), "{stdout}");
-    assert!(stdout.contains(&format!("epoch {}/4: train ppl", kept + 1)), "{stdout}");
-    assert!(!stdout.contains(&format!("epoch {kept}/4: train ppl")), "finished epochs are not redone");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("resuming from the checkpoint of epoch {kept}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("epoch {}/4: train ppl", kept + 1)),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(&format!("epoch {kept}/4: train ppl")),
+        "finished epochs are not redone"
+    );
     assert!(stdout.contains("epoch 4/4: train ppl"), "{stdout}");
-    let epochs: Vec<usize> = lstm_lm::training::read_history(&run).iter().map(|e| e.epoch).collect();
+    let epochs: Vec<usize> = lstm_lm::training::read_history(&run)
+        .iter()
+        .map(|e| e.epoch)
+        .collect();
     assert_eq!(epochs, vec![1, 2, 3, 4], "each epoch recorded once");
 
     // A changed model is refused, naming the difference and the way out.
@@ -62,7 +102,12 @@ fn kill_9_during_training_then_the_same_command_resumes() {
     let out = lstm_lm().args(&changed).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("cannot resume") && stderr.contains("model.d_hidden") && stderr.contains("--fresh"), "{stderr}");
+    assert!(
+        stderr.contains("cannot resume")
+            && stderr.contains("model.d_hidden")
+            && stderr.contains("--fresh"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -76,7 +121,10 @@ fn missing_ptb_names_the_fetch_command() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("cargo xtask fetch-data --dataset ptb"), "{stderr}");
+    assert!(
+        stderr.contains("cargo xtask fetch-data --dataset ptb"),
+        "{stderr}"
+    );
     assert!(stderr.contains("ptb.train.txt"), "{stderr}");
 }
 
@@ -94,7 +142,10 @@ fn a_bad_corpus_file_is_named_with_its_line() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("bad.txt") && stderr.contains("line 2") && stderr.contains("UTF-8"), "{stderr}");
+    assert!(
+        stderr.contains("bad.txt") && stderr.contains("line 2") && stderr.contains("UTF-8"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -106,18 +157,31 @@ fn ctrl_c_stops_after_the_batch_and_keeps_the_last_checkpoint() {
     let i = args.iter().position(|a| *a == "4").unwrap();
     args[i] = "50".as_ref(); // far more epochs than the test waits for
 
-    let child = lstm_lm().args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = lstm_lm()
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     while last_complete_checkpoint(&run).is_none() {
         assert!(Instant::now() < deadline, "no checkpoint within 5 minutes");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(sent.success());
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(130), "{stdout}");
     let kept = last_complete_checkpoint(&run).unwrap();
     assert!(kept < 50);
-    assert!(stdout.contains(&format!("interrupted; the checkpoint of epoch {kept} is kept")), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "interrupted; the checkpoint of epoch {kept} is kept"
+        )),
+        "{stdout}"
+    );
 }

@@ -19,7 +19,8 @@ fn forward_shapes_on_every_backend() {
             loss_norm: LossNorm::Token,
         };
         let model = config.init(1, &device);
-        let inputs = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64; 4 * 6], [4, 6]), &device);
+        let inputs =
+            Tensor::<2, Int>::from_data(TensorData::new(vec![1i64; 4 * 6], [4, 6]), &device);
         let (logits, state) = model.forward(inputs, None);
         assert_eq!(logits.dims(), [4, 6, 13], "{name}");
         assert_eq!(state.len(), 3, "{name}: one state per layer");
@@ -34,7 +35,11 @@ fn forward_shapes_on_every_backend() {
 /// gates z = x*wx + h*wh + b per gate (i, f, g, o); c' = σ(f)c + σ(i)tanh(g); h' = σ(o)tanh(c').
 #[test]
 fn lstm_cell_matches_a_hand_computation() {
-    let (wx, wh, b) = ([0.5, -0.3, 0.8, 0.1], [0.2, 0.4, -0.6, 0.7], [0.1, 1.0, -0.2, 0.05]);
+    let (wx, wh, b) = (
+        [0.5, -0.3, 0.8, 0.1],
+        [0.2, 0.4, -0.6, 0.7],
+        [0.1, 1.0, -0.2, 0.05],
+    );
     let xs = [1.5, -0.5];
     let (h0, c0) = (0.3, -0.1);
     let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
@@ -61,10 +66,16 @@ fn lstm_cell_matches_a_hand_computation() {
             hidden: t(&[h0], vec![1, 1]),
             cell: t(&[c0], vec![1, 1]),
         };
-        let (out, last) = layer.forward(Tensor::<3>::from_data(data(&xs, vec![1, 2, 1]), &device), Some(state));
+        let (out, last) = layer.forward(
+            Tensor::<3>::from_data(data(&xs, vec![1, 2, 1]), &device),
+            Some(state),
+        );
         let got: Vec<f32> = out.into_data().try_into_vec::<f32>().unwrap();
         for (g, e) in got.iter().zip(&expected) {
-            assert!((*g as f64 - e).abs() < 1e-6, "{name}: {got:?} vs {expected:?}");
+            assert!(
+                (*g as f64 - e).abs() < 1e-6,
+                "{name}: {got:?} vs {expected:?}"
+            );
         }
         let c_last: Vec<f32> = last.cell.into_data().try_into_vec::<f32>().unwrap();
         assert!((c_last[0] as f64 - c).abs() < 1e-6, "{name}");

@@ -5,11 +5,11 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::Device;
+use lstm_lm::config::ExperimentConfig;
 use lstm_lm::data::corpus::CorpusSource;
 use lstm_lm::error::Error;
 use lstm_lm::render::ProgressMode;
 use lstm_lm::training::{load_model, read_history, train, TrainReport, TrainRequest};
-use lstm_lm::config::ExperimentConfig;
 
 fn files(dir: &Path) -> CorpusSource {
     let (train, valid) = common::tiny_corpus(dir, 1500, 300);
@@ -21,7 +21,12 @@ fn files(dir: &Path) -> CorpusSource {
     }
 }
 
-fn run(config: ExperimentConfig, corpus: &CorpusSource, run_dir: &Path, device: &Device) -> Result<TrainReport, Error> {
+fn run(
+    config: ExperimentConfig,
+    corpus: &CorpusSource,
+    run_dir: &Path,
+    device: &Device,
+) -> Result<TrainReport, Error> {
     train(TrainRequest {
         config,
         corpus: corpus.clone(),
@@ -42,11 +47,20 @@ fn validation_perplexity_falls_and_the_run_folder_is_complete() {
         let report = run(common::tiny_config(3), &corpus, &dir, &device).unwrap();
         let ppl: Vec<f64> = report.epochs.iter().map(|e| e.valid_perplexity).collect();
         assert_eq!(ppl.len(), 3, "{name}");
-        assert!(ppl.iter().all(|p| p.is_finite() && *p > 1.0), "{name}: {ppl:?}");
-        assert!(ppl[2] < ppl[0], "{name}: valid perplexity must fall: {ppl:?}");
+        assert!(
+            ppl.iter().all(|p| p.is_finite() && *p > 1.0),
+            "{name}: {ppl:?}"
+        );
+        assert!(
+            ppl[2] < ppl[0],
+            "{name}: valid perplexity must fall: {ppl:?}"
+        );
         // A uniform guess over the vocabulary is the baseline to beat.
         assert!(ppl[2] < report.vocab_size as f64, "{name}: {ppl:?}");
-        assert!(report.epochs.iter().all(|e| e.tokens_per_second > 0.0), "{name}");
+        assert!(
+            report.epochs.iter().all(|e| e.tokens_per_second > 0.0),
+            "{name}"
+        );
 
         for f in ["config.json", "vocab.txt"] {
             assert!(dir.join(f).is_file(), "{name}: {f}");
@@ -55,7 +69,10 @@ fn validation_perplexity_falls_and_the_run_folder_is_complete() {
         for r in ["model", "optim", "scheduler"] {
             assert!(ckpt.join(format!("{r}-3.bpk")).is_file(), "{name}: {r}-3");
             assert!(ckpt.join(format!("{r}-2.bpk")).is_file(), "{name}: {r}-2");
-            assert!(!ckpt.join(format!("{r}-1.bpk")).exists(), "{name}: keeps the last two");
+            assert!(
+                !ckpt.join(format!("{r}-1.bpk")).exists(),
+                "{name}: keeps the last two"
+            );
         }
         assert_eq!(read_history(&dir), report.epochs, "{name}: history.jsonl");
     }
@@ -78,14 +95,29 @@ fn an_interrupted_run_resumes_at_the_next_epoch_with_the_saved_weights() {
     let saved = load_model(&split, Some(1), &device).unwrap();
     let b = run(common::tiny_config(2), &corpus, &split, &device).unwrap();
     assert_eq!(b.resumed_from, Some(1));
-    assert_eq!(b.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(
+        b.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+        vec![2]
+    );
 
     // Resumed from the saved weights, optimizer state and data order: the same end point.
     let weights = |m: &lstm_lm::model::LanguageModel| -> Vec<f32> {
-        m.lstm.layers[0].hidden_weight.val().into_data().try_into_vec::<f32>().unwrap()
+        m.lstm.layers[0]
+            .hidden_weight
+            .val()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()
     };
-    let (wa, wb) = (weights(&load_model(&whole, Some(2), &device).unwrap()), weights(&load_model(&split, Some(2), &device).unwrap()));
-    let max_diff = wa.iter().zip(&wb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let (wa, wb) = (
+        weights(&load_model(&whole, Some(2), &device).unwrap()),
+        weights(&load_model(&split, Some(2), &device).unwrap()),
+    );
+    let max_diff = wa
+        .iter()
+        .zip(&wb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     assert!(max_diff < 1e-5, "resumed weights differ by {max_diff}");
     assert_ne!(weights(&saved), wb, "epoch 2 did train");
     let (pa, pb) = (a.epochs[1].valid_perplexity, b.epochs[0].valid_perplexity);
@@ -111,16 +143,32 @@ fn resuming_with_a_changed_config_or_changed_data_is_refused() {
     let err = run(changed, &corpus, &dir, &device).unwrap_err();
     assert!(matches!(err, Error::IncompatibleRun { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("model.d_hidden: run has 24, this command has 40"), "{msg}");
+    assert!(
+        msg.contains("model.d_hidden: run has 24, this command has 40"),
+        "{msg}"
+    );
     assert!(msg.contains("--fresh"), "{msg}");
-    assert_eq!(std::fs::read(dir.join("config.json")).unwrap(), config_before, "run untouched");
+    assert_eq!(
+        std::fs::read(dir.join("config.json")).unwrap(),
+        config_before,
+        "run untouched"
+    );
 
     let other = tmp.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     let (other_train, _) = common::tiny_corpus(&other, 900, 300);
-    let CorpusSource::Files { valid, .. } = &corpus else { unreachable!() };
-    let changed_data = CorpusSource::Files { train: other_train, valid: valid.clone(), test: None, train_fraction: 0.9 };
-    let msg = run(common::tiny_config(2), &changed_data, &dir, &device).unwrap_err().to_string();
+    let CorpusSource::Files { valid, .. } = &corpus else {
+        unreachable!()
+    };
+    let changed_data = CorpusSource::Files {
+        train: other_train,
+        valid: valid.clone(),
+        test: None,
+        train_fraction: 0.9,
+    };
+    let msg = run(common::tiny_config(2), &changed_data, &dir, &device)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("different vocabulary"), "{msg}");
 
     // --fresh starts over.

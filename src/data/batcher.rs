@@ -106,7 +106,10 @@ impl HostBatch {
             .map(|&t| if t == PAD_ID as i64 { 0.0 } else { 1.0 })
             .collect();
         LmBatch {
-            inputs: Tensor::<2, Int>::from_data(TensorData::new(self.inputs.clone(), shape), device),
+            inputs: Tensor::<2, Int>::from_data(
+                TensorData::new(self.inputs.clone(), shape),
+                device,
+            ),
             targets: Tensor::<2, Int>::from_data(
                 TensorData::new(self.targets.clone(), shape),
                 device,
@@ -171,9 +174,9 @@ impl BucketLoader {
 
     /// The batches of `epoch`, in order, on the host.
     pub fn epoch_batches(&self, epoch: usize) -> Vec<HostBatch> {
-        let mut rng = self
-            .shuffle
-            .map(|seed| StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        let mut rng = self.shuffle.map(|seed| {
+            StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        });
         let mut batches = Vec::new();
         for (bucket, &len) in self.buckets.sentences.iter().zip(&self.buckets.lengths) {
             let mut order: Vec<&Vec<usize>> = bucket.iter().collect();
@@ -301,14 +304,20 @@ mod tests {
     fn incomplete_batches_are_dropped_and_shuffling_depends_on_seed_and_epoch() {
         let s: Vec<Vec<usize>> = (0..23).map(|i| vec![i + 3, 1]).collect();
         let loader = |seed: Option<u64>| match seed {
-            Some(seed) => BucketLoader::training(Buckets::new(&s, &[4]), 5, seed, 1, Device::flex()),
+            Some(seed) => {
+                BucketLoader::training(Buckets::new(&s, &[4]), 5, seed, 1, Device::flex())
+            }
             None => BucketLoader::evaluation(Buckets::new(&s, &[4]), 5, Device::flex()),
         };
         let l = loader(Some(1));
         assert_eq!(l.num_items(), 20);
         let e1 = l.epoch_batches(1);
         assert_eq!(e1.len(), 4);
-        assert_eq!(e1, loader(Some(1)).epoch_batches(1), "same seed, same order");
+        assert_eq!(
+            e1,
+            loader(Some(1)).epoch_batches(1),
+            "same seed, same order"
+        );
         assert_ne!(e1, l.epoch_batches(2), "a new order each epoch");
         assert_ne!(e1, loader(Some(2)).epoch_batches(1));
         let plain = loader(None).epoch_batches(1);

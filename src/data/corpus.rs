@@ -83,7 +83,10 @@ impl CorpusSource {
 pub fn read_corpus(path: &Path) -> Result<Vec<Sentence>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read corpus file", path, e))?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
-        let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
+        let line = 1 + bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
         Error::Corpus {
             path: path.to_path_buf(),
             problem: format!(
@@ -164,17 +167,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.txt");
         std::fs::write(&p, "\n \n").unwrap();
-        assert!(read_corpus(&p).unwrap_err().to_string().contains("no tokens"));
+        assert!(read_corpus(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("no tokens"));
         std::fs::write(&p, b"ok\nbad \xff here\n").unwrap();
         let e = read_corpus(&p).unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("UTF-8"), "{e}");
-        let e = read_corpus(&dir.path().join("missing.txt")).unwrap_err().to_string();
+        let e = read_corpus(&dir.path().join("missing.txt"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing.txt"), "{e}");
     }
 
     #[test]
     fn embedded_corpus_splits_ninety_ten() {
-        let c = CorpusSource::Embedded { train_fraction: 0.9 }.load().unwrap();
+        let c = CorpusSource::Embedded {
+            train_fraction: 0.9,
+        }
+        .load()
+        .unwrap();
         let total = c.train.len() + c.valid.len();
         assert_eq!(c.train.len(), (total as f64 * 0.9).round() as usize);
         assert_eq!(c.train[0], vec!["First", "Citizen:"]);

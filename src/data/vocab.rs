@@ -133,7 +133,10 @@ impl Vocab {
             dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
             problem: format!("{}: {problem}", path.display()),
         };
-        if tokens.len() < 3 || tokens[PAD_ID] != PAD || tokens[EOS_ID] != EOS || tokens[UNK_ID] != UNK
+        if tokens.len() < 3
+            || tokens[PAD_ID] != PAD
+            || tokens[EOS_ID] != EOS
+            || tokens[UNK_ID] != UNK
         {
             return Err(bad(format!(
                 "not a vocabulary file (it must start with {PAD}, {EOS}, {UNK})"

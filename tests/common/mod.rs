@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use lstm_lm::config::Preset;
 use lstm_lm::config::ExperimentConfig;
+use lstm_lm::config::Preset;
 use lstm_lm::data::corpus::EMBEDDED_TINY_SHAKESPEARE;
 
 /// The CPU backends every test runs on: flex (the default) and ndarray (deprecated, kept).

@@ -121,7 +121,12 @@ pub struct Options {
 
 /// Fetches every file in `files`; one that fails does not stop the others, and the error lists
 /// every failure.
-pub fn fetch_all(files: &[FileSpec], base_url: &str, data_dir: &Path, options: &Options) -> anyhow::Result<()> {
+pub fn fetch_all(
+    files: &[FileSpec],
+    base_url: &str,
+    data_dir: &Path,
+    options: &Options,
+) -> anyhow::Result<()> {
     let client = reqwest::blocking::Client::builder()
         .connect_timeout(options.timeout)
         .timeout(options.timeout)
@@ -245,11 +250,13 @@ fn download(
     let status = response.status();
     if !status.is_success() {
         let e = anyhow!("the server answered HTTP {status}");
-        return Err(if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
-            transient(e)
-        } else {
-            permanent(e)
-        });
+        return Err(
+            if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+                transient(e)
+            } else {
+                permanent(e)
+            },
+        );
     }
     let expected_len = response.content_length();
     let bar = if options.progress {
@@ -263,15 +270,17 @@ fn download(
     } else {
         ProgressBar::hidden()
     };
-    let write = |e: std::io::Error| permanent(anyhow!(e).context(format!("cannot write {}", tmp.display())));
+    let write = |e: std::io::Error| {
+        permanent(anyhow!(e).context(format!("cannot write {}", tmp.display())))
+    };
     let mut out = File::create(tmp).map_err(write)?;
     let mut hasher = file.checksum.hasher();
     let mut received: u64 = 0;
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = response
-            .read(&mut buf)
-            .map_err(|e| transient(anyhow!(e).context(format!("connection lost after {received} bytes"))))?;
+        let n = response.read(&mut buf).map_err(|e| {
+            transient(anyhow!(e).context(format!("connection lost after {received} bytes")))
+        })?;
         if n == 0 {
             break;
         }
@@ -363,14 +372,18 @@ mod tests {
                 let i = seen.fetch_add(1, Ordering::SeqCst);
                 let reply = replies[i.min(replies.len() - 1)];
                 let head = |status: &str, len: usize| {
-                    format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+                    format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                    )
                 };
                 let _ = match reply {
                     Reply::Ok => stream
                         .write_all(head("200 OK", BODY.len()).as_bytes())
                         .and_then(|_| stream.write_all(BODY)),
                     Reply::NotFound => stream.write_all(head("404 Not Found", 0).as_bytes()),
-                    Reply::ServerError => stream.write_all(head("500 Internal Server Error", 0).as_bytes()),
+                    Reply::ServerError => {
+                        stream.write_all(head("500 Internal Server Error", 0).as_bytes())
+                    }
                     Reply::Truncated => stream
                         .write_all(head("200 OK", BODY.len()).as_bytes())
                         .and_then(|_| stream.write_all(&BODY[..BODY.len() / 2])),
@@ -416,7 +429,10 @@ mod tests {
         let (result, requests) = run(vec![Reply::Ok], good(), dir.path());
         result.unwrap();
         assert_eq!(requests, 1);
-        assert_eq!(std::fs::read(dir.path().join("set/file.txt")).unwrap(), BODY);
+        assert_eq!(
+            std::fs::read(dir.path().join("set/file.txt")).unwrap(),
+            BODY
+        );
         assert_eq!(all_files(dir.path()).len(), 1, "no temporary file left");
         let (result, requests) = run(vec![Reply::NotFound], good(), dir.path());
         result.unwrap();
@@ -428,9 +444,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (result, requests) = run(vec![Reply::Ok], Checksum::Md5("00".repeat(16)), dir.path());
         let msg = format!("{:#}", result.unwrap_err());
-        assert!(msg.contains("checksum mismatch") && msg.contains("set/file.txt"), "{msg}");
-        assert_eq!(requests, 1, "a complete body with the wrong digest is not retried");
-        assert!(all_files(dir.path()).is_empty(), "{:?}", all_files(dir.path()));
+        assert!(
+            msg.contains("checksum mismatch") && msg.contains("set/file.txt"),
+            "{msg}"
+        );
+        assert_eq!(
+            requests, 1,
+            "a complete body with the wrong digest is not retried"
+        );
+        assert!(
+            all_files(dir.path()).is_empty(),
+            "{:?}",
+            all_files(dir.path())
+        );
     }
 
     #[test]
@@ -438,7 +464,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (result, requests) = run(vec![Reply::NotFound], good(), dir.path());
         let msg = format!("{:#}", result.unwrap_err());
-        assert!(msg.contains("404") && msg.contains("http://127.0.0.1:"), "{msg}");
+        assert!(
+            msg.contains("404") && msg.contains("http://127.0.0.1:"),
+            "{msg}"
+        );
         assert_eq!(requests, 1, "404 is not retried");
         assert!(all_files(dir.path()).is_empty());
     }
@@ -450,7 +479,11 @@ mod tests {
         let msg = format!("{:#}", result.unwrap_err());
         assert!(msg.contains("after 3 attempts"), "{msg}");
         assert_eq!(requests, 3);
-        assert!(all_files(dir.path()).is_empty(), "{:?}", all_files(dir.path()));
+        assert!(
+            all_files(dir.path()).is_empty(),
+            "{:?}",
+            all_files(dir.path())
+        );
 
         let (result, requests) = run(
             vec![Reply::Truncated, Reply::ServerError, Reply::Ok],
@@ -458,8 +491,14 @@ mod tests {
             dir.path(),
         );
         result.unwrap();
-        assert_eq!(requests, 3, "transient failures are retried until one succeeds");
-        assert_eq!(std::fs::read(dir.path().join("set/file.txt")).unwrap(), BODY);
+        assert_eq!(
+            requests, 3,
+            "transient failures are retried until one succeeds"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("set/file.txt")).unwrap(),
+            BODY
+        );
     }
 
     #[test]
@@ -470,7 +509,10 @@ mod tests {
         second.path = "set/other.txt".into();
         let err = fetch_all(&[spec(good()), second], &url, dir.path(), &options()).unwrap_err();
         assert!(format!("{err:#}").contains("set/file.txt"), "{err:#}");
-        assert_eq!(all_files(dir.path()), vec![dir.path().join("set/other.txt")]);
+        assert_eq!(
+            all_files(dir.path()),
+            vec![dir.path().join("set/other.txt")]
+        );
     }
 
     #[test]
@@ -480,7 +522,10 @@ mod tests {
         std::fs::write(dir.path().join("set/file.txt"), b"garbage").unwrap();
         let (result, _) = run(vec![Reply::Ok], good(), dir.path());
         result.unwrap();
-        assert_eq!(std::fs::read(dir.path().join("set/file.txt")).unwrap(), BODY);
+        assert_eq!(
+            std::fs::read(dir.path().join("set/file.txt")).unwrap(),
+            BODY
+        );
     }
 
     #[test]
@@ -488,14 +533,23 @@ mod tests {
         // ../shared/data holds PTB valid/test and Tiny Shakespeare; their digests must be the
         // ones fetch-data checks.
         let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-        for (spec, local) in catalogue().iter().zip([None, Some("ptb.valid.txt"), Some("ptb.test.txt"), Some("tinyshakespeare.txt")]) {
+        for (spec, local) in catalogue().iter().zip([
+            None,
+            Some("ptb.valid.txt"),
+            Some("ptb.test.txt"),
+            Some("tinyshakespeare.txt"),
+        ]) {
             let Some(local) = local else { continue };
             let path = shared.join(local);
             if !path.exists() {
                 eprintln!("skipping {}: not present", path.display());
                 continue;
             }
-            assert_eq!(digest_of(&path, &spec.checksum).as_deref(), Some(spec.checksum.expected()), "{local}");
+            assert_eq!(
+                digest_of(&path, &spec.checksum).as_deref(),
+                Some(spec.checksum.expected()),
+                "{local}"
+            );
         }
     }
 }
