@@ -96,6 +96,9 @@ struct TrainArgs {
     /// Progress display: auto = live bar in a terminal, plain lines otherwise.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
+    /// List the adapters wgpu sees (name, type, graphics API) and exit.
+    #[arg(long)]
+    list_devices: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -131,6 +134,28 @@ fn main() {
 }
 
 fn run_train(args: TrainArgs) -> anyhow::Result<()> {
+    if args.list_devices {
+        let found = adapters();
+        if !cfg!(feature = "wgpu") {
+            println!("this build has no GPU support (rebuild with `--features wgpu`); CPU: flex");
+        } else if found.is_empty() {
+            println!("wgpu sees no adapter; CPU: flex");
+        }
+        for a in found {
+            println!(
+                "{} ({}, {}){}",
+                a.name,
+                a.kind,
+                a.api,
+                if a.is_gpu {
+                    ""
+                } else {
+                    ": software, not used by --device auto"
+                }
+            );
+        }
+        return Ok(());
+    }
     let config = build_config(&args);
     let (corpus, data_name) = corpus(&args)?;
     let preset = format!("{:?}", args.preset).to_lowercase();
@@ -249,14 +274,70 @@ fn choose_device(choice: DeviceChoice) -> anyhow::Result<Device> {
         DeviceChoice::Flex => Ok(Device::flex()),
         DeviceChoice::Ndarray => ndarray_device(),
         DeviceChoice::Wgpu => gpu_device().map_err(|why| anyhow::anyhow!(why)),
-        DeviceChoice::Auto => match gpu_device() {
-            Ok(device) => Ok(device),
-            Err(why) => {
-                println!("no GPU: {why}; training on the CPU (flex)");
-                Ok(Device::flex())
-            }
-        },
+        DeviceChoice::Auto => {
+            let found = adapters();
+            let why = if !cfg!(feature = "wgpu") {
+                "this build has no GPU support (rebuild with `--features wgpu`)".to_string()
+            } else if found.is_empty() {
+                "wgpu sees no GPU adapter".to_string()
+            } else if !found.iter().any(|a| a.is_gpu) {
+                // A software Vulkan driver (lavapipe) is slower than flex on the same CPU.
+                format!(
+                    "wgpu sees only software adapters ({}); `--device wgpu` uses them anyway",
+                    found
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else {
+                match gpu_device() {
+                    Ok(device) => return Ok(device),
+                    Err(why) => why,
+                }
+            };
+            println!("no GPU: {why}; training on the CPU (flex)");
+            Ok(Device::flex())
+        }
     }
+}
+
+/// An adapter wgpu can see.
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+struct Adapter {
+    name: String,
+    kind: String,
+    api: String,
+    /// False for software renderers (lavapipe/llvmpipe, WARP).
+    is_gpu: bool,
+}
+
+#[cfg(feature = "wgpu")]
+fn adapters() -> Vec<Adapter> {
+    use burn::tensor::wgpu::wgpu;
+    let infos = std::panic::catch_unwind(|| {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
+            .into_iter()
+            .map(|a| a.get_info())
+            .collect::<Vec<_>>()
+    })
+    .unwrap_or_default();
+    infos
+        .into_iter()
+        .map(|i| Adapter {
+            is_gpu: i.device_type != wgpu::DeviceType::Cpu,
+            kind: format!("{:?}", i.device_type),
+            api: format!("{:?}", i.backend),
+            name: i.name,
+        })
+        .collect()
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn adapters() -> Vec<Adapter> {
+    Vec::new()
 }
 
 #[cfg(feature = "ndarray")]
@@ -273,11 +354,13 @@ fn ndarray_device() -> anyhow::Result<Device> {
 #[cfg(feature = "wgpu")]
 fn gpu_device() -> Result<Device, String> {
     // Adapter discovery reports "no adapter" as an error; a driver that panics instead is
-    // caught too, so that `--device auto` always falls back to the CPU.
+    // caught too, so that no device choice ends in a panic.
     match std::panic::catch_unwind(|| Device::wgpu_options().init()) {
         Ok(Ok(device)) => Ok(device),
-        Ok(Err(e)) => Err(format!("wgpu found no usable adapter ({e})")),
-        Err(_) => Err("wgpu failed while looking for an adapter".into()),
+        Ok(Err(e)) => Err(format!(
+            "wgpu found no usable adapter ({e}); use --device flex"
+        )),
+        Err(_) => Err("wgpu failed while looking for an adapter; use --device flex".into()),
     }
 }
 
