@@ -45,6 +45,16 @@ fn train_args<'a>(train: &'a Path, valid: &'a Path, run: &'a Path) -> Vec<&'a st
     a
 }
 
+/// Waits until `run` holds a complete checkpoint, while `child` is still training.
+fn wait_for_first_checkpoint(run: &Path, child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while last_complete_checkpoint(run).is_none() {
+        assert!(Instant::now() < deadline, "no checkpoint within 5 minutes");
+        assert!(child.try_wait().unwrap().is_none(), "training exited early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn kill_9_during_training_then_the_same_command_resumes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -58,12 +68,7 @@ fn kill_9_during_training_then_the_same_command_resumes() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while last_complete_checkpoint(&run).is_none() {
-        assert!(Instant::now() < deadline, "no checkpoint within 5 minutes");
-        assert!(child.try_wait().unwrap().is_none(), "training exited early");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_first_checkpoint(&run, &mut child);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let kept = last_complete_checkpoint(&run).unwrap();
@@ -157,17 +162,13 @@ fn ctrl_c_stops_after_the_batch_and_keeps_the_last_checkpoint() {
     let i = args.iter().position(|a| *a == "4").unwrap();
     args[i] = "50".as_ref(); // far more epochs than the test waits for
 
-    let child = lstm_lm()
+    let mut child = lstm_lm()
         .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while last_complete_checkpoint(&run).is_none() {
-        assert!(Instant::now() < deadline, "no checkpoint within 5 minutes");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_first_checkpoint(&run, &mut child);
     let sent = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
