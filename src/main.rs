@@ -282,13 +282,13 @@ fn choose_device(choice: DeviceChoice) -> anyhow::Result<Device> {
                 "wgpu sees no GPU adapter".to_string()
             } else if !found.iter().any(|a| a.is_gpu) {
                 // A software Vulkan driver (lavapipe) is slower than flex on the same CPU.
+                // One adapter can appear once per graphics API: name each once.
+                let mut names: Vec<&str> = found.iter().map(|a| a.name.as_str()).collect();
+                names.sort_unstable();
+                names.dedup();
                 format!(
                     "wgpu sees only software adapters ({}); `--device wgpu` uses them anyway",
-                    found
-                        .iter()
-                        .map(|a| a.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    names.join(", ")
                 )
             } else {
                 match gpu_device() {
