@@ -23,12 +23,15 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod checkpoint;
+pub mod clip;
 pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
 pub mod fsutil;
+pub mod fused;
 pub mod lstm;
 pub mod metrics;
 pub mod model;

@@ -5,10 +5,10 @@
 //! `h_t = σ(o) ⊙ tanh(c_t)`.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 
+use crate::fused::lstm_cell::lstm_cell;
 use crate::model::{uniform, InitScheme};
 
 /// The recurrent state of one layer.
@@ -108,30 +108,20 @@ impl LstmLayer {
             cell: mut c,
         } = state.unwrap_or_else(|| LstmState::zeros(batch, d_hidden, &device));
 
-        // All time steps' input projections in one matmul: [batch * seq, 4h].
+        // All time steps' input projections in one matmul, time-major so that each step's
+        // rows are contiguous: [seq * batch, 4h].
         let projected = input
-            .reshape([batch * seq, d_input])
+            .swap_dims(0, 1)
+            .reshape([seq * batch, d_input])
             .matmul(self.input_weight.val())
-            .add(self.bias.val().unsqueeze_dim(0))
-            .reshape([batch, seq, g]);
+            .add(self.bias.val().unsqueeze_dim(0));
         let w_h = self.hidden_weight.val();
 
         let mut outputs = Vec::with_capacity(seq);
         for t in 0..seq {
-            let gates = projected
-                .clone()
-                .slice([0..batch, t..t + 1, 0..g])
-                .reshape([batch, g])
-                + h.matmul(w_h.clone());
-            let mut parts = gates.chunk(4, 1).into_iter();
-            let (i, f, cand, o) = (
-                parts.next().expect("4 gate blocks"),
-                parts.next().expect("4 gate blocks"),
-                parts.next().expect("4 gate blocks"),
-                parts.next().expect("4 gate blocks"),
-            );
-            c = sigmoid(f) * c + sigmoid(i) * tanh(cand);
-            h = sigmoid(o) * tanh(c.clone());
+            let gates =
+                projected.clone().slice([t * batch..(t + 1) * batch, 0..g]) + h.matmul(w_h.clone());
+            (h, c) = lstm_cell(gates, c);
             outputs.push(h.clone());
         }
         let output = Tensor::stack(outputs, 1);

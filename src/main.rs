@@ -6,6 +6,7 @@ use anyhow::Context;
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use lstm_lm::bench::BenchConfig;
 use lstm_lm::config::{ExperimentConfig, Preset};
 use lstm_lm::data::corpus::CorpusSource;
 use lstm_lm::model::LossNorm;
@@ -26,9 +27,42 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
     /// Train a model (the default when no subcommand is given).
     Train(TrainArgs),
+    /// Time real training steps of a named config and print tokens/s, ms/step and peak memory.
+    ///
+    /// `cargo xtask bench` runs it side by side with the PyTorch reference.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct BenchArgs {
+    /// Model and batching config to time.
+    #[arg(long, value_enum, default_value_t = BenchConfig::Small)]
+    config: BenchConfig,
+    /// Text the batches are made of [default: the embedded Tiny Shakespeare].
+    #[arg(long, value_name = "FILE")]
+    text: Option<PathBuf>,
+    /// Pad the output layer to at least this many rows (PTB's vocabulary is 10,000).
+    #[arg(long, default_value_t = 10_000)]
+    min_vocab: usize,
+    /// Untimed steps before timing (GPU backends compile and autotune here).
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    /// Timed training steps.
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
+    device: DeviceChoice,
+    /// Seed of initialisation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as one JSON line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -123,11 +157,12 @@ enum DeviceChoice {
 
 fn main() {
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Train(args)) => args,
-        None => cli.train,
+    let result = match cli.command {
+        Some(Command::Train(args)) => run_train(args),
+        Some(Command::Bench(args)) => run_bench(args),
+        None => run_train(cli.train),
     };
-    if let Err(e) = run_train(args) {
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -189,6 +224,51 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     })?;
     if report.interrupted {
         std::process::exit(130);
+    }
+    Ok(())
+}
+
+fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    let text = match &args.text {
+        Some(path) => lstm_lm::data::corpus::read_corpus(path)?,
+        None => lstm_lm::data::corpus::parse_text(
+            lstm_lm::data::corpus::EMBEDDED_TINY_SHAKESPEARE,
+            std::path::Path::new("<embedded>"),
+        )?,
+    };
+    let device = choose_device(args.device)?;
+    let report = lstm_lm::bench::run(&lstm_lm::bench::BenchRequest {
+        config: args.config,
+        text,
+        min_vocab: args.min_vocab,
+        warmup: args.warmup,
+        steps: args.steps,
+        device,
+        seed: args.seed,
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} on {}: {:.0} tokens/s, {:.0} positions/s, {:.1} samples/s, {:.1} ms/step \
+             (forward {:.1}, backward {:.1}, update {:.1}), peak RSS {} ({} steps, V={}, {} params, last loss {:.3})",
+            report.config,
+            report.device,
+            report.tokens_per_sec,
+            report.positions_per_sec,
+            report.samples_per_sec,
+            report.ms_per_step,
+            report.phase_ms[0],
+            report.phase_ms[1],
+            report.phase_ms[2],
+            report
+                .peak_rss_mib
+                .map_or("unknown".into(), |m| format!("{m:.0} MiB")),
+            report.steps,
+            report.vocab,
+            report.params,
+            report.last_loss,
+        );
     }
     Ok(())
 }

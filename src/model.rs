@@ -4,12 +4,12 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::fused::xent::nll_rows;
 use crate::lstm::{LstmLayer, LstmStack, LstmState};
 
 /// How parameters are initialised.
@@ -172,25 +172,38 @@ impl LanguageModel {
         (self.output.forward(hidden), state)
     }
 
-    /// Cross-entropy of `batch`, padding excluded from both the loss and the token count.
+    /// Cross-entropy of `batch`, padding excluded from both the loss and the token count; every
+    /// sequence starts from the zero state.
     pub fn loss(&self, batch: &LmBatch) -> LmLoss {
-        let (logits, _) = self.forward(batch.inputs.clone(), None);
+        self.loss_with_state(batch, None).0
+    }
+
+    /// Like [`loss`](Self::loss), starting from `state` (zeros when `None`); also returns the
+    /// per-layer state after the last step, for truncated backpropagation through time.
+    pub fn loss_with_state(
+        &self,
+        batch: &LmBatch,
+        state: Option<Vec<LstmState>>,
+    ) -> (LmLoss, Vec<LstmState>) {
+        let (logits, state) = self.forward(batch.inputs.clone(), state);
         let [b, t, v] = logits.dims();
-        let log_probs = log_softmax(logits.reshape([b * t, v]), 1);
-        let picked = log_probs
-            .gather(1, batch.targets.clone().reshape([b * t, 1]))
-            .reshape([b * t]);
-        let nll_sum = -(picked * batch.mask.clone().reshape([b * t])).sum();
+        let nll = nll_rows(
+            logits.reshape([b * t, v]),
+            batch.targets.clone().reshape([b * t, 1]),
+        )
+        .reshape([b * t]);
+        let nll_sum = (nll * batch.mask.clone().reshape([b * t])).sum();
         let denominator = if self.loss_per_batch {
             b
         } else {
             batch.tokens.max(1)
         };
-        LmLoss {
+        let loss = LmLoss {
             loss: nll_sum.clone() / denominator as f32,
             nll_sum,
             tokens: batch.tokens,
-        }
+        };
+        (loss, state)
     }
 }
 

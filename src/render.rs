@@ -227,7 +227,7 @@ impl TrainingProgressLogger for Renderer {
             let per_batch = items_processed / self.batches.max(1);
             let total_batches = self.items_total / per_batch.max(1);
             let every = (total_batches / 10).max(1);
-            if self.batches % every == 0 && items_processed < self.items_total {
+            if self.batches.is_multiple_of(every) && items_processed < self.items_total {
                 println!("{}", self.status(items_processed));
             }
         }

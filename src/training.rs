@@ -311,7 +311,8 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
 
 /// The optimizer of `config`; weight decay applies to weight matrices only, as in the
 /// reference (MXNet's `wd_mult` is 0 on biases).
-fn optimizer(config: &OptimizerConfig) -> ModuleOptimizer {
+/// The optimizer of `config`; biases are never weight-decayed.
+pub(crate) fn optimizer(config: &OptimizerConfig) -> ModuleOptimizer {
     let decay = |wd: f64| (wd > 0.0).then(|| WeightDecayConfig::new(wd as f32));
     let biases = ParamGroup::from_predicate("bias");
     match *config {

@@ -2,4 +2,5 @@
 
 pub mod batcher;
 pub mod corpus;
+pub mod stream;
 pub mod vocab;

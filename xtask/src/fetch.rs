@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -317,7 +317,7 @@ fn download(
 
 /// Files in `dir` and below (for tests: proves nothing partial is left).
 #[cfg(test)]
-fn all_files(dir: &Path) -> Vec<PathBuf> {
+fn all_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {

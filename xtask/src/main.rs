@@ -1,5 +1,6 @@
 //! Project tasks that cargo can't do by itself. Run them as `cargo xtask <task>`.
 
+mod bench;
 mod fetch;
 
 use std::path::PathBuf;
@@ -39,6 +40,47 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
     },
+    /// Time training steps of lstm-lm and of the PyTorch reference, alternating, on one machine.
+    ///
+    /// Builds `lstm-lm` in release mode, then runs `lstm-lm bench` and
+    /// `../shared/reference/torch_lm.py` for each config, every run in its own process, and
+    /// prints a table: tokens/s, samples/s, ms/step, peak RSS, and the ratio to PyTorch.
+    /// Benchmark on a quiet machine: a second busy process skews both sides.
+    Bench {
+        /// Configs, comma-separated: seed, small, medium, zaremba-large.
+        #[arg(long, value_delimiter = ',', default_value = "small,seed")]
+        configs: Vec<String>,
+        /// A/B rounds (the ratio is the median over rounds).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Timed training steps per run.
+        #[arg(long, default_value_t = 40)]
+        steps: usize,
+        /// Untimed steps before timing lstm-lm (use a few on a GPU: shader compilation).
+        #[arg(long, default_value_t = 0)]
+        warmup: usize,
+        /// `lstm-lm bench --device`: flex, ndarray, wgpu.
+        #[arg(long, default_value = "flex")]
+        device: String,
+        /// Text the batches are made of (PTB-format).
+        #[arg(long, default_value = "../shared/data/ptb.valid.txt")]
+        text: PathBuf,
+        /// Python with PyTorch (made by ../shared/reference/setup.sh).
+        #[arg(long, default_value = "/tmp/lstm-lm-ref/bin/python")]
+        python: PathBuf,
+        /// The PyTorch reference trainer.
+        #[arg(long, default_value = "../shared/reference/torch_lm.py")]
+        reference: PathBuf,
+        /// Run lstm-lm only.
+        #[arg(long)]
+        no_reference: bool,
+        /// PyTorch threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Cargo features to build lstm-lm with (e.g. wgpu).
+        #[arg(long)]
+        features: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,13 +94,46 @@ enum DatasetArg {
 }
 
 fn main() {
-    let Task::FetchData {
-        dataset,
-        data_dir,
-        base_url,
-        attempts,
-        timeout_secs,
-    } = Cli::parse().task;
+    let (dataset, data_dir, base_url, attempts, timeout_secs) = match Cli::parse().task {
+        Task::FetchData {
+            dataset,
+            data_dir,
+            base_url,
+            attempts,
+            timeout_secs,
+        } => (dataset, data_dir, base_url, attempts, timeout_secs),
+        Task::Bench {
+            configs,
+            rounds,
+            steps,
+            warmup,
+            device,
+            text,
+            python,
+            reference,
+            no_reference,
+            threads,
+            features,
+        } => {
+            let options = bench::Options {
+                configs,
+                rounds: rounds.max(1),
+                steps: steps.max(1),
+                warmup,
+                device,
+                text,
+                python: (!no_reference).then_some(python),
+                reference,
+                threads,
+                features,
+            };
+            if let Err(e) = bench::bench(&options) {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
+    };
     let files: Vec<fetch::FileSpec> = fetch::catalogue()
         .into_iter()
         .filter(|f| match dataset {

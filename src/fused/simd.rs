@@ -1,0 +1,92 @@
+//! Element kernels compiled three times (AVX-512, AVX2 + FMA, baseline) and picked at run time,
+//! so the binary stays portable and still uses the widest vectors the CPU has.
+
+/// Defines `fn name(args) -> ret` whose body is compiled for AVX-512F, for AVX2 + FMA and for
+/// the baseline target, and dispatches on the CPU's features at run time.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
+/// `e^x`, relative error below 5e-7 on [-87, 88] (inputs are clamped to it):
+/// `e^x = 2^n · e^r` with `n = round(x / ln 2)`, `|r| <= ln 2 / 2`, and a degree-6 polynomial
+/// for `e^r`. Branch-free, so loops over it vectorise.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E).round();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+/// The logistic function `1 / (1 + e^-x)`.
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// `tanh x`, as `1 - 2 / (e^2x + 1)`: absolute error below 1e-6.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_sigmoid_tanh_are_accurate() {
+        let (mut worst_exp, mut worst_sig, mut worst_tanh) = (0.0f64, 0.0f64, 0.0f64);
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            worst_exp = worst_exp.max(((exp(x) as f64 - want) / want).abs());
+            let s = 1.0 / (1.0 + (-(x as f64)).exp());
+            worst_sig = worst_sig.max((sigmoid(x) as f64 - s).abs());
+            worst_tanh = worst_tanh.max((tanh(x) as f64 - (x as f64).tanh()).abs());
+            x += 0.0137;
+        }
+        assert!(worst_exp < 5e-7, "exp: worst relative error {worst_exp}");
+        assert!(
+            worst_sig < 1e-6,
+            "sigmoid: worst absolute error {worst_sig}"
+        );
+        assert!(worst_tanh < 1e-6, "tanh: worst absolute error {worst_tanh}");
+        assert!(exp(-1000.0) < 1e-37, "underflows to ~0");
+        assert_eq!(sigmoid(-1000.0), 0.0f32.max(sigmoid(-1000.0)));
+        assert!((tanh(50.0) - 1.0).abs() < 1e-7 && (tanh(-50.0) + 1.0).abs() < 1e-7);
+    }
+}

@@ -1,0 +1,318 @@
+//! `cargo xtask bench`: lstm-lm's training speed side by side with the PyTorch reference.
+//!
+//! Each round runs every config once with each system, alternating which goes first, every run
+//! in its own process (so peak memory is per config). The ratio of a config is the median over
+//! rounds of ours / PyTorch's tokens/s, so both sides of a ratio saw the same machine load.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// What to run.
+pub struct Options {
+    /// Config names as `lstm-lm bench --config` takes them.
+    pub configs: Vec<String>,
+    /// A/B rounds.
+    pub rounds: usize,
+    /// Timed training steps per run.
+    pub steps: usize,
+    /// Untimed steps before timing (ours only; the reference cannot skip any).
+    pub warmup: usize,
+    /// `lstm-lm bench --device`.
+    pub device: String,
+    /// Text the batches are made of.
+    pub text: PathBuf,
+    /// Python with PyTorch, or `None` to skip the reference.
+    pub python: Option<PathBuf>,
+    /// The reference trainer `torch_lm.py`.
+    pub reference: PathBuf,
+    /// Threads for PyTorch (flex uses every core rayon sees).
+    pub threads: usize,
+    /// Cargo features for building lstm-lm (`wgpu` for the GPU).
+    pub features: Option<String>,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Deserialize)]
+struct Run {
+    tokens_per_sec: f64,
+    ms_per_step: f64,
+    peak_rss_mib: Option<f64>,
+    #[serde(default)]
+    samples_per_sec: f64,
+}
+
+/// Runs the benchmark and prints the table.
+pub fn bench(options: &Options) -> Result<()> {
+    if !options.text.is_file() {
+        bail!(
+            "benchmark text {} not found: pass --text FILE (PTB format), e.g. data/ptb/ptb.valid.txt \
+             from `cargo xtask fetch-data --dataset ptb`",
+            options.text.display()
+        );
+    }
+    if let Some(python) = &options.python {
+        if !python.exists() || !options.reference.is_file() {
+            bail!(
+                "PyTorch reference not found ({} / {}): run ../shared/reference/setup.sh, pass \
+                 --python and --reference, or --no-reference to time lstm-lm alone",
+                python.display(),
+                options.reference.display()
+            );
+        }
+    }
+    build(options)?;
+    let mut ours: Vec<Vec<Run>> = vec![Vec::new(); options.configs.len()];
+    let mut theirs: Vec<Vec<Run>> = vec![Vec::new(); options.configs.len()];
+    for round in 0..options.rounds {
+        for (c, config) in options.configs.iter().enumerate() {
+            let reference_first = round % 2 == 1;
+            let mut order = vec![false, true];
+            if reference_first {
+                order.reverse();
+            }
+            for is_reference in order {
+                if is_reference {
+                    let Some(python) = &options.python else {
+                        continue;
+                    };
+                    let r = run_reference(options, python, config)?;
+                    eprintln!(
+                        "round {}: {config:>13} pytorch {:>8.0} tok/s {:>8.1} ms/step",
+                        round + 1,
+                        r.tokens_per_sec,
+                        r.ms_per_step
+                    );
+                    theirs[c].push(r);
+                } else {
+                    let r = run_ours(options, config)?;
+                    eprintln!(
+                        "round {}: {config:>13} lstm-lm {:>8.0} tok/s {:>8.1} ms/step",
+                        round + 1,
+                        r.tokens_per_sec,
+                        r.ms_per_step
+                    );
+                    ours[c].push(r);
+                }
+            }
+        }
+    }
+    print_table(options, &ours, &theirs);
+    Ok(())
+}
+
+fn build(options: &Options) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--quiet", "--bin", "lstm-lm"]);
+    if let Some(f) = &options.features {
+        cmd.args(["--features", f]);
+    }
+    let status = cmd.status().context("cannot run cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release failed");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run_ours(options: &Options, config: &str) -> Result<Run> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "--quiet", "--bin", "lstm-lm"]);
+    if let Some(f) = &options.features {
+        cmd.args(["--features", f]);
+    }
+    cmd.args(["--", "bench", "--json", "--config", config, "--device"])
+        .arg(&options.device)
+        .arg("--text")
+        .arg(&options.text)
+        .args(["--steps", &options.steps.to_string()])
+        .args(["--warmup", &options.warmup.to_string()]);
+    let out = cmd.output().context("cannot run lstm-lm bench")?;
+    if !out.status.success() {
+        bail!(
+            "lstm-lm bench --config {config} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("lstm-lm bench printed no report:\n{stdout}"))?;
+    serde_json::from_str(line).with_context(|| format!("cannot parse {line}"))
+}
+
+/// The reference's flags for one of our config names.
+fn reference_args(config: &str) -> Result<Vec<&'static str>> {
+    Ok(match config {
+        "seed" => vec![
+            "--mode",
+            "bucket",
+            "--batch-size",
+            "50",
+            "--emb",
+            "256",
+            "--hidden",
+            "256",
+        ],
+        "small" => vec![
+            "--mode",
+            "bptt",
+            "--batch-size",
+            "20",
+            "--emb",
+            "256",
+            "--hidden",
+            "256",
+        ],
+        "medium" => vec![
+            "--mode",
+            "bptt",
+            "--batch-size",
+            "20",
+            "--emb",
+            "650",
+            "--hidden",
+            "650",
+        ],
+        "zaremba-large" => vec![
+            "--mode",
+            "bptt",
+            "--batch-size",
+            "20",
+            "--emb",
+            "1500",
+            "--hidden",
+            "1500",
+        ],
+        other => bail!("no reference config for {other:?}"),
+    })
+}
+
+fn run_reference(options: &Options, python: &Path, config: &str) -> Result<Run> {
+    // Run the script in-process under a wrapper that prints its peak RSS.
+    let wrapper = "import resource, runpy, sys\n\
+                   sys.argv = sys.argv[1:]\n\
+                   runpy.run_path(sys.argv[0], run_name='__main__')\n\
+                   print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n";
+    let batch: f64 = if config == "seed" { 50.0 } else { 20.0 };
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(wrapper)
+        .arg(&options.reference)
+        .args(reference_args(config)?)
+        .arg("--train")
+        .arg(&options.text)
+        .arg("--valid")
+        .arg(&options.text)
+        .args([
+            "--min-vocab",
+            "10000",
+            "--epochs",
+            "1",
+            "--no-eval",
+            "--log-interval",
+            "0",
+        ])
+        .args(["--max-batches", &options.steps.to_string()])
+        .args(["--threads", &options.threads.to_string()])
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "the PyTorch reference failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let epoch = stdout
+        .lines()
+        .find(|l| l.starts_with("EPOCH 1:"))
+        .with_context(|| format!("no EPOCH line from the reference:\n{stdout}"))?;
+    let field = |name: &str| -> Result<f64> {
+        epoch
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.trim_end_matches('s').parse().ok())
+            .with_context(|| format!("no {name} in {epoch}"))
+    };
+    let samples_per_sec = field("samples/s=")?;
+    let peak = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PEAK_RSS_KIB "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    Ok(Run {
+        tokens_per_sec: field("tok/s=")?,
+        ms_per_step: batch / samples_per_sec * 1e3,
+        peak_rss_mib: peak.map(|k| k / 1024.0),
+        samples_per_sec,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>]) {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "\n{} rounds x {} steps, device {}, text {}, load average after: {}",
+        options.rounds,
+        options.steps,
+        options.device,
+        options.text.display(),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "| config | system | tokens/s (median, min-max) | samples/s | ms/step | peak RSS MiB | ratio to PyTorch |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (c, config) in options.configs.iter().enumerate() {
+        let ratios: Vec<f64> = ours[c]
+            .iter()
+            .zip(&theirs[c])
+            .map(|(a, b)| a.tokens_per_sec / b.tokens_per_sec)
+            .collect();
+        for (name, runs, ratio) in [
+            ("lstm-lm", &ours[c], Some(median(ratios.clone()))),
+            ("PyTorch", &theirs[c], None),
+        ] {
+            if runs.is_empty() {
+                continue;
+            }
+            let tps: Vec<f64> = runs.iter().map(|r| r.tokens_per_sec).collect();
+            let (lo, hi) = (
+                tps.iter().cloned().fold(f64::INFINITY, f64::min),
+                tps.iter().cloned().fold(0.0, f64::max),
+            );
+            let peak = runs
+                .iter()
+                .filter_map(|r| r.peak_rss_mib)
+                .fold(f64::NAN, f64::max);
+            println!(
+                "| {config} | {name} | {:.0} ({lo:.0}-{hi:.0}) | {:.1} | {:.1} | {peak:.0} | {} |",
+                median(tps),
+                median(runs.iter().map(|r| r.samples_per_sec).collect()),
+                median(runs.iter().map(|r| r.ms_per_step).collect()),
+                match ratio {
+                    Some(r) if !ratios.is_empty() => format!("{r:.2}x"),
+                    _ => String::new(),
+                }
+            );
+        }
+    }
+}
