@@ -7,6 +7,11 @@ use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use lstm_lm::bench::BenchConfig;
+
+/// mimalloc keeps freed pages for reuse: glibc's malloc returns the large per-step buffers
+/// (28 MB logits and their gradients) to the OS and page-faults them back in every step.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use lstm_lm::config::{ExperimentConfig, Preset};
 use lstm_lm::data::corpus::CorpusSource;
 use lstm_lm::model::LossNorm;
