@@ -148,51 +148,28 @@ fn run_ours(options: &Options, config: &str) -> Result<Run> {
     serde_json::from_str(line).with_context(|| format!("cannot parse {line}"))
 }
 
-/// The reference's flags for one of our config names.
-fn reference_args(config: &str) -> Result<Vec<&'static str>> {
-    Ok(match config {
-        "seed" => vec![
-            "--mode",
-            "bucket",
-            "--batch-size",
-            "50",
-            "--emb",
-            "256",
-            "--hidden",
-            "256",
-        ],
-        "small" => vec![
-            "--mode",
-            "bptt",
-            "--batch-size",
-            "20",
-            "--emb",
-            "256",
-            "--hidden",
-            "256",
-        ],
-        "medium" => vec![
-            "--mode",
-            "bptt",
-            "--batch-size",
-            "20",
-            "--emb",
-            "650",
-            "--hidden",
-            "650",
-        ],
-        "zaremba-large" => vec![
-            "--mode",
-            "bptt",
-            "--batch-size",
-            "20",
-            "--emb",
-            "1500",
-            "--hidden",
-            "1500",
-        ],
+/// The reference's flags for one of our config names, and its batch size.
+fn reference_args(config: &str) -> Result<(Vec<String>, usize)> {
+    let (mode, batch, width) = match config {
+        "seed" => ("bucket", 50, "256"),
+        "small" => ("bptt", 20, "256"),
+        "medium" => ("bptt", 20, "650"),
+        "zaremba-large" => ("bptt", 20, "1500"),
         other => bail!("no reference config for {other:?}"),
-    })
+    };
+    let args = [
+        "--mode",
+        mode,
+        "--batch-size",
+        &batch.to_string(),
+        "--emb",
+        width,
+        "--hidden",
+        width,
+    ]
+    .map(String::from)
+    .to_vec();
+    Ok((args, batch))
 }
 
 fn run_reference(options: &Options, python: &Path, config: &str) -> Result<Run> {
@@ -201,12 +178,12 @@ fn run_reference(options: &Options, python: &Path, config: &str) -> Result<Run> 
                    sys.argv = sys.argv[1:]\n\
                    runpy.run_path(sys.argv[0], run_name='__main__')\n\
                    print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n";
-    let batch: f64 = if config == "seed" { 50.0 } else { 20.0 };
+    let (args, batch) = reference_args(config)?;
     let out = Command::new(python)
         .arg("-c")
         .arg(wrapper)
         .arg(&options.reference)
-        .args(reference_args(config)?)
+        .args(args)
         .arg("--train")
         .arg(&options.text)
         .arg("--valid")
@@ -249,7 +226,7 @@ fn run_reference(options: &Options, python: &Path, config: &str) -> Result<Run> 
         .and_then(|v| v.trim().parse::<f64>().ok());
     Ok(Run {
         tokens_per_sec: field("tok/s=")?,
-        ms_per_step: batch / samples_per_sec * 1e3,
+        ms_per_step: batch as f64 / samples_per_sec * 1e3,
         peak_rss_mib: peak.map(|k| k / 1024.0),
         samples_per_sec,
     })
