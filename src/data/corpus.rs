@@ -47,8 +47,11 @@ impl CorpusSource {
     pub fn load(&self) -> Result<Corpus> {
         match self {
             CorpusSource::Embedded { train_fraction } => {
-                let lines = parse_text(EMBEDDED_TINY_SHAKESPEARE, Path::new("<embedded>"))?;
-                let (train, valid) = split_lines(lines, *train_fraction, Path::new("<embedded>"))?;
+                let (train, valid) = split_text(
+                    EMBEDDED_TINY_SHAKESPEARE,
+                    *train_fraction,
+                    Path::new("<embedded>"),
+                )?;
                 Ok(Corpus {
                     train,
                     valid,
@@ -61,10 +64,9 @@ impl CorpusSource {
                 test,
                 train_fraction,
             } => {
-                let train_lines = read_corpus(train)?;
                 let (train_s, valid_s) = match valid {
-                    Some(v) => (train_lines, read_corpus(v)?),
-                    None => split_lines(train_lines, *train_fraction, train)?,
+                    Some(v) => (read_corpus(train)?, read_corpus(v)?),
+                    None => split_text(&read_text(train)?, *train_fraction, train)?,
                 };
                 let test = test.as_deref().map(read_corpus).transpose()?;
                 Ok(Corpus {
@@ -81,6 +83,11 @@ impl CorpusSource {
 ///
 /// Errors name the file and the line: missing file, invalid UTF-8, binary data, no tokens.
 pub fn read_corpus(path: &Path) -> Result<Vec<Sentence>> {
+    parse_text(&read_text(path)?, path)
+}
+
+/// Reads a UTF-8 text file; errors name the file, and the line of the first invalid byte.
+fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read corpus file", path, e))?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         let line = 1 + bytes[..e.valid_up_to()]
@@ -95,20 +102,25 @@ pub fn read_corpus(path: &Path) -> Result<Vec<Sentence>> {
             ),
         }
     })?;
-    parse_text(text, path)
+    Ok(text.to_owned())
 }
 
 /// Splits `text` into sentences of tokens, skipping blank lines; CRLF line ends are accepted.
 pub fn parse_text(text: &str, path: &Path) -> Result<Vec<Sentence>> {
+    parse_lines(&text.lines().collect::<Vec<_>>(), 1, path)
+}
+
+/// [`parse_text`] over `lines`, the first of which is line `first_line` of `path`.
+fn parse_lines(lines: &[&str], first_line: usize, path: &Path) -> Result<Vec<Sentence>> {
     let mut sentences = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in lines.iter().enumerate() {
         if line.contains('\0') {
             return Err(Error::Corpus {
                 path: path.to_path_buf(),
                 problem: format!(
                     "line {}: contains NUL bytes, so it looks like binary data; \
                      pass a text file with one sentence per line",
-                    i + 1
+                    first_line + i
                 ),
             });
         }
@@ -128,8 +140,10 @@ pub fn parse_text(text: &str, path: &Path) -> Result<Vec<Sentence>> {
     Ok(sentences)
 }
 
-fn split_lines(
-    mut lines: Vec<Sentence>,
+/// Splits `text` by lines, blank ones included: the first `floor(lines * train_fraction)` lines
+/// train, the rest validate (PyTorch's reference splits Tiny Shakespeare this way).
+fn split_text(
+    text: &str,
     train_fraction: f64,
     path: &Path,
 ) -> Result<(Vec<Sentence>, Vec<Sentence>)> {
@@ -138,18 +152,21 @@ fn split_lines(
             "--train-fraction must be between 0 and 1, got {train_fraction}"
         )));
     }
-    let n = ((lines.len() as f64) * train_fraction).round() as usize;
-    if n == 0 || n >= lines.len() {
-        return Err(Error::Corpus {
-            path: path.to_path_buf(),
-            problem: format!(
-                "{} sentences are too few to hold out a validation split; pass --valid FILE",
-                lines.len()
-            ),
-        });
-    }
-    let valid = lines.split_off(n);
-    Ok((lines, valid))
+    let lines: Vec<&str> = text.lines().collect();
+    let n = ((lines.len() as f64) * train_fraction) as usize;
+    let too_few = || Error::Corpus {
+        path: path.to_path_buf(),
+        problem: format!(
+            "{} lines are too few to hold out a validation split; pass --valid FILE",
+            lines.len()
+        ),
+    };
+    let train = parse_lines(&lines[..n], 1, path)?;
+    let valid = parse_lines(&lines[n..], n + 1, path).map_err(|e| match e {
+        Error::Corpus { ref problem, .. } if problem.starts_with("no tokens") => too_few(),
+        e => e,
+    })?;
+    Ok((train, valid))
 }
 
 #[cfg(test)]
@@ -181,14 +198,25 @@ mod tests {
     }
 
     #[test]
-    fn embedded_corpus_splits_ninety_ten() {
+    fn embedded_corpus_splits_ninety_ten_by_lines() {
         let c = CorpusSource::Embedded {
             train_fraction: 0.9,
         }
         .load()
         .unwrap();
-        let total = c.train.len() + c.valid.len();
-        assert_eq!(c.train.len(), (total as f64 * 0.9).round() as usize);
+        let lines: Vec<&str> = EMBEDDED_TINY_SHAKESPEARE.lines().collect();
+        assert_eq!(lines.len(), 40_000);
+        let non_blank = |l: &[&str]| l.iter().filter(|l| !l.trim().is_empty()).count();
+        assert_eq!(c.train.len(), non_blank(&lines[..36_000]));
+        assert_eq!(c.valid.len(), non_blank(&lines[36_000..]));
         assert_eq!(c.train[0], vec!["First", "Citizen:"]);
+    }
+
+    #[test]
+    fn a_held_out_split_names_lines_of_the_whole_file() {
+        let e = split_text("a\nb\nc\nd\x00\n", 0.5, Path::new("t")).unwrap_err();
+        assert!(e.to_string().contains("line 4"), "{e}");
+        let e = split_text("a\nb\n\n\n", 0.5, Path::new("t")).unwrap_err();
+        assert!(e.to_string().contains("--valid"), "{e}");
     }
 }
