@@ -177,6 +177,8 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
         n_layers: 2,
         init,
         loss_norm: LossNorm::Batch,
+        dropout: 0.0,
+        tied: false,
     };
     let device = request.device.clone().autodiff();
     let mut model = config.init(request.seed, &device);

@@ -5,19 +5,43 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::{InitScheme, LmConfig, LossNorm};
+use crate::schedule::LrSchedule;
 
 /// The reference's sentence buckets (MXNet `lstm_bucketing.py`).
 pub const REFERENCE_BUCKETS: [usize; 5] = [10, 20, 40, 60, 80];
 
+/// How the corpus is cut into batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Batching {
+    /// Sentences padded into length buckets, each from a zero state (the reference).
+    #[default]
+    Buckets,
+    /// One contiguous stream cut into `batch_size` columns and windows of `bptt` steps; each
+    /// window starts from the state the previous window ended in (truncated BPTT, Zaremba).
+    Stream,
+}
+
 /// How batches are formed from the corpus.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataConfig {
+    /// Buckets or a contiguous stream.
+    #[serde(default)]
+    pub batching: Batching,
     /// Bucket lengths in tokens (end of sentence included); longer sentences are dropped.
+    /// Used by [`Batching::Buckets`].
     pub buckets: Vec<usize>,
-    /// Sentences per batch.
+    /// Steps per window of truncated backpropagation through time ([`Batching::Stream`]).
+    #[serde(default = "default_bptt")]
+    pub bptt: usize,
+    /// Sentences per batch (buckets) or parallel columns of the stream.
     pub batch_size: usize,
     /// Largest vocabulary, specials included; 0 keeps every training word.
     pub max_vocab: usize,
+}
+
+fn default_bptt() -> usize {
+    35
 }
 
 /// The optimizer and its settings.
@@ -70,8 +94,14 @@ pub struct ExperimentConfig {
     pub optimizer: OptimizerConfig,
     /// Number of epochs to train in total (a resumed run may raise it).
     pub epochs: usize,
-    /// Seed of parameter init and shuffling.
+    /// Seed of parameter init, shuffling and dropout masks.
     pub seed: u64,
+    /// Largest global L2 norm of the gradients (PyTorch's `clip_grad_norm_`); 0 = no clipping.
+    #[serde(default)]
+    pub clip: f64,
+    /// How the learning rate changes from epoch to epoch.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
 }
 
 /// Named starting points for a config.
@@ -82,6 +112,15 @@ pub enum Preset {
     /// The reference, MXNet's bucketing PTB example: 2 x 256 LSTM, embed 256, batch 50,
     /// SGD lr 0.01, weight decay 1e-5, Xavier(in, 2.34) init, forget bias 1, 2 epochs.
     Seed,
+    /// Zaremba et al. 2014, small: 2 x 200, stream batch 20, bptt 20, uniform init 0.1, SGD lr 1
+    /// for 4 epochs then x0.5 per epoch, 13 epochs, clip 5, no dropout (114.5 test ppl on PTB).
+    ZarembaSmall,
+    /// Zaremba et al. 2014, medium: 2 x 650, bptt 35, uniform 0.05, dropout 0.5, SGD lr 1 for
+    /// 6 epochs then x0.8 per epoch, 39 epochs, clip 5 (82.7 test ppl on PTB).
+    ZarembaMedium,
+    /// Zaremba et al. 2014, large: 2 x 1500, bptt 35, uniform 0.04, dropout 0.65, SGD lr 1 for
+    /// 14 epochs then /1.15 per epoch, 55 epochs, clip 10 (78.4 test ppl on PTB).
+    ZarembaLarge,
     /// A tiny model for smoke tests: 1 x 32 LSTM, 2,000-word vocabulary, 1 epoch.
     Tiny,
 }
@@ -93,33 +132,62 @@ impl Preset {
             magnitude: 2.34,
             forget_bias: 1.0,
         };
-        let model = |e, h, l, loss_norm| LmConfig {
+        let model = |e, h, l, init, loss_norm| LmConfig {
             vocab_size: 0,
             d_embed: e,
             d_hidden: h,
             n_layers: l,
-            init: xavier,
+            init,
             loss_norm,
+            dropout: 0.0,
+            tied: false,
         };
-        let data = |batch_size, max_vocab| DataConfig {
+        let data = |batching, bptt, batch_size, max_vocab| DataConfig {
+            batching,
             buckets: REFERENCE_BUCKETS.to_vec(),
+            bptt,
             batch_size,
             max_vocab,
         };
+        let sgd = |lr| OptimizerConfig::Sgd {
+            lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        };
+        // Zaremba et al. (and TensorFlow's ptb_word_lm that reproduces them): a stream of batch
+        // 20, loss summed over time and averaged over the batch, SGD lr 1 with a step decay.
+        let zaremba = |h, bptt, range, dropout, epochs, constant_epochs, decay, clip| {
+            let mut m = model(h, h, 2, InitScheme::Uniform { range }, LossNorm::Batch);
+            m.dropout = dropout;
+            ExperimentConfig {
+                model: m,
+                data: data(Batching::Stream, bptt, 20, 0),
+                optimizer: sgd(1.0),
+                epochs,
+                seed: 1,
+                clip,
+                lr_schedule: LrSchedule::StepDecay {
+                    constant_epochs,
+                    decay,
+                },
+            }
+        };
         match self {
             Preset::Default => ExperimentConfig {
-                model: model(256, 256, 2, LossNorm::Token),
-                data: data(32, 10_000),
+                model: model(256, 256, 2, xavier, LossNorm::Token),
+                data: data(Batching::Buckets, 35, 32, 10_000),
                 optimizer: OptimizerConfig::Adam {
                     lr: 2e-3,
                     weight_decay: 0.0,
                 },
                 epochs: 3,
                 seed: 1,
+                clip: 0.0,
+                lr_schedule: LrSchedule::Constant,
             },
             Preset::Seed => ExperimentConfig {
-                model: model(256, 256, 2, LossNorm::Batch),
-                data: data(50, 0),
+                model: model(256, 256, 2, xavier, LossNorm::Batch),
+                data: data(Batching::Buckets, 35, 50, 0),
                 optimizer: OptimizerConfig::Sgd {
                     lr: 0.01,
                     momentum: 0.0,
@@ -127,16 +195,23 @@ impl Preset {
                 },
                 epochs: 2,
                 seed: 1,
+                clip: 0.0,
+                lr_schedule: LrSchedule::Constant,
             },
+            Preset::ZarembaSmall => zaremba(200, 20, 0.1, 0.0, 13, 4, 0.5, 5.0),
+            Preset::ZarembaMedium => zaremba(650, 35, 0.05, 0.5, 39, 6, 0.8, 5.0),
+            Preset::ZarembaLarge => zaremba(1500, 35, 0.04, 0.65, 55, 14, 1.0 / 1.15, 10.0),
             Preset::Tiny => ExperimentConfig {
-                model: model(32, 32, 1, LossNorm::Token),
-                data: data(16, 2_000),
+                model: model(32, 32, 1, xavier, LossNorm::Token),
+                data: data(Batching::Buckets, 35, 16, 2_000),
                 optimizer: OptimizerConfig::Adam {
                     lr: 1e-2,
                     weight_decay: 0.0,
                 },
                 epochs: 1,
                 seed: 1,
+                clip: 0.0,
+                lr_schedule: LrSchedule::Constant,
             },
         }
     }
@@ -156,6 +231,22 @@ impl ExperimentConfig {
         if self.data.buckets.is_empty() || self.data.buckets.contains(&0) {
             return bad("--buckets needs at least one positive length, e.g. 10,20,40,60,80");
         }
+        if self.data.bptt == 0 {
+            return bad("--bptt must be at least 1");
+        }
+        if !(0.0..1.0).contains(&m.dropout) {
+            return bad("--dropout must be in [0, 1), e.g. 0.5");
+        }
+        if m.tied && m.d_embed != m.d_hidden {
+            return bad(
+                "--tied shares the embedding with the output layer, so it needs --embed \
+                        equal to --hidden",
+            );
+        }
+        if !(self.clip >= 0.0 && self.clip.is_finite()) {
+            return bad("--clip must be 0 (off) or a positive number, e.g. 5");
+        }
+        self.lr_schedule.validate()?;
         if !(self.optimizer.lr() > 0.0 && self.optimizer.lr().is_finite()) {
             return bad("--lr must be a positive number");
         }

@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod carry;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;
@@ -36,4 +37,6 @@ pub mod lstm;
 pub mod metrics;
 pub mod model;
 pub mod render;
+pub mod run;
+pub mod schedule;
 pub mod training;

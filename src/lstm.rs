@@ -147,13 +147,24 @@ impl LstmStack {
         input: Tensor<3>,
         state: Option<Vec<LstmState>>,
     ) -> (Tensor<3>, Vec<LstmState>) {
+        self.forward_with(input, state, |x| x)
+    }
+
+    /// Like [`forward`](Self::forward), passing every layer's output `[batch, seq, d_hidden]`
+    /// through `after_layer` (dropout) before the next layer reads it; the top layer's too.
+    pub fn forward_with(
+        &self,
+        input: Tensor<3>,
+        state: Option<Vec<LstmState>>,
+        mut after_layer: impl FnMut(Tensor<3>) -> Tensor<3>,
+    ) -> (Tensor<3>, Vec<LstmState>) {
         let mut states = state.map(Vec::into_iter);
         let mut x = input;
         let mut finals = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             let s = states.as_mut().and_then(Iterator::next);
             let (out, last) = layer.forward(x, s);
-            x = out;
+            x = after_layer(out);
             finals.push(last);
         }
         (x, finals)

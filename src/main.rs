@@ -12,10 +12,12 @@ use lstm_lm::bench::BenchConfig;
 /// (28 MB logits and their gradients) to the OS and page-faults them back in every step.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use lstm_lm::config::{ExperimentConfig, Preset};
+use lstm_lm::config::{Batching, ExperimentConfig, OptimizerConfig, Preset};
 use lstm_lm::data::corpus::CorpusSource;
+use lstm_lm::model::InitScheme;
 use lstm_lm::model::LossNorm;
 use lstm_lm::render::ProgressMode;
+use lstm_lm::schedule::LrSchedule;
 use lstm_lm::training::{train, TrainRequest};
 
 /// Train word-level LSTM language models, on a GPU (wgpu) or a CPU.
@@ -40,6 +42,33 @@ enum Command {
     ///
     /// `cargo xtask bench` runs it side by side with the PyTorch reference.
     Bench(BenchArgs),
+    /// Perplexity of a saved run on a text, with full context (the state carried through the
+    /// whole file) unless --sentences is given.
+    Eval(EvalArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct EvalArgs {
+    /// The run folder (the --artifact-dir it was trained with).
+    run: PathBuf,
+    /// The text to score: one sentence per line, whitespace-separated tokens.
+    #[arg(long, value_name = "FILE")]
+    text: PathBuf,
+    /// Checkpoint epoch [default: the newest complete one].
+    #[arg(long)]
+    epoch: Option<usize>,
+    /// Score each sentence from a zero state in the run's buckets, as bucket training saw them.
+    #[arg(long)]
+    sentences: bool,
+    /// Parallel columns of the stream; 1 = the whole text as one sequence (full context).
+    #[arg(long, default_value_t = 1)]
+    columns: usize,
+    /// Window length [default: the run's --bptt]; the state crosses windows either way.
+    #[arg(long)]
+    bptt: Option<usize>,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
+    device: DeviceChoice,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -129,6 +158,42 @@ struct TrainArgs {
     /// Bucket lengths in tokens, comma-separated; longer sentences are dropped.
     #[arg(long, value_delimiter = ',')]
     buckets: Option<Vec<usize>>,
+    /// Batches of padded sentences in buckets, or one contiguous stream with carried state.
+    #[arg(long, value_enum)]
+    batching: Option<Batching>,
+    /// Steps per truncated-BPTT window (stream batching).
+    #[arg(long)]
+    bptt: Option<usize>,
+    /// Dropout on embeddings, between layers and before the output layer (0 = none).
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Tie the output layer to the embedding (needs --embed equal to --hidden).
+    #[arg(long)]
+    tied: bool,
+    /// Clip the global gradient norm to this value (0 = off).
+    #[arg(long)]
+    clip: Option<f64>,
+    /// Optimizer; switching it resets the rate to its default (SGD 1.0, Adam 0.002) unless
+    /// --lr is given.
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerChoice>,
+    /// Learning-rate schedule: constant; step = constant for --decay-start epochs then
+    /// x --lr-decay per epoch (Zaremba); plateau = divide by --lr-divisor after each epoch whose
+    /// validation perplexity does not improve.
+    #[arg(long, value_enum)]
+    lr_schedule: Option<ScheduleChoice>,
+    /// Epochs at the full rate before the step schedule decays [default: 4].
+    #[arg(long)]
+    decay_start: Option<usize>,
+    /// Factor per epoch of the step schedule [default: 0.5].
+    #[arg(long)]
+    lr_decay: Option<f64>,
+    /// Divisor of the plateau schedule [default: 4].
+    #[arg(long)]
+    lr_divisor: Option<f64>,
+    /// Initialise every parameter uniformly in +-this (Zaremba: 0.1, 0.05, 0.04).
+    #[arg(long)]
+    init_range: Option<f64>,
     /// Loss reduction: sum over tokens / batch size, or mean per token.
     #[arg(long, value_enum)]
     loss_norm: Option<LossNorm>,
@@ -138,6 +203,24 @@ struct TrainArgs {
     /// List the adapters wgpu sees (name, type, graphics API) and exit.
     #[arg(long)]
     list_devices: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OptimizerChoice {
+    /// Plain SGD (with the preset's momentum and weight decay when it uses SGD).
+    Sgd,
+    /// Adam.
+    Adam,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ScheduleChoice {
+    /// The same rate every epoch.
+    Constant,
+    /// Constant, then geometric decay per epoch.
+    Step,
+    /// Divide when validation stops improving.
+    Plateau,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -165,6 +248,7 @@ fn main() {
     let result = match cli.command {
         Some(Command::Train(args)) => run_train(args),
         Some(Command::Bench(args)) => run_bench(args),
+        Some(Command::Eval(args)) => run_eval(args),
         None => run_train(cli.train),
     };
     if let Err(e) = result {
@@ -278,6 +362,43 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
+    let text = lstm_lm::data::corpus::read_corpus(&args.text)?;
+    let device = choose_device(args.device)?;
+    let r = lstm_lm::eval::evaluate_run(&lstm_lm::eval::EvalRequest {
+        run_dir: args.run.clone(),
+        text,
+        epoch: args.epoch,
+        sentences: args.sentences,
+        columns: args.columns,
+        bptt: args.bptt,
+        device,
+    })?;
+    let e = r.evaluation;
+    let how = if args.sentences {
+        format!(
+            "sentence by sentence, {} longer than the largest bucket not scored",
+            e.dropped_sentences
+        )
+    } else if args.columns == 1 {
+        "full context".to_string()
+    } else {
+        format!("{} columns", args.columns)
+    };
+    println!(
+        "{} (epoch {}) on {} ({how}): {} tokens ({} not in the vocabulary, scored as <unk>), \
+         loss {:.4}, perplexity {:.2}",
+        args.run.display(),
+        r.epoch,
+        args.text.display(),
+        e.tokens,
+        r.unknown_tokens,
+        e.loss,
+        e.perplexity
+    );
+    Ok(())
+}
+
 fn build_config(args: &TrainArgs) -> ExperimentConfig {
     let mut c = args.preset.config();
     macro_rules! set {
@@ -296,6 +417,55 @@ fn build_config(args: &TrainArgs) -> ExperimentConfig {
     set!(max_vocab => data.max_vocab);
     set!(buckets => data.buckets);
     set!(loss_norm => model.loss_norm);
+    set!(batching => data.batching);
+    set!(bptt => data.bptt);
+    set!(dropout => model.dropout);
+    set!(clip => clip);
+    if args.tied {
+        c.model.tied = true;
+    }
+    if let Some(range) = args.init_range {
+        c.model.init = InitScheme::Uniform { range };
+    }
+    match (args.optimizer, &c.optimizer) {
+        (Some(OptimizerChoice::Sgd), OptimizerConfig::Adam { .. }) => {
+            c.optimizer = OptimizerConfig::Sgd {
+                lr: 1.0,
+                momentum: 0.0,
+                weight_decay: 0.0,
+            }
+        }
+        (Some(OptimizerChoice::Adam), OptimizerConfig::Sgd { .. }) => {
+            c.optimizer = OptimizerConfig::Adam {
+                lr: 2e-3,
+                weight_decay: 0.0,
+            }
+        }
+        _ => {}
+    }
+    let (k, decay, divisor) = match c.lr_schedule {
+        LrSchedule::StepDecay {
+            constant_epochs,
+            decay,
+        } => (constant_epochs, decay, 4.0),
+        LrSchedule::Plateau { divisor } => (4, 0.5, divisor),
+        LrSchedule::Constant => (4, 0.5, 4.0),
+    };
+    let kind = args.lr_schedule.unwrap_or(match c.lr_schedule {
+        LrSchedule::Constant => ScheduleChoice::Constant,
+        LrSchedule::StepDecay { .. } => ScheduleChoice::Step,
+        LrSchedule::Plateau { .. } => ScheduleChoice::Plateau,
+    });
+    c.lr_schedule = match kind {
+        ScheduleChoice::Constant => LrSchedule::Constant,
+        ScheduleChoice::Step => LrSchedule::StepDecay {
+            constant_epochs: args.decay_start.unwrap_or(k),
+            decay: args.lr_decay.unwrap_or(decay),
+        },
+        ScheduleChoice::Plateau => LrSchedule::Plateau {
+            divisor: args.lr_divisor.unwrap_or(divisor),
+        },
+    };
     if let Some(lr) = args.lr {
         c.optimizer = c.optimizer.with_lr(lr);
     }

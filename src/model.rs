@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::carry::CarryKey;
 use crate::fused::xent::nll_rows;
 use crate::lstm::{LstmLayer, LstmStack, LstmState};
 
@@ -57,6 +58,13 @@ pub struct LmConfig {
     pub init: InitScheme,
     /// Loss reduction.
     pub loss_norm: LossNorm,
+    /// Dropout probability on the embeddings, between layers and before the output layer
+    /// (Zaremba's non-recurrent dropout); 0 = none.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Share the embedding matrix with the output layer (needs `d_embed == d_hidden`).
+    #[serde(default)]
+    pub tied: bool,
 }
 
 impl LmConfig {
@@ -84,22 +92,35 @@ impl LmConfig {
         let layers = (0..self.n_layers)
             .map(|k| LstmLayer::new(if k == 0 { e } else { h }, h, &self.init, &mut rng, device))
             .collect();
-        let output_weight = matrix(&mut rng, h, v, h);
-        let output_bias = match self.init {
-            InitScheme::MxXavier { .. } => vec![0.0; v],
-            InitScheme::Uniform { range } => uniform(&mut rng, v, range),
+        let output_weight = (!self.tied).then(|| matrix(&mut rng, h, v, h));
+        let output_bias = Param::from_tensor(Tensor::from_data(
+            TensorData::new(
+                match self.init {
+                    InitScheme::MxXavier { .. } => vec![0.0; v],
+                    InitScheme::Uniform { range } => uniform(&mut rng, v, range),
+                },
+                [v],
+            ),
+            device,
+        ));
+        let (output, tied_bias) = match output_weight {
+            Some(weight) => (
+                Some(Linear {
+                    weight,
+                    bias: Some(output_bias),
+                }),
+                None,
+            ),
+            None => (None, Some(output_bias)),
         };
         LanguageModel {
             embedding,
             lstm: LstmStack { layers },
-            output: Linear {
-                weight: output_weight,
-                bias: Some(Param::from_tensor(Tensor::from_data(
-                    TensorData::new(output_bias, [v]),
-                    device,
-                ))),
-            },
+            output,
+            tied_bias,
+            dropout: self.dropout,
             loss_per_batch: self.loss_norm == LossNorm::Batch,
+            max_grad_norm: 0.0,
         }
     }
 
@@ -109,7 +130,7 @@ impl LmConfig {
         let lstm: usize = (0..self.n_layers)
             .map(|k| (if k == 0 { e } else { h } + h + 1) * 4 * h)
             .sum();
-        v * e + lstm + h * v + v
+        v * e + lstm + if self.tied { 0 } else { h * v } + v
     }
 }
 
@@ -130,6 +151,11 @@ pub struct LmBatch {
     pub mask: Tensor<2>,
     /// Number of real target tokens (the ones in the perplexity).
     pub tokens: usize,
+    /// For a window of a stream: where to take the starting state from and leave the final one
+    /// (see [`crate::carry`]); `None` starts from zeros.
+    pub carry: Option<CarryKey>,
+    /// Seed of this batch's dropout masks; `None` (evaluation) applies no dropout.
+    pub dropout_seed: Option<u64>,
 }
 
 /// The loss of one batch.
@@ -150,14 +176,22 @@ pub struct LanguageModel {
     pub embedding: Embedding,
     /// The LSTM layers.
     pub lstm: LstmStack,
-    /// Output projection `[d_hidden, vocab]` with bias `[vocab]`.
-    pub output: Linear,
+    /// Output projection `[d_hidden, vocab]` with bias `[vocab]`; `None` when the output layer
+    /// is tied to the embedding.
+    pub output: Option<Linear>,
+    /// Output bias `[vocab]` of a tied model (which has no `output`).
+    pub tied_bias: Option<Param<Tensor<1>>>,
+    /// Dropout probability used when training (see [`LmConfig::dropout`]).
+    pub dropout: f64,
     /// Loss reduction: true for [`LossNorm::Batch`], false for [`LossNorm::Token`].
     pub loss_per_batch: bool,
+    /// Largest global gradient norm in a training step; 0 = no clipping. A training setting
+    /// kept here because burn-train's step sees only the model and the batch.
+    pub max_grad_norm: f64,
 }
 
 impl LanguageModel {
-    /// Logits of the next token.
+    /// Logits of the next token, without dropout.
     ///
     /// - `inputs`: token ids `[batch, seq]`
     /// - `state`: per-layer state before the first step (zeros when `None`)
@@ -167,9 +201,45 @@ impl LanguageModel {
         inputs: Tensor<2, Int>,
         state: Option<Vec<LstmState>>,
     ) -> (Tensor<3>, Vec<LstmState>) {
-        let embedded = self.embedding.forward(inputs);
-        let (hidden, state) = self.lstm.forward(embedded, state);
-        (self.output.forward(hidden), state)
+        self.forward_with_dropout(inputs, state, None)
+    }
+
+    /// Like [`forward`](Self::forward); with `dropout_seed` on an autodiff device and a nonzero
+    /// [`dropout`](Self::dropout), drops embeddings, layer outputs and the top layer's output
+    /// with masks drawn from the seed (the same on every backend).
+    pub fn forward_with_dropout(
+        &self,
+        inputs: Tensor<2, Int>,
+        state: Option<Vec<LstmState>>,
+        dropout_seed: Option<u64>,
+    ) -> (Tensor<3>, Vec<LstmState>) {
+        let training = inputs.device().is_autodiff() && self.dropout > 0.0;
+        let mut rng = dropout_seed.filter(|_| training).map(StdRng::seed_from_u64);
+        let mut drop = |x: Tensor<3>| match rng.as_mut() {
+            Some(rng) => dropout(x, self.dropout, rng),
+            None => x,
+        };
+        let embedded = drop(self.embedding.forward(inputs));
+        let (hidden, state) = self.lstm.forward_with(embedded, state, &mut drop);
+        (self.project(hidden), state)
+    }
+
+    /// The output layer: `[batch, seq, d_hidden]` to logits `[batch, seq, vocab]`.
+    fn project(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match (&self.output, &self.tied_bias) {
+            (Some(linear), _) => linear.forward(hidden),
+            (None, Some(bias)) => {
+                let [b, t, h] = hidden.dims();
+                let weight = self.embedding.weight.val(); // [vocab, d_embed = d_hidden]
+                let v = weight.dims()[0];
+                (hidden.reshape([b * t, h]).matmul(weight.transpose())
+                    + bias.val().unsqueeze_dim(0))
+                .reshape([b, t, v])
+            }
+            (None, None) => {
+                unreachable!("LmConfig::init gives a model an output layer or a tied bias")
+            }
+        }
     }
 
     /// Cross-entropy of `batch`, padding excluded from both the loss and the token count; every
@@ -185,7 +255,8 @@ impl LanguageModel {
         batch: &LmBatch,
         state: Option<Vec<LstmState>>,
     ) -> (LmLoss, Vec<LstmState>) {
-        let (logits, state) = self.forward(batch.inputs.clone(), state);
+        let (logits, state) =
+            self.forward_with_dropout(batch.inputs.clone(), state, batch.dropout_seed);
         let [b, t, v] = logits.dims();
         let nll = nll_rows(
             logits.reshape([b * t, v]),
@@ -207,6 +278,27 @@ impl LanguageModel {
     }
 }
 
+/// Inverted dropout: zeroes each value of `x` with probability `p` and scales the rest by
+/// `1 / (1 - p)`; the mask comes from `rng` on the host, so it is the same on every backend.
+fn dropout<const D: usize>(x: Tensor<D>, p: f64, rng: &mut StdRng) -> Tensor<D> {
+    let shape = x.shape();
+    let keep = 1.0 - p;
+    // Keep a value when a uniform u32 falls below keep * 2^32.
+    let threshold = (keep * 4_294_967_296.0).min(u32::MAX as f64) as u32;
+    let scale = (1.0 / keep) as f32;
+    let mask: Vec<f32> = (0..shape.num_elements())
+        .map(|_| {
+            if rng.random::<u32>() < threshold {
+                scale
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_data(TensorData::new(mask, shape), &x.device());
+    x * mask
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +314,8 @@ mod tests {
                 forget_bias: 1.0,
             },
             loss_norm: LossNorm::Batch,
+            dropout: 0.0,
+            tied: false,
         }
     }
 
@@ -229,6 +323,21 @@ mod tests {
     fn parameter_count_matches_the_module() {
         let model = config().init(1, &Device::flex());
         assert_eq!(model.num_params(), config().num_params());
+        let tied = LmConfig {
+            d_embed: 6,
+            tied: true,
+            ..config()
+        };
+        assert_eq!(
+            tied.init(1, &Device::flex()).num_params(),
+            tied.num_params()
+        );
+        // The embedding and layer 0's input weights grow by two columns/rows; the output
+        // matrix is gone.
+        assert_eq!(
+            tied.num_params(),
+            config().num_params() + 2 * 11 + 2 * 4 * 6 - 6 * 11
+        );
     }
 
     #[test]
@@ -260,6 +369,8 @@ mod tests {
         let c = config().init(8, &Device::flex());
         let w = |m: &LanguageModel| -> Vec<f32> {
             m.output
+                .as_ref()
+                .unwrap()
                 .weight
                 .val()
                 .into_data()

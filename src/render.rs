@@ -30,6 +30,9 @@ pub struct EpochStats {
     pub tokens_per_second: f64,
     /// Wall time of the epoch, training and validation, in seconds.
     pub seconds: f64,
+    /// Learning rate the epoch trained at (0 in histories written before it was recorded).
+    #[serde(default)]
+    pub lr: f64,
 }
 
 /// How progress is shown.
@@ -64,12 +67,16 @@ pub struct Renderer {
     tokens_per_second: f64,
     epoch_start: Instant,
     bar: Option<ProgressBar>,
-    on_epoch: Box<dyn FnMut(&EpochStats) + Send + Sync>,
+    on_epoch: Box<dyn FnMut(&mut EpochStats) + Send + Sync>,
 }
 
 impl Renderer {
-    /// A renderer in `mode`; `on_epoch` receives every finished epoch.
-    pub fn new(mode: ProgressMode, on_epoch: Box<dyn FnMut(&EpochStats) + Send + Sync>) -> Self {
+    /// A renderer in `mode`; `on_epoch` receives every finished epoch before its summary line is
+    /// printed, and fills in what the renderer does not know (the learning rate).
+    pub fn new(
+        mode: ProgressMode,
+        on_epoch: Box<dyn FnMut(&mut EpochStats) + Send + Sync>,
+    ) -> Self {
         let mode = match mode {
             ProgressMode::Auto if !std::io::stdout().is_terminal() => ProgressMode::Plain,
             m => m,
@@ -105,7 +112,7 @@ impl Renderer {
             Split::Valid => "valid",
         };
         let mut s = format!(
-            "epoch {}/{} {split} {items}/{} sentences",
+            "epoch {}/{} {split} {items}/{} sequences",
             self.epoch, self.total_epochs, self.items_total
         );
         if let Some(p) = self.running.get(PERPLEXITY) {
@@ -173,23 +180,25 @@ impl TrainingProgressLogger for Renderer {
     }
 
     fn update_epoch(&mut self, epoch: usize) {
-        let stats = EpochStats {
+        let mut stats = EpochStats {
             epoch,
             train_perplexity: self.train_ppl,
             valid_perplexity: self.valid_ppl,
             tokens_per_second: self.tokens_per_second,
             seconds: self.epoch_start.elapsed().as_secs_f64(),
+            lr: f64::NAN,
         };
+        (self.on_epoch)(&mut stats);
         self.println(format!(
-            "epoch {}/{}: train ppl {:.2} | valid ppl {:.2} | {:.0} tok/s | {:.1} s",
+            "epoch {}/{}: train ppl {:.2} | valid ppl {:.2} | lr {} | {:.0} tok/s | {:.1} s",
             stats.epoch,
             self.total_epochs,
             stats.train_perplexity,
             stats.valid_perplexity,
+            stats.lr,
             stats.tokens_per_second,
             stats.seconds
         ));
-        (self.on_epoch)(&stats);
         self.epoch = epoch + 1;
     }
 

@@ -1,18 +1,18 @@
-//! Training through burn-train: the train/inference steps, the run folder, checkpoints and
-//! resume.
+//! Training through burn-train: the train/inference steps, the loaders, the learning-rate
+//! schedule, checkpoints and resume.
 //!
-//! A run folder holds `config.json`, `vocab.txt`, `history.jsonl` (one line per finished epoch),
-//! burn-train's metric logs (`train/`, `valid/`, `experiment.log`) and `checkpoint/`. Running
-//! the same command again continues from the newest complete checkpoint.
+//! Running the same command again continues from the newest complete checkpoint of the run
+//! folder (see [`crate::run`]).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use burn::data::dataloader::DataLoader;
 use burn::module::{Module, ParamGroup};
 use burn::optim::decay::WeightDecayConfig;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, ModuleOptimizer, SgdConfig};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, ExecutionError, Tensor};
 use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::metric::Adaptor;
@@ -21,25 +21,20 @@ use burn::train::{
 };
 
 use crate::checkpoint::{checkpoint_dir, last_complete_checkpoint, AtomicFileCheckpointer};
-use crate::config::{ExperimentConfig, OptimizerConfig};
+use crate::clip::clip_grad_norm;
+use crate::config::{Batching, ExperimentConfig, OptimizerConfig};
 use crate::data::batcher::{BucketLoader, Buckets};
 use crate::data::corpus::CorpusSource;
+use crate::data::stream::{Stream, StreamLoader};
 use crate::data::vocab::Vocab;
 use crate::error::{Error, Result};
-use crate::eval::{evaluate_bucketed, Evaluation};
+use crate::eval::{evaluate_bucketed, evaluate_stream, Evaluation};
 use crate::metrics::{NllInput, PerplexityMetric, TokenCountInput, TokensPerSecond};
 use crate::model::{LanguageModel, LmBatch};
 use crate::render::{EpochStats, ProgressMode, Renderer};
-
-/// File names inside a run folder.
-pub mod files {
-    /// The experiment config.
-    pub const CONFIG: &str = "config.json";
-    /// The vocabulary, one token per line.
-    pub const VOCAB: &str = "vocab.txt";
-    /// One JSON [`EpochStats`](crate::render::EpochStats) per finished epoch.
-    pub const HISTORY: &str = "history.jsonl";
-}
+use crate::run::{append_history, check_resume, clear_run, save_run};
+pub use crate::run::{files, load_config, load_model, read_history};
+use crate::schedule::EpochLrScheduler;
 
 /// What one step reports to the metrics.
 pub struct LmOutput {
@@ -78,35 +73,148 @@ impl Adaptor<TokenCountInput> for LmOutput {
     }
 }
 
+/// A training step: forward from the carried state (stream windows) or zeros, backward, global
+/// gradient clipping. The final state is left for the next window before the backward pass; it
+/// is detached, so the next window's graph stops there (truncated BPTT).
 impl TrainStep for LanguageModel {
     type Input = LmBatch;
     type Output = LmOutput;
 
     fn step(&self, batch: LmBatch) -> TrainOutput<LmOutput> {
-        let loss = self.loss(&batch);
-        let grads = loss.loss.backward();
-        TrainOutput::new(
-            self,
+        let (loss, last) =
+            self.loss_with_state(&batch, batch.carry.as_ref().and_then(|k| k.take()));
+        if let Some(key) = &batch.carry {
+            key.put(last);
+        }
+        let mut grads = GradientsParams::from_grads(loss.loss.backward(), self);
+        if self.max_grad_norm > 0.0 {
+            clip_grad_norm(self, &mut grads, self.max_grad_norm);
+        }
+        TrainOutput {
             grads,
-            LmOutput {
+            item: LmOutput {
                 loss: loss.loss.detach(),
                 nll_sum: loss.nll_sum.detach(),
                 tokens: loss.tokens,
             },
-        )
+        }
     }
 }
 
+/// A validation step: the same loss, carrying the state between windows of a stream.
 impl InferenceStep for LanguageModel {
     type Input = LmBatch;
     type Output = LmOutput;
 
     fn step(&self, batch: LmBatch) -> LmOutput {
-        let loss = self.loss(&batch);
+        let (loss, last) =
+            self.loss_with_state(&batch, batch.carry.as_ref().and_then(|k| k.take()));
+        if let Some(key) = &batch.carry {
+            key.put(last);
+        }
         LmOutput {
             loss: loss.loss,
             nll_sum: loss.nll_sum,
             tokens: loss.tokens,
+        }
+    }
+}
+
+/// The training and validation loaders of a run, and the optimizer steps per epoch.
+struct Loaders {
+    train: Arc<dyn DataLoader<LmBatch>>,
+    valid: Arc<dyn DataLoader<LmBatch>>,
+    steps_per_epoch: usize,
+}
+
+/// Makes the loaders `config` asks for and prints what the data gives.
+fn loaders(
+    config: &ExperimentConfig,
+    train_ids: &[Vec<usize>],
+    valid_ids: &[Vec<usize>],
+    first_epoch: usize,
+    device: &Device,
+) -> Result<Loaders> {
+    let data = &config.data;
+    let train_tokens: usize = train_ids.iter().map(Vec::len).sum();
+    match data.batching {
+        Batching::Buckets => {
+            let train_buckets = Buckets::new(train_ids, &data.buckets);
+            let valid_buckets = Buckets::new(valid_ids, &data.buckets);
+            let largest = data.buckets.iter().max().copied().unwrap_or(0);
+            println!(
+                "data: {} train sentences ({} tokens), {} valid; buckets {:?}; dropped {} train and \
+                 {} valid sentences longer than {largest} tokens",
+                train_ids.len(),
+                train_tokens - train_ids.len(),
+                valid_ids.len(),
+                data.buckets,
+                train_buckets.dropped,
+                valid_buckets.dropped,
+            );
+            let steps_per_epoch = train_buckets.num_batches(data.batch_size);
+            if steps_per_epoch == 0 {
+                return Err(Error::Config(format!(
+                    "no bucket holds {} training sentences, so there is no full batch; lower \
+                     --batch-size or add training text",
+                    data.batch_size
+                )));
+            }
+            Ok(Loaders {
+                train: Arc::new(BucketLoader::training(
+                    train_buckets,
+                    data.batch_size,
+                    config.seed,
+                    first_epoch,
+                    device.clone(),
+                )),
+                valid: Arc::new(BucketLoader::evaluation(
+                    valid_buckets,
+                    data.batch_size,
+                    device.clone(),
+                )),
+                steps_per_epoch,
+            })
+        }
+        Batching::Stream => {
+            let train = StreamLoader::training(
+                Stream::new(train_ids, data.batch_size),
+                data.bptt,
+                config.seed,
+                first_epoch,
+                device.clone(),
+            );
+            let valid = StreamLoader::evaluation(
+                Stream::new(valid_ids, data.batch_size),
+                data.bptt,
+                device.clone(),
+            );
+            println!(
+                "data: a stream of {train_tokens} train tokens in {} columns, {} windows of {} \
+                 steps per epoch; valid {} tokens in {} windows",
+                data.batch_size,
+                train.num_windows(),
+                data.bptt,
+                valid_ids.iter().map(Vec::len).sum::<usize>(),
+                valid.num_windows(),
+            );
+            if train.num_windows() == 0 || valid.num_windows() == 0 {
+                return Err(Error::Config(format!(
+                    "the {} split is too short for {} columns of at least 2 tokens; lower \
+                     --batch-size or add text",
+                    if train.num_windows() == 0 {
+                        "training"
+                    } else {
+                        "validation"
+                    },
+                    data.batch_size
+                )));
+            }
+            Ok(Loaders {
+                steps_per_epoch: train.num_windows(),
+                train: Arc::new(train),
+                valid: Arc::new(valid),
+            })
         }
     }
 }
@@ -187,38 +295,11 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
 
     let encode = |s: &[Vec<String>]| s.iter().map(|w| vocab.encode(w)).collect::<Vec<_>>();
     let (train_ids, valid_ids) = (encode(&corpus.train), encode(&corpus.valid));
-    let train_buckets = Buckets::new(&train_ids, &config.data.buckets);
-    let valid_buckets = Buckets::new(&valid_ids, &config.data.buckets);
-    let largest = config.data.buckets.iter().max().copied().unwrap_or(0);
-    println!(
-        "data: {} train sentences ({} tokens), {} valid; vocabulary {}; dropped {} train and {} \
-         valid sentences longer than {largest} tokens",
-        train_ids.len(),
-        train_ids.iter().map(|s| s.len() - 1).sum::<usize>(),
-        valid_ids.len(),
-        vocab.len(),
-        train_buckets.dropped,
-        valid_buckets.dropped,
-    );
-    if train_buckets.num_batches(config.data.batch_size) == 0 {
-        return Err(Error::Config(format!(
-            "no bucket holds {} training sentences, so there is no full batch; lower \
-             --batch-size or add training text",
-            config.data.batch_size
-        )));
-    }
     let first_epoch = resumed_from.unwrap_or(0) + 1;
-    let train_loader = BucketLoader::training(
-        train_buckets,
-        config.data.batch_size,
-        config.seed,
-        first_epoch,
-        device.clone(),
-    );
-    let valid_loader =
-        BucketLoader::evaluation(valid_buckets, config.data.batch_size, device.clone());
+    let loaders = loaders(&config, &train_ids, &valid_ids, first_epoch, &device)?;
 
-    let model = config.model.init(config.seed, &device.clone().autodiff());
+    let mut model = config.model.init(config.seed, &device.clone().autodiff());
+    model.max_grad_norm = config.clip;
     println!(
         "model: {} x {} LSTM, embedding {}, {} parameters; device {device:?}; run folder {}",
         config.model.n_layers,
@@ -231,15 +312,38 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         Some(epoch) => println!("resuming from the checkpoint of epoch {epoch}"),
         None => println!("starting a new run"),
     }
-    let learner = Learner::new(model, optimizer(&config.optimizer), config.optimizer.lr());
+    // The validation perplexities of finished epochs, which the plateau schedule reads; a resumed
+    // run starts from the ones its history holds.
+    let earlier = read_history(&run_dir);
+    let valid_history = Arc::new(Mutex::new(
+        earlier
+            .iter()
+            .map(|s| s.valid_perplexity)
+            .collect::<Vec<_>>(),
+    ));
+    let scheduler = EpochLrScheduler::new(
+        config.lr_schedule,
+        config.optimizer.lr(),
+        loaders.steps_per_epoch,
+        valid_history.clone(),
+    );
+    let learner = Learner::new(
+        model,
+        optimizer(&config.optimizer),
+        ModuleLrScheduler::new(scheduler),
+    );
 
     let history = Arc::new(Mutex::new(Vec::new()));
     let renderer = {
         let history = history.clone();
         let path = run_dir.join(files::HISTORY);
+        let (schedule, base_lr) = (config.lr_schedule, config.optimizer.lr());
         Renderer::new(
             progress,
-            Box::new(move |stats: &EpochStats| {
+            Box::new(move |stats: &mut EpochStats| {
+                let mut valid = valid_history.lock().expect("history lock");
+                stats.lr = schedule.lr_for_epoch(base_lr, stats.epoch, &valid);
+                valid.push(stats.valid_perplexity);
                 history.lock().expect("history lock").push(stats.clone());
                 if let Err(e) = append_history(&path, stats) {
                     eprintln!("warning: cannot record epoch {}: {e}", stats.epoch);
@@ -248,18 +352,17 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         )
     };
     let ckpt = checkpoint_dir(&run_dir);
-    let mut training =
-        SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(valid_loader))
-            .metrics((PerplexityMetric::new(), TokensPerSecond::new()))
-            .with_custom_checkpointers(
-                AtomicFileCheckpointer::new(&ckpt, "model"),
-                AtomicFileCheckpointer::new(&ckpt, "optim"),
-                AtomicFileCheckpointer::new(&ckpt, "scheduler"),
-            )
-            .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
-            .num_epochs(config.epochs)
-            .renderer(Box::new(renderer))
-            .with_interrupter(interrupter);
+    let mut training = SupervisedTraining::new(&run_dir, loaders.train, loaders.valid)
+        .metrics((PerplexityMetric::new(), TokensPerSecond::new()))
+        .with_custom_checkpointers(
+            AtomicFileCheckpointer::new(&ckpt, "model"),
+            AtomicFileCheckpointer::new(&ckpt, "optim"),
+            AtomicFileCheckpointer::new(&ckpt, "scheduler"),
+        )
+        .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
+        .num_epochs(config.epochs)
+        .renderer(Box::new(renderer))
+        .with_interrupter(interrupter);
     if let Some(epoch) = resumed_from {
         training = training.checkpoint(epoch);
     }
@@ -284,19 +387,7 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         (Some(test), false) => {
             let eval_device = device.clone().without_autodiff();
             let model = result.model.fork(&eval_device);
-            let e = evaluate_bucketed(
-                &model,
-                &encode(test),
-                &config.data.buckets,
-                config.data.batch_size,
-                &eval_device,
-            );
-            println!(
-                "test: {} tokens, loss {:.4}, perplexity {:.2} ({} sentences longer than {largest} \
-                 tokens not scored)",
-                e.tokens, e.loss, e.perplexity, e.dropped_sentences
-            );
-            Some(e)
+            Some(evaluate_test(&model, &config, &encode(test), &eval_device))
         }
         _ => None,
     };
@@ -309,9 +400,44 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     })
 }
 
-/// The optimizer of `config`; weight decay applies to weight matrices only, as in the
-/// reference (MXNet's `wd_mult` is 0 on biases).
-/// The optimizer of `config`; biases are never weight-decayed.
+/// Scores the test split the way the run was trained: with full context (the whole split as one
+/// stream, state carried) for a stream run, sentence by sentence in buckets for a bucket run.
+fn evaluate_test(
+    model: &LanguageModel,
+    config: &ExperimentConfig,
+    test: &[Vec<usize>],
+    device: &Device,
+) -> Evaluation {
+    match config.data.batching {
+        Batching::Stream => {
+            let e = evaluate_stream(model, test, 1, config.data.bptt, device);
+            println!(
+                "test (full context): {} tokens, loss {:.4}, perplexity {:.2}",
+                e.tokens, e.loss, e.perplexity
+            );
+            e
+        }
+        Batching::Buckets => {
+            let e = evaluate_bucketed(
+                model,
+                test,
+                &config.data.buckets,
+                config.data.batch_size,
+                device,
+            );
+            let largest = config.data.buckets.iter().max().copied().unwrap_or(0);
+            println!(
+                "test: {} tokens, loss {:.4}, perplexity {:.2} ({} sentences longer than {largest} \
+                 tokens not scored)",
+                e.tokens, e.loss, e.perplexity, e.dropped_sentences
+            );
+            e
+        }
+    }
+}
+
+/// The optimizer of `config`; biases are never weight-decayed (MXNet's `wd_mult` is 0 on
+/// biases).
 pub(crate) fn optimizer(config: &OptimizerConfig) -> ModuleOptimizer {
     let decay = |wd: f64| (wd > 0.0).then(|| WeightDecayConfig::new(wd as f32));
     let biases = ParamGroup::from_predicate("bias");
@@ -337,138 +463,4 @@ pub(crate) fn optimizer(config: &OptimizerConfig) -> ModuleOptimizer {
             .init()
             .with_group(biases, AdamConfig::new().build(), None),
     }
-}
-
-/// Removes what a run writes into `run_dir`, and nothing else.
-fn clear_run(run_dir: &Path) -> Result<()> {
-    for name in ["checkpoint", "train", "valid"] {
-        let p = run_dir.join(name);
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p).map_err(|e| Error::io("cannot remove", &p, e))?;
-        }
-    }
-    for name in [
-        files::CONFIG,
-        files::VOCAB,
-        files::HISTORY,
-        "experiment.log",
-    ] {
-        let p = run_dir.join(name);
-        if p.is_file() {
-            std::fs::remove_file(&p).map_err(|e| Error::io("cannot remove", &p, e))?;
-        }
-    }
-    Ok(())
-}
-
-/// The epoch to resume from, after checking that the run in `run_dir` (if any) was made by the
-/// same config and vocabulary.
-fn check_resume(run_dir: &Path, config: &ExperimentConfig, vocab: &Vocab) -> Result<Option<usize>> {
-    let config_path = run_dir.join(files::CONFIG);
-    if !config_path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&config_path)
-        .map_err(|e| Error::io("cannot read", &config_path, e))?;
-    let saved: ExperimentConfig = serde_json::from_str(&text).map_err(|e| Error::BadRun {
-        dir: run_dir.to_path_buf(),
-        problem: format!(
-            "{} is not a valid config ({e}); pass --fresh to start over",
-            files::CONFIG
-        ),
-    })?;
-    let differences = config.resume_differences(&saved);
-    if !differences.is_empty() {
-        return Err(Error::IncompatibleRun {
-            dir: run_dir.to_path_buf(),
-            problem: format!("its config differs: {}", differences.join("; ")),
-        });
-    }
-    let saved_vocab = Vocab::load(&run_dir.join(files::VOCAB))?;
-    if &saved_vocab != vocab {
-        return Err(Error::IncompatibleRun {
-            dir: run_dir.to_path_buf(),
-            problem: "the training data gives a different vocabulary than the run's vocab.txt \
-                      (the training text changed)"
-                .into(),
-        });
-    }
-    Ok(last_complete_checkpoint(run_dir))
-}
-
-/// Writes config and vocabulary, and cuts the history back to the epochs the checkpoint holds.
-fn save_run(
-    run_dir: &Path,
-    config: &ExperimentConfig,
-    vocab: &Vocab,
-    epochs_kept: usize,
-) -> Result<()> {
-    std::fs::create_dir_all(run_dir)
-        .map_err(|e| Error::io("cannot create run folder", run_dir, e))?;
-    let json = serde_json::to_string_pretty(config).expect("config serialises");
-    crate::fsutil::write_atomic(&run_dir.join(files::CONFIG), json.as_bytes())?;
-    vocab.save(&run_dir.join(files::VOCAB))?;
-    let kept: Vec<EpochStats> = read_history(run_dir)
-        .into_iter()
-        .filter(|s| s.epoch <= epochs_kept)
-        .collect();
-    let mut text = String::new();
-    for s in &kept {
-        text += &serde_json::to_string(s).expect("stats serialise");
-        text.push('\n');
-    }
-    crate::fsutil::write_atomic(&run_dir.join(files::HISTORY), text.as_bytes())
-}
-
-/// The finished epochs recorded in a run folder (unreadable lines are skipped).
-pub fn read_history(run_dir: &Path) -> Vec<EpochStats> {
-    std::fs::read_to_string(run_dir.join(files::HISTORY))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-fn append_history(path: &Path, stats: &EpochStats) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    writeln!(
-        f,
-        "{}",
-        serde_json::to_string(stats).expect("stats serialise")
-    )?;
-    f.sync_data()
-}
-
-/// The config saved in a run folder.
-pub fn load_config(run_dir: &Path) -> Result<ExperimentConfig> {
-    let path = run_dir.join(files::CONFIG);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("cannot read", &path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::BadRun {
-        dir: run_dir.to_path_buf(),
-        problem: format!("{} is not a valid config: {e}", files::CONFIG),
-    })
-}
-
-/// The model of a run folder's checkpoint `epoch` (the newest complete one when `None`), on
-/// `device`; the checkpoint may come from any backend.
-pub fn load_model(run_dir: &Path, epoch: Option<usize>, device: &Device) -> Result<LanguageModel> {
-    let config = load_config(run_dir)?;
-    let epoch = match epoch.or_else(|| last_complete_checkpoint(run_dir)) {
-        Some(e) => e,
-        None => {
-            return Err(Error::BadRun {
-                dir: run_dir.to_path_buf(),
-                problem: "no complete checkpoint yet; train at least one epoch".into(),
-            })
-        }
-    };
-    let path = crate::checkpoint::record_path(&checkpoint_dir(run_dir), "model", epoch);
-    let record = burn::store::ModuleRecord::load(&path).map_err(|e| Error::BadRun {
-        dir: run_dir.to_path_buf(),
-        problem: format!("cannot load {}: {e}", path.display()),
-    })?;
-    Ok(config.model.init(config.seed, device).load_record(record))
 }

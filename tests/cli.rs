@@ -186,3 +186,91 @@ fn ctrl_c_stops_after_the_batch_and_keeps_the_last_checkpoint() {
         "{stdout}"
     );
 }
+
+/// The stream flags reach the config, and `lstm-lm eval` scores the saved run with full
+/// context, printing tokens, loss and perplexity; a run folder without a run is named.
+#[test]
+fn stream_training_flags_and_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, valid) = common::tiny_corpus(tmp.path(), 600, 200);
+    let run = tmp.path().join("run");
+    let mut args = train_args(&train, &valid, &run);
+    args[3] = "2".as_ref(); // --epochs 2
+    let out = lstm_lm()
+        .args(&args)
+        .args([
+            "--batching",
+            "stream",
+            "--bptt",
+            "10",
+            "--dropout",
+            "0.1",
+            "--clip",
+            "1",
+        ])
+        .args([
+            "--lr-schedule",
+            "step",
+            "--decay-start",
+            "1",
+            "--lr-decay",
+            "0.5",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("windows of 10 steps"), "{stdout}");
+    assert!(
+        stdout.contains("| lr 0.01 |") && stdout.contains("| lr 0.005 |"),
+        "{stdout}"
+    );
+    let config = std::fs::read_to_string(run.join("config.json")).unwrap();
+    for field in [
+        "\"batching\": \"stream\"",
+        "\"dropout\": 0.1",
+        "\"clip\": 1.0",
+        "\"step-decay\"",
+    ] {
+        assert!(config.contains(field), "{field} in {config}");
+    }
+
+    let out = lstm_lm()
+        .arg("eval")
+        .arg(&run)
+        .arg("--text")
+        .arg(&valid)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("(epoch 2)") && stdout.contains("full context"),
+        "{stdout}"
+    );
+    let ppl: f64 = stdout
+        .rsplit("perplexity ")
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no perplexity in {stdout}"));
+    assert!(ppl > 1.0 && ppl < 500.0, "{stdout}");
+
+    let out = lstm_lm()
+        .arg("eval")
+        .arg(tmp.path())
+        .arg("--text")
+        .arg(&valid)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("config.json"), "{stderr}");
+}

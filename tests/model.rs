@@ -17,6 +17,8 @@ fn forward_shapes_on_every_backend() {
             n_layers: 3,
             init: InitScheme::Uniform { range: 0.1 },
             loss_norm: LossNorm::Token,
+            dropout: 0.0,
+            tied: false,
         };
         let model = config.init(1, &device);
         let inputs =

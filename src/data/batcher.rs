@@ -116,6 +116,8 @@ impl HostBatch {
             ),
             mask: Tensor::<2>::from_data(TensorData::new(mask, shape), device),
             tokens: self.tokens(),
+            carry: None,
+            dropout_seed: None,
         }
     }
 }
@@ -269,8 +271,10 @@ impl DataLoader<LmBatch> for BucketLoader {
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<LmBatch>> {
         let offset = self.range.map_or(0, |r| r.0);
         let end = end.min(self.num_batches());
+        // Each slice counts its own epochs: every device's loader calls `iter` once per epoch.
         Arc::new(Self {
             range: Some((offset + start.min(end), offset + end)),
+            next_epoch: Arc::new(AtomicUsize::new(self.next_epoch.load(Ordering::SeqCst))),
             ..self.clone()
         })
     }

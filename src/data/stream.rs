@@ -6,7 +6,16 @@
 //! step. Column `b` of window `k + 1` continues column `b` of window `k`, so the LSTM state at
 //! the end of one window is the right start for the next (PyTorch's `batchify` + `get_batch`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
+use burn::data::dataset::DatasetError;
+use burn::tensor::Device;
+
+use crate::carry::StateCarry;
 use crate::data::batcher::HostBatch;
+use crate::model::LmBatch;
 
 /// A token stream laid out as `batch` columns.
 #[derive(Debug, Clone)]
@@ -39,21 +48,182 @@ impl Stream {
 
     /// Window `k` of at most `bptt` steps: inputs `[batch, t]` and the next ids as targets.
     pub fn window(&self, k: usize, bptt: usize) -> HostBatch {
+        self.window_of_columns(k, bptt, 0..self.batch)
+    }
+
+    /// Window `k` of the given columns only: inputs `[columns, t]` and their targets.
+    pub fn window_of_columns(
+        &self,
+        k: usize,
+        bptt: usize,
+        columns: std::ops::Range<usize>,
+    ) -> HostBatch {
         let start = k * bptt;
         let t = bptt.min(self.steps - 1 - start);
-        let mut inputs = Vec::with_capacity(self.batch * t);
-        let mut targets = Vec::with_capacity(self.batch * t);
-        for b in 0..self.batch {
+        let n = columns.len();
+        let mut inputs = Vec::with_capacity(n * t);
+        let mut targets = Vec::with_capacity(n * t);
+        for b in columns {
             let row = &self.ids[b * self.steps..(b + 1) * self.steps];
             inputs.extend_from_slice(&row[start..start + t]);
             targets.extend_from_slice(&row[start + 1..start + 1 + t]);
         }
         HostBatch {
-            batch: self.batch,
+            batch: n,
             seq: t,
             inputs,
             targets,
         }
+    }
+}
+
+/// A [`DataLoader`] over the windows of a [`Stream`], in order, each batch carrying the
+/// [`CarryKey`](crate::carry::CarryKey) that hands the LSTM state from window to window (see
+/// [`crate::carry`]).
+///
+/// Items are column-windows (one column over one window), `columns x windows` per epoch;
+/// [`slice`](DataLoader::slice) splits by whole columns, so a device that gets a slice owns its
+/// columns for the whole epoch. Training loaders also give each batch a dropout seed derived
+/// from `(seed, epoch, window, first column)`, so masks are the same on every backend and after
+/// a resume. The epoch advances on every call to `iter`, starting from `first_epoch`.
+#[derive(Clone)]
+pub struct StreamLoader {
+    stream: Arc<Stream>,
+    bptt: usize,
+    columns: std::ops::Range<usize>,
+    dropout_seed: Option<u64>,
+    next_epoch: Arc<AtomicUsize>,
+    carry: StateCarry,
+    device: Device,
+}
+
+impl StreamLoader {
+    /// A training loader over `stream` in windows of `bptt`; `seed` seeds dropout masks and
+    /// `first_epoch` is the 1-based epoch the first `iter` serves.
+    pub fn training(
+        stream: Stream,
+        bptt: usize,
+        seed: u64,
+        first_epoch: usize,
+        device: Device,
+    ) -> Self {
+        Self::new(stream, bptt, Some(seed), first_epoch, device)
+    }
+
+    /// An evaluation loader: the same windows, no dropout.
+    pub fn evaluation(stream: Stream, bptt: usize, device: Device) -> Self {
+        Self::new(stream, bptt, None, 1, device)
+    }
+
+    fn new(
+        stream: Stream,
+        bptt: usize,
+        dropout_seed: Option<u64>,
+        first_epoch: usize,
+        device: Device,
+    ) -> Self {
+        let bptt = bptt.max(1);
+        Self {
+            columns: 0..stream.batch,
+            stream: Arc::new(stream),
+            bptt,
+            dropout_seed,
+            next_epoch: Arc::new(AtomicUsize::new(first_epoch)),
+            carry: StateCarry::new(),
+            device,
+        }
+    }
+
+    /// Windows per epoch: the number of optimizer steps of an epoch on one device.
+    pub fn num_windows(&self) -> usize {
+        self.stream.num_windows(self.bptt)
+    }
+
+    /// Window `k` of `epoch`, as the loader serves it.
+    pub fn batch(&self, epoch: usize, k: usize) -> LmBatch {
+        let host = self
+            .stream
+            .window_of_columns(k, self.bptt, self.columns.clone());
+        // The stream holds no padding, so every position is a real, counted token.
+        let mut batch = host.to_device(&self.device);
+        batch.carry = Some(self.carry.key(self.columns.start, epoch, k));
+        batch.dropout_seed = self.dropout_seed.map(|seed| {
+            let mut h = seed ^ 0x5851_F42D_4C95_7F2D;
+            for v in [epoch, k, self.columns.start] {
+                h = (h ^ v as u64)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .rotate_left(29);
+            }
+            h
+        });
+        batch
+    }
+}
+
+struct StreamIter<'a> {
+    loader: &'a StreamLoader,
+    epoch: usize,
+    next: usize,
+}
+
+impl Iterator for StreamIter<'_> {
+    type Item = Result<LmBatch, DatasetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.loader.num_windows() || self.loader.columns.is_empty() {
+            return None;
+        }
+        let batch = self.loader.batch(self.epoch, self.next);
+        self.next += 1;
+        Some(Ok(batch))
+    }
+}
+
+impl DataLoaderIterator<LmBatch> for StreamIter<'_> {
+    fn progress(&self) -> Progress {
+        let columns = self.loader.columns.len();
+        Progress::new(
+            self.next * columns,
+            self.loader.num_windows() * columns,
+            Some("sequence windows".into()),
+        )
+    }
+}
+
+impl DataLoader<LmBatch> for StreamLoader {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch> + 'a> {
+        let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
+        Box::new(StreamIter {
+            loader: self,
+            epoch,
+            next: 0,
+        })
+    }
+
+    fn num_items(&self) -> usize {
+        self.columns.len() * self.num_windows()
+    }
+
+    fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<LmBatch>> {
+        Arc::new(Self {
+            device: device.clone(),
+            ..self.clone()
+        })
+    }
+
+    /// Items `start..end` rounded to whole columns (items are column-major: all windows of a
+    /// column, then the next column).
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<LmBatch>> {
+        let windows = self.num_windows().max(1);
+        let column = |item: usize| {
+            (self.columns.start + (item + windows / 2) / windows).min(self.columns.end)
+        };
+        // Each slice counts its own epochs: every device's loader calls `iter` once per epoch.
+        Arc::new(Self {
+            columns: column(start)..column(end.max(start)),
+            next_epoch: Arc::new(AtomicUsize::new(self.next_epoch.load(Ordering::SeqCst))),
+            ..self.clone()
+        })
     }
 }
 
@@ -78,5 +248,50 @@ mod tests {
         // Every id of the stream but the last of each column is an input exactly once.
         let n: usize = (0..3).map(|k| s.window(k, 4).inputs.len()).sum();
         assert_eq!(n, 2 * 10);
+    }
+
+    #[test]
+    fn the_loader_serves_windows_in_order_and_slices_by_whole_columns() {
+        let sentences = vec![(3..43).collect::<Vec<_>>()]; // 40 ids, 4 columns of 10 steps
+        let loader = StreamLoader::training(Stream::new(&sentences, 4), 4, 7, 1, Device::flex());
+        assert_eq!((loader.num_windows(), loader.num_items()), (3, 12));
+        let batches: Vec<LmBatch> = loader.iter().map(|b| b.unwrap()).collect();
+        let keys: Vec<(usize, usize)> = batches
+            .iter()
+            .map(|b| {
+                let k = b.carry.as_ref().unwrap();
+                (k.epoch, k.window)
+            })
+            .collect();
+        assert_eq!(keys, vec![(1, 0), (1, 1), (1, 2)]);
+        assert_eq!(batches[0].tokens, 16, "every position counts");
+        assert_eq!(
+            batches[2].tokens, 4,
+            "9 targets per column: windows of 4, 4 and 1"
+        );
+        assert_ne!(batches[0].dropout_seed, batches[1].dropout_seed);
+        assert_eq!(
+            loader.iter().next().unwrap().unwrap().carry.unwrap().epoch,
+            2
+        );
+
+        // burn-train's split for two devices: items 0..6 and 6..12 = columns 0..2 and 2..4.
+        let halves = [loader.slice(0, 6), loader.slice(6, 12)];
+        let firsts: Vec<usize> = halves
+            .iter()
+            .map(|h| {
+                let b = h.iter().next().unwrap().unwrap();
+                assert_eq!(b.inputs.dims(), [2, 4]);
+                assert_eq!(h.num_items(), 6);
+                b.carry.unwrap().first_column
+            })
+            .collect();
+        assert_eq!(firsts, vec![0, 2]);
+        assert!(
+            StreamLoader::evaluation(Stream::new(&sentences, 4), 4, Device::flex())
+                .batch(1, 0)
+                .dropout_seed
+                .is_none()
+        );
     }
 }

@@ -1,0 +1,165 @@
+//! A run folder: its files, and reading and writing them.
+//!
+//! A run folder holds `config.json`, `vocab.txt`, `history.jsonl` (one line per finished epoch),
+//! burn-train's metric logs (`train/`, `valid/`, `experiment.log`) and `checkpoint/`.
+
+use std::io::Write;
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::Device;
+
+use crate::checkpoint::{checkpoint_dir, last_complete_checkpoint};
+use crate::config::ExperimentConfig;
+use crate::data::vocab::Vocab;
+use crate::error::{Error, Result};
+use crate::model::LanguageModel;
+use crate::render::EpochStats;
+
+/// File names inside a run folder.
+pub mod files {
+    /// The experiment config.
+    pub const CONFIG: &str = "config.json";
+    /// The vocabulary, one token per line.
+    pub const VOCAB: &str = "vocab.txt";
+    /// One JSON [`EpochStats`](crate::render::EpochStats) per finished epoch.
+    pub const HISTORY: &str = "history.jsonl";
+}
+
+/// Removes what a run writes into `run_dir`, and nothing else.
+pub(crate) fn clear_run(run_dir: &Path) -> Result<()> {
+    for name in ["checkpoint", "train", "valid"] {
+        let p = run_dir.join(name);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).map_err(|e| Error::io("cannot remove", &p, e))?;
+        }
+    }
+    for name in [
+        files::CONFIG,
+        files::VOCAB,
+        files::HISTORY,
+        "experiment.log",
+    ] {
+        let p = run_dir.join(name);
+        if p.is_file() {
+            std::fs::remove_file(&p).map_err(|e| Error::io("cannot remove", &p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The epoch to resume from, after checking that the run in `run_dir` (if any) was made by the
+/// same config and vocabulary.
+pub(crate) fn check_resume(
+    run_dir: &Path,
+    config: &ExperimentConfig,
+    vocab: &Vocab,
+) -> Result<Option<usize>> {
+    let config_path = run_dir.join(files::CONFIG);
+    if !config_path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| Error::io("cannot read", &config_path, e))?;
+    let saved: ExperimentConfig = serde_json::from_str(&text).map_err(|e| Error::BadRun {
+        dir: run_dir.to_path_buf(),
+        problem: format!(
+            "{} is not a valid config ({e}); pass --fresh to start over",
+            files::CONFIG
+        ),
+    })?;
+    let differences = config.resume_differences(&saved);
+    if !differences.is_empty() {
+        return Err(Error::IncompatibleRun {
+            dir: run_dir.to_path_buf(),
+            problem: format!("its config differs: {}", differences.join("; ")),
+        });
+    }
+    let saved_vocab = Vocab::load(&run_dir.join(files::VOCAB))?;
+    if &saved_vocab != vocab {
+        return Err(Error::IncompatibleRun {
+            dir: run_dir.to_path_buf(),
+            problem: "the training data gives a different vocabulary than the run's vocab.txt \
+                      (the training text changed)"
+                .into(),
+        });
+    }
+    Ok(last_complete_checkpoint(run_dir))
+}
+
+/// Writes config and vocabulary, and cuts the history back to the epochs the checkpoint holds.
+pub(crate) fn save_run(
+    run_dir: &Path,
+    config: &ExperimentConfig,
+    vocab: &Vocab,
+    epochs_kept: usize,
+) -> Result<()> {
+    std::fs::create_dir_all(run_dir)
+        .map_err(|e| Error::io("cannot create run folder", run_dir, e))?;
+    let json = serde_json::to_string_pretty(config).expect("config serialises");
+    crate::fsutil::write_atomic(&run_dir.join(files::CONFIG), json.as_bytes())?;
+    vocab.save(&run_dir.join(files::VOCAB))?;
+    let kept: Vec<EpochStats> = read_history(run_dir)
+        .into_iter()
+        .filter(|s| s.epoch <= epochs_kept)
+        .collect();
+    let mut text = String::new();
+    for s in &kept {
+        text += &serde_json::to_string(s).expect("stats serialise");
+        text.push('\n');
+    }
+    crate::fsutil::write_atomic(&run_dir.join(files::HISTORY), text.as_bytes())
+}
+
+/// The finished epochs recorded in a run folder (unreadable lines are skipped).
+pub fn read_history(run_dir: &Path) -> Vec<EpochStats> {
+    std::fs::read_to_string(run_dir.join(files::HISTORY))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+pub(crate) fn append_history(path: &Path, stats: &EpochStats) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(
+        f,
+        "{}",
+        serde_json::to_string(stats).expect("stats serialise")
+    )?;
+    f.sync_data()
+}
+
+/// The config saved in a run folder.
+pub fn load_config(run_dir: &Path) -> Result<ExperimentConfig> {
+    let path = run_dir.join(files::CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("cannot read", &path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::BadRun {
+        dir: run_dir.to_path_buf(),
+        problem: format!("{} is not a valid config: {e}", files::CONFIG),
+    })
+}
+
+/// The model of a run folder's checkpoint `epoch` (the newest complete one when `None`), on
+/// `device`; the checkpoint may come from any backend.
+pub fn load_model(run_dir: &Path, epoch: Option<usize>, device: &Device) -> Result<LanguageModel> {
+    let config = load_config(run_dir)?;
+    let epoch = match epoch.or_else(|| last_complete_checkpoint(run_dir)) {
+        Some(e) => e,
+        None => {
+            return Err(Error::BadRun {
+                dir: run_dir.to_path_buf(),
+                problem: "no complete checkpoint yet; train at least one epoch".into(),
+            })
+        }
+    };
+    let path = crate::checkpoint::record_path(&checkpoint_dir(run_dir), "model", epoch);
+    let record = burn::store::ModuleRecord::load(&path).map_err(|e| Error::BadRun {
+        dir: run_dir.to_path_buf(),
+        problem: format!("cannot load {}: {e}", path.display()),
+    })?;
+    Ok(config.model.init(config.seed, device).load_record(record))
+}
