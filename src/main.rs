@@ -282,7 +282,10 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let config = build_config(&args);
     let (corpus, data_name) = corpus(&args)?;
-    let preset = format!("{:?}", args.preset).to_lowercase();
+    let preset = args
+        .preset
+        .to_possible_value()
+        .map_or_else(|| "run".to_string(), |v| v.get_name().to_string());
     let run_dir = args
         .artifact_dir
         .clone()
