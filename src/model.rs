@@ -248,6 +248,18 @@ impl LanguageModel {
         self.loss_with_state(batch, None).0
     }
 
+    /// Like [`loss`](Self::loss) for a batch that may be a window of a stream: starts from the
+    /// state its [`CarryKey`] hands over (zeros without one) and leaves the final state, detached,
+    /// for the next window. The train and validation steps use this.
+    pub fn loss_carried(&self, batch: &LmBatch) -> LmLoss {
+        let (loss, last) =
+            self.loss_with_state(batch, batch.carry.as_ref().and_then(CarryKey::take));
+        if let Some(key) = &batch.carry {
+            key.put(last);
+        }
+        loss
+    }
+
     /// Like [`loss`](Self::loss), starting from `state` (zeros when `None`); also returns the
     /// per-layer state after the last step, for truncated backpropagation through time.
     pub fn loss_with_state(

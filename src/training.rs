@@ -81,11 +81,7 @@ impl TrainStep for LanguageModel {
     type Output = LmOutput;
 
     fn step(&self, batch: LmBatch) -> TrainOutput<LmOutput> {
-        let (loss, last) =
-            self.loss_with_state(&batch, batch.carry.as_ref().and_then(|k| k.take()));
-        if let Some(key) = &batch.carry {
-            key.put(last);
-        }
+        let loss = self.loss_carried(&batch);
         let mut grads = GradientsParams::from_grads(loss.loss.backward(), self);
         if self.max_grad_norm > 0.0 {
             clip_grad_norm(self, &mut grads, self.max_grad_norm);
@@ -107,11 +103,7 @@ impl InferenceStep for LanguageModel {
     type Output = LmOutput;
 
     fn step(&self, batch: LmBatch) -> LmOutput {
-        let (loss, last) =
-            self.loss_with_state(&batch, batch.carry.as_ref().and_then(|k| k.take()));
-        if let Some(key) = &batch.carry {
-            key.put(last);
-        }
+        let loss = self.loss_carried(&batch);
         LmOutput {
             loss: loss.loss,
             nll_sum: loss.nll_sum,
