@@ -61,6 +61,19 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// The training curves could not be drawn.
+    #[error("cannot draw the training curves: {0}")]
+    Plot(String),
+
+    /// Another process is training in the run folder.
+    #[error("another lstm-lm process{pid} is training in {dir}; wait for it to finish or stop it, or pick another --artifact-dir")]
+    RunInUse {
+        /// The run folder.
+        dir: PathBuf,
+        /// " (pid N)" when the lock file names it, else empty.
+        pid: String,
+    },
+
     /// Training stopped because the framework reported an error.
     #[error("training failed: {0}")]
     Training(String),

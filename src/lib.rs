@@ -2,7 +2,8 @@
 //!
 //! The library holds everything; the `lstm-lm` binary only parses flags and picks a device.
 //! Module direction: [`error`], [`fsutil`] and [`data::vocab`] are leaves; [`model`] and
-//! [`lstm`] never import [`data`]; [`training`] and [`eval`] use the layers below them.
+//! [`lstm`] never import [`data`]; [`training`], [`eval`], [`generate`] and [`summary`] use the
+//! layers below them and not each other.
 //!
 //! ```no_run
 //! use lstm_lm::{config::Preset, data::corpus::CorpusSource, render::ProgressMode, training};
@@ -14,7 +15,7 @@
 //!     run_dir: "runs/example".into(),
 //!     fresh: true,
 //!     device: Device::flex(),
-//!     progress: ProgressMode::Quiet,
+//!     progress: ProgressMode::Quiet.into(),
 //!     interrupter: Default::default(),
 //! })?;
 //! println!("valid perplexity {}", report.epochs[0].valid_perplexity);
@@ -33,10 +34,13 @@ pub mod error;
 pub mod eval;
 pub mod fsutil;
 pub mod fused;
+pub mod generate;
 pub mod lstm;
 pub mod metrics;
 pub mod model;
+pub mod plot;
 pub mod render;
 pub mod run;
 pub mod schedule;
+pub mod summary;
 pub mod training;

@@ -16,7 +16,7 @@ use lstm_lm::config::{Batching, ExperimentConfig, OptimizerConfig, Preset};
 use lstm_lm::data::corpus::CorpusSource;
 use lstm_lm::model::InitScheme;
 use lstm_lm::model::LossNorm;
-use lstm_lm::render::ProgressMode;
+use lstm_lm::render::{Progress, ProgressMode};
 use lstm_lm::schedule::LrSchedule;
 use lstm_lm::training::{train, TrainRequest};
 
@@ -45,6 +45,53 @@ enum Command {
     /// Perplexity of a saved run on a text, with full context (the state carried through the
     /// whole file) unless --sentences is given.
     Eval(EvalArgs),
+    /// Sample text from a saved run (on the CPU by default, wherever it was trained).
+    Generate(GenerateArgs),
+    /// Print a run's summary and per-epoch table, and redraw its curves.svg.
+    Report(ReportArgs),
+    /// List the runs under a folder with their status, epochs and best perplexity.
+    Runs(RunsArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct GenerateArgs {
+    /// The run folder (the --artifact-dir it was trained with).
+    run: PathBuf,
+    /// Words to start from; words outside the run's vocabulary are fed as <unk>.
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Tokens to generate; each sentence end starts a new line.
+    #[arg(long, default_value_t = 100)]
+    length: usize,
+    /// Softmax temperature: 1 samples the model's distribution, lower is more conservative,
+    /// 0 is greedy (always the most likely word).
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Sample among the K most likely words only (0 = all).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    top_k: usize,
+    /// Seed of the sampler: the same seed gives the same text.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Checkpoint epoch [default: the newest complete one].
+    #[arg(long)]
+    epoch: Option<usize>,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
+    device: DeviceChoice,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ReportArgs {
+    /// The run folder (the --artifact-dir it was trained with).
+    run: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunsArgs {
+    /// The folder the runs are under.
+    #[arg(default_value = "runs")]
+    root: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -200,6 +247,9 @@ struct TrainArgs {
     /// Progress display: auto = live bar in a terminal, plain lines otherwise.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
+    /// With plain progress, one line every N training batches [default: about ten per epoch].
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    log_every: usize,
     /// List the adapters wgpu sees (name, type, graphics API) and exit.
     #[arg(long)]
     list_devices: bool,
@@ -249,10 +299,21 @@ fn main() {
         Some(Command::Train(args)) => run_train(args),
         Some(Command::Bench(args)) => run_bench(args),
         Some(Command::Eval(args)) => run_eval(args),
+        Some(Command::Generate(args)) => run_generate(args),
+        Some(Command::Report(args)) => run_report(args),
+        Some(Command::Runs(args)) => run_runs(args),
         None => run_train(cli.train),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        // Each cause once: our errors already print their source in their own message.
+        let mut message = e.to_string();
+        for cause in e.chain().skip(1) {
+            let cause = cause.to_string();
+            if !message.contains(&cause) {
+                message = format!("{message}: {cause}");
+            }
+        }
+        eprintln!("error: {message}");
         std::process::exit(1);
     }
 }
@@ -311,7 +372,10 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         run_dir,
         fresh: args.fresh,
         device,
-        progress: args.progress,
+        progress: Progress {
+            mode: args.progress,
+            log_every: args.log_every,
+        },
         interrupter,
     })?;
     if report.interrupted {
@@ -399,6 +463,61 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         e.loss,
         e.perplexity
     );
+    Ok(())
+}
+
+fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        anyhow::bail!(
+            "--temperature {} is not allowed: pass 0 (greedy) or a positive number such as 0.8",
+            args.temperature
+        );
+    }
+    lstm_lm::run::require_run(&args.run)?;
+    let device = choose_device(args.device)?;
+    let vocab = lstm_lm::data::vocab::Vocab::load(&args.run.join(lstm_lm::run::files::VOCAB))?;
+    let model = lstm_lm::run::load_model(&args.run, args.epoch, &device)?;
+    let prompt: Vec<String> = args.prompt.split_whitespace().map(String::from).collect();
+    let generation = lstm_lm::generate::generate(
+        &model,
+        &vocab,
+        &lstm_lm::generate::GenerateRequest {
+            prompt: prompt.clone(),
+            length: args.length,
+            temperature: args.temperature,
+            top_k: args.top_k,
+            seed: args.seed,
+        },
+    );
+    if !generation.unknown_prompt_words.is_empty() {
+        eprintln!(
+            "warning: not in the run's vocabulary, fed as <unk>: {}",
+            generation.unknown_prompt_words.join(" ")
+        );
+    }
+    print!("{}", generation.text(&prompt));
+    Ok(())
+}
+
+fn run_report(args: ReportArgs) -> anyhow::Result<()> {
+    let summary = lstm_lm::summary::summarize(&args.run)?;
+    print!("{}", summary.report());
+    let title = lstm_lm::training::run_title(&args.run);
+    let plot = lstm_lm::plot::write_curves(&args.run, &title, &summary.history)?;
+    println!("\ncurves: {}", plot.display());
+    Ok(())
+}
+
+fn run_runs(args: RunsArgs) -> anyhow::Result<()> {
+    let runs = lstm_lm::summary::list_runs(&args.root)?;
+    if runs.is_empty() {
+        println!(
+            "no runs under {} (a run folder holds config.json; train one with `lstm-lm`)",
+            args.root.display()
+        );
+    } else {
+        print!("{}", lstm_lm::summary::runs_table(&runs));
+    }
     Ok(())
 }
 

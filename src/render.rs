@@ -40,10 +40,25 @@ pub struct EpochStats {
 pub enum ProgressMode {
     /// A live bar when stdout is a terminal, plain lines otherwise.
     Auto,
-    /// Plain lines, about ten per epoch.
+    /// Plain lines (see [`Progress::log_every`]).
     Plain,
     /// Only the per-epoch summary lines.
     Quiet,
+}
+
+/// How progress is shown, and how often in plain mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Bar, plain lines or quiet.
+    pub mode: ProgressMode,
+    /// In plain mode, one line every this many training batches; 0 = about ten per epoch.
+    pub log_every: usize,
+}
+
+impl From<ProgressMode> for Progress {
+    fn from(mode: ProgressMode) -> Self {
+        Self { mode, log_every: 0 }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -56,11 +71,15 @@ enum Split {
 pub struct Renderer {
     names: HashMap<MetricId, String>,
     mode: ProgressMode,
+    log_every: usize,
     split: Split,
     epoch: usize,
     total_epochs: usize,
     items_total: usize,
     batches: usize,
+    items_per_batch: usize,
+    split_start: Instant,
+    valid_seconds: f64,
     running: HashMap<&'static str, f64>,
     train_ppl: f64,
     valid_ppl: f64,
@@ -71,24 +90,29 @@ pub struct Renderer {
 }
 
 impl Renderer {
-    /// A renderer in `mode`; `on_epoch` receives every finished epoch before its summary line is
-    /// printed, and fills in what the renderer does not know (the learning rate).
+    /// A renderer showing `progress`; `on_epoch` receives every finished epoch before its
+    /// summary line is printed, and fills in what the renderer does not know (the learning
+    /// rate).
     pub fn new(
-        mode: ProgressMode,
+        progress: Progress,
         on_epoch: Box<dyn FnMut(&mut EpochStats) + Send + Sync>,
     ) -> Self {
-        let mode = match mode {
+        let mode = match progress.mode {
             ProgressMode::Auto if !std::io::stdout().is_terminal() => ProgressMode::Plain,
             m => m,
         };
         Self {
             names: HashMap::new(),
             mode,
+            log_every: progress.log_every,
             split: Split::Train,
             epoch: 1,
             total_epochs: 0,
             items_total: 0,
             batches: 0,
+            items_per_batch: 0,
+            split_start: Instant::now(),
+            valid_seconds: 0.0,
             running: HashMap::new(),
             train_ppl: f64::NAN,
             valid_ppl: f64::NAN,
@@ -106,22 +130,57 @@ impl Renderer {
         }
     }
 
+    /// Batches in the current split, from its items and the size of its first batch.
+    fn total_batches(&self) -> usize {
+        self.items_total.div_ceil(self.items_per_batch.max(1))
+    }
+
+    /// The progress line: epoch, batch, running loss and perplexity, tokens/s, time left.
     fn status(&self, items: usize) -> String {
         let split = match self.split {
             Split::Train => "train",
             Split::Valid => "valid",
         };
         let mut s = format!(
-            "epoch {}/{} {split} {items}/{} sequences",
-            self.epoch, self.total_epochs, self.items_total
+            "epoch {}/{} {split} batch {}/{}",
+            self.epoch,
+            self.total_epochs,
+            self.batches,
+            self.total_batches()
         );
-        if let Some(p) = self.running.get(PERPLEXITY) {
-            s += &format!(" | ppl {p:.2}");
+        if let Some(&p) = self.running.get(PERPLEXITY) {
+            // The running perplexity is exp(mean loss per token) over the epoch so far.
+            s += &format!(" | loss {:.4} | ppl {p:.2}", p.ln());
         }
-        if let (Split::Train, Some(t)) = (self.split, self.running.get(TOKENS_PER_SECOND)) {
-            s += &format!(" | {t:.0} tok/s");
+        if self.split == Split::Train {
+            if let Some(t) = self.running.get(TOKENS_PER_SECOND) {
+                s += &format!(" | {t:.0} tok/s");
+            }
+            if let Some((epoch_left, run_left)) = self.time_left(items) {
+                s += &format!(
+                    " | epoch left {} | run left {}",
+                    crate::summary::format_duration(epoch_left),
+                    crate::summary::format_duration(run_left)
+                );
+            }
         }
         s
+    }
+
+    /// Seconds left in this epoch's training and in the whole run, projected from this epoch's
+    /// pace and the last validation's duration.
+    fn time_left(&self, items: usize) -> Option<(f64, f64)> {
+        if items == 0 || self.items_total == 0 {
+            return None;
+        }
+        let done = items as f64 / self.items_total as f64;
+        let elapsed = self.split_start.elapsed().as_secs_f64();
+        let epoch_train = elapsed / done;
+        let epoch_left = epoch_train - elapsed;
+        let later_epochs = self.total_epochs.saturating_sub(self.epoch) as f64;
+        let run_left =
+            epoch_left + self.valid_seconds + later_epochs * (epoch_train + self.valid_seconds);
+        Some((epoch_left, run_left))
     }
 
     fn record(&mut self, split: Split, state: MetricState) {
@@ -203,6 +262,7 @@ impl TrainingProgressLogger for Renderer {
     }
 
     fn start_split(&mut self, split: &str, total_items: usize) {
+        self.split_start = Instant::now();
         self.split = if split.eq_ignore_ascii_case("valid") {
             Split::Valid
         } else {
@@ -214,11 +274,12 @@ impl TrainingProgressLogger for Renderer {
         };
         self.items_total = total_items;
         self.batches = 0;
+        self.items_per_batch = 0;
         self.running.clear();
         if self.mode == ProgressMode::Auto {
             let bar = ProgressBar::new(total_items as u64);
             bar.set_style(
-                ProgressStyle::with_template("{msg} [{elapsed_precise}<{eta_precise}] {wide_bar}")
+                ProgressStyle::with_template("{msg} [{elapsed_precise}] {wide_bar}")
                     .expect("static template"),
             );
             bar.set_message(self.status(0));
@@ -228,14 +289,17 @@ impl TrainingProgressLogger for Renderer {
 
     fn update_split(&mut self, items_processed: usize) {
         self.batches += 1;
+        if self.batches == 1 {
+            self.items_per_batch = items_processed;
+        }
         if let Some(bar) = &self.bar {
             bar.set_position(items_processed as u64);
             bar.set_message(self.status(items_processed));
         } else if self.mode == ProgressMode::Plain && self.split == Split::Train {
-            // About ten lines per epoch; the batch size is items / batches.
-            let per_batch = items_processed / self.batches.max(1);
-            let total_batches = self.items_total / per_batch.max(1);
-            let every = (total_batches / 10).max(1);
+            let every = match self.log_every {
+                0 => (self.total_batches() / 10).max(1),
+                n => n,
+            };
             if self.batches.is_multiple_of(every) && items_processed < self.items_total {
                 println!("{}", self.status(items_processed));
             }
@@ -243,6 +307,9 @@ impl TrainingProgressLogger for Renderer {
     }
 
     fn end_split(&mut self) {
+        if self.split == Split::Valid {
+            self.valid_seconds = self.split_start.elapsed().as_secs_f64();
+        }
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }

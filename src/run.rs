@@ -8,6 +8,7 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{checkpoint_dir, last_complete_checkpoint};
 use crate::config::ExperimentConfig;
@@ -24,6 +25,100 @@ pub mod files {
     pub const VOCAB: &str = "vocab.txt";
     /// One JSON [`EpochStats`](crate::render::EpochStats) per finished epoch.
     pub const HISTORY: &str = "history.jsonl";
+    /// The test split's score at the end of training, a [`TestScore`](crate::run::TestScore).
+    pub const TEST: &str = "test.json";
+    /// Held locked by the process training in the folder; holds its pid.
+    pub const LOCK: &str = "lock";
+}
+
+/// The test split's score recorded at the end of training.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TestScore {
+    /// The epoch of the model that was scored.
+    pub epoch: usize,
+    /// Tokens scored.
+    pub tokens: usize,
+    /// Mean negative log-likelihood per token, in nats.
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+}
+
+/// Writes `score` as the run's `test.json`.
+pub(crate) fn save_test_score(run_dir: &Path, score: &TestScore) -> Result<()> {
+    let json = serde_json::to_string_pretty(score).expect("score serialises");
+    crate::fsutil::write_atomic(&run_dir.join(files::TEST), json.as_bytes())
+}
+
+/// The run's recorded test score, if training recorded one.
+pub fn read_test_score(run_dir: &Path) -> Option<TestScore> {
+    let text = std::fs::read_to_string(run_dir.join(files::TEST)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// An exclusive lock on a run folder, held while a process trains in it; the operating system
+/// releases it when the process ends, however it ends (`kill -9` included).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Takes the lock of `run_dir` (creating the folder), or fails with [`Error::RunInUse`]
+    /// naming the pid that holds it.
+    pub fn acquire(run_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(run_dir)
+            .map_err(|e| Error::io("cannot create run folder", run_dir, e))?;
+        let path = run_dir.join(files::LOCK);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("cannot open", &path, e))?;
+        // `lstm-lm runs` holds a shared lock for an instant while it looks: try a few times.
+        let mut tries = 0;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let pid = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|t| t.trim().parse::<u32>().ok())
+                        .map_or(String::new(), |p| format!(" (pid {p})"));
+                    return Err(Error::RunInUse {
+                        dir: run_dir.to_path_buf(),
+                        pid,
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::io("cannot lock", &path, e))
+                }
+            }
+        }
+        let pid = std::process::id().to_string();
+        file.set_len(0)
+            .and_then(|()| file.write_all(pid.as_bytes()))
+            .and_then(|()| file.sync_data())
+            .map_err(|e| Error::io("cannot write", &path, e))?;
+        Ok(Self { _file: file })
+    }
+
+    /// Whether a process is training in `run_dir` now.
+    pub fn is_held(run_dir: &Path) -> bool {
+        let Ok(file) = std::fs::File::open(run_dir.join(files::LOCK)) else {
+            return false;
+        };
+        matches!(
+            file.try_lock_shared(),
+            Err(std::fs::TryLockError::WouldBlock)
+        )
+    }
 }
 
 /// Removes what a run writes into `run_dir`, and nothing else.
@@ -38,6 +133,8 @@ pub(crate) fn clear_run(run_dir: &Path) -> Result<()> {
         files::CONFIG,
         files::VOCAB,
         files::HISTORY,
+        files::TEST,
+        crate::plot::CURVES,
         "experiment.log",
     ] {
         let p = run_dir.join(name);
@@ -133,8 +230,28 @@ pub(crate) fn append_history(path: &Path, stats: &EpochStats) -> std::io::Result
     f.sync_data()
 }
 
+/// Fails unless `run_dir` holds a run (its `config.json`), with an error saying how to find one.
+pub fn require_run(run_dir: &Path) -> Result<()> {
+    if run_dir.join(files::CONFIG).is_file() {
+        return Ok(());
+    }
+    let problem = if run_dir.is_dir() {
+        format!("no {} here, so it is not a run folder", files::CONFIG)
+    } else {
+        "no such folder".to_string()
+    };
+    Err(Error::BadRun {
+        dir: run_dir.to_path_buf(),
+        problem: format!(
+            "{problem}; `lstm-lm runs` lists the runs under runs/, or pass the --artifact-dir a \
+             run was trained with"
+        ),
+    })
+}
+
 /// The config saved in a run folder.
 pub fn load_config(run_dir: &Path) -> Result<ExperimentConfig> {
+    require_run(run_dir)?;
     let path = run_dir.join(files::CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io("cannot read", &path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::BadRun {

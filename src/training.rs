@@ -31,8 +31,11 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate_bucketed, evaluate_stream, Evaluation};
 use crate::metrics::{NllInput, PerplexityMetric, TokenCountInput, TokensPerSecond};
 use crate::model::{LanguageModel, LmBatch};
-use crate::render::{EpochStats, ProgressMode, Renderer};
-use crate::run::{append_history, check_resume, clear_run, save_run};
+use crate::plot::write_curves;
+use crate::render::{EpochStats, Progress, Renderer};
+use crate::run::{
+    append_history, check_resume, clear_run, save_run, save_test_score, RunLock, TestScore,
+};
 pub use crate::run::{files, load_config, load_model, read_history};
 use crate::schedule::EpochLrScheduler;
 
@@ -224,7 +227,7 @@ pub struct TrainRequest {
     /// Where to train.
     pub device: Device,
     /// How to show progress.
-    pub progress: ProgressMode,
+    pub progress: Progress,
     /// Stops training at the next batch when triggered (Ctrl-C); the last checkpoint is kept.
     pub interrupter: Interrupter,
 }
@@ -263,6 +266,8 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     );
     config.model.vocab_size = vocab.len();
 
+    // Held until this function returns; a second trainer in the same folder is refused.
+    let _lock = RunLock::acquire(&run_dir)?;
     if fresh {
         clear_run(&run_dir)?;
     }
@@ -328,6 +333,7 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     let history = Arc::new(Mutex::new(Vec::new()));
     let renderer = {
         let history = history.clone();
+        let dir = run_dir.clone();
         let path = run_dir.join(files::HISTORY);
         let (schedule, base_lr) = (config.lr_schedule, config.optimizer.lr());
         Renderer::new(
@@ -339,6 +345,9 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
                 history.lock().expect("history lock").push(stats.clone());
                 if let Err(e) = append_history(&path, stats) {
                     eprintln!("warning: cannot record epoch {}: {e}", stats.epoch);
+                }
+                if let Err(e) = write_curves(&dir, &run_title(&dir), &read_history(&dir)) {
+                    eprintln!("warning: {e}");
                 }
             }),
         )
@@ -379,7 +388,17 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         (Some(test), false) => {
             let eval_device = device.clone().without_autodiff();
             let model = result.model.fork(&eval_device);
-            Some(evaluate_test(&model, &config, &encode(test), &eval_device))
+            let score = evaluate_test(&model, &config, &encode(test), &eval_device);
+            let record = TestScore {
+                epoch: last_complete_checkpoint(&run_dir).unwrap_or(config.epochs),
+                tokens: score.tokens,
+                loss: score.loss,
+                perplexity: score.perplexity,
+            };
+            if let Err(e) = save_test_score(&run_dir, &record) {
+                eprintln!("warning: the test score is not recorded: {e}");
+            }
+            Some(score)
         }
         _ => None,
     };
@@ -390,6 +409,14 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         test,
         vocab_size: vocab.len(),
     })
+}
+
+/// The title of a run's plot: its folder name.
+pub fn run_title(run_dir: &std::path::Path) -> String {
+    run_dir.file_name().map_or_else(
+        || run_dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// Scores the test split the way the run was trained: with full context (the whole split as one

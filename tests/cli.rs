@@ -14,6 +14,18 @@ fn lstm_lm() -> Command {
     c
 }
 
+/// Runs `command`, asserts that it succeeded, and returns its standard output.
+fn stdout_of(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn train_args<'a>(train: &'a Path, valid: &'a Path, run: &'a Path) -> Vec<&'a std::ffi::OsStr> {
     let mut a: Vec<&std::ffi::OsStr> = [
         "--preset",
@@ -196,33 +208,27 @@ fn stream_training_flags_and_eval() {
     let run = tmp.path().join("run");
     let mut args = train_args(&train, &valid, &run);
     args[3] = "2".as_ref(); // --epochs 2
-    let out = lstm_lm()
-        .args(&args)
-        .args([
-            "--batching",
-            "stream",
-            "--bptt",
-            "10",
-            "--dropout",
-            "0.1",
-            "--clip",
-            "1",
-        ])
-        .args([
-            "--lr-schedule",
-            "step",
-            "--decay-start",
-            "1",
-            "--lr-decay",
-            "0.5",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = stdout_of(
+        lstm_lm()
+            .args(&args)
+            .args([
+                "--batching",
+                "stream",
+                "--bptt",
+                "10",
+                "--dropout",
+                "0.1",
+                "--clip",
+                "1",
+            ])
+            .args([
+                "--lr-schedule",
+                "step",
+                "--decay-start",
+                "1",
+                "--lr-decay",
+                "0.5",
+            ]),
     );
     assert!(stdout.contains("windows of 10 steps"), "{stdout}");
     assert!(
@@ -239,19 +245,7 @@ fn stream_training_flags_and_eval() {
         assert!(config.contains(field), "{field} in {config}");
     }
 
-    let out = lstm_lm()
-        .arg("eval")
-        .arg(&run)
-        .arg("--text")
-        .arg(&valid)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_of(lstm_lm().arg("eval").arg(&run).arg("--text").arg(&valid));
     assert!(
         stdout.contains("(epoch 2)") && stdout.contains("full context"),
         "{stdout}"
@@ -273,4 +267,107 @@ fn stream_training_flags_and_eval() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("config.json"), "{stderr}");
+}
+
+/// From the command line: plain progress every N batches with loss and time left, then
+/// `generate` (deterministic for a seed, sentences on lines), `report` (the history's values and
+/// a redrawn plot) and `runs` (the run, complete); non-run folders get an error naming the fix.
+#[test]
+fn generate_report_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, valid) = common::tiny_corpus(tmp.path(), 600, 200);
+    let runs = tmp.path().join("runs");
+    let run = runs.join("tiny");
+    let mut args = train_args(&train, &valid, &run);
+    args[3] = "2".as_ref(); // --epochs 2
+    let stdout = stdout_of(
+        lstm_lm()
+            .args(&args)
+            .args(["--log-every", "3", "--batch-size", "8", "--test"])
+            .arg(&valid),
+    );
+    let progress: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("epoch 1/2 train batch"))
+        .collect();
+    assert!(progress.len() >= 3, "{stdout}");
+    for line in &progress {
+        let batch: usize = line["epoch 1/2 train batch ".len()..]
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(batch % 3, 0, "{line}");
+        for part in [
+            "| loss ",
+            "| ppl ",
+            " tok/s",
+            "| epoch left ",
+            "| run left ",
+        ] {
+            assert!(line.contains(part), "{part:?} in {line}");
+        }
+    }
+
+    let generate = |seed: &str| {
+        let out = lstm_lm()
+            .arg("generate")
+            .arg(&run)
+            .args(["--prompt", "the qqqq", "--length", "60", "--seed", seed])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (text, warning) = generate("4");
+    assert!(text.starts_with("the qqqq "), "{text}");
+    assert!(warning.contains("fed as <unk>: qqqq"), "{warning}");
+    assert!(
+        !text.contains("<eos>"),
+        "sentence ends become line breaks: {text}"
+    );
+    let words = text.split_whitespace().count();
+    let breaks = text.matches('\n').count();
+    // 2 prompt words + 60 tokens, of which the sentence ends are line breaks (plus the final
+    // one when the text does not end with a sentence end).
+    assert!(words + breaks == 62 || words + breaks == 63, "{text}");
+    assert_eq!(generate("4").0, text);
+    assert_ne!(generate("5").0, text);
+
+    let history = lstm_lm::training::read_history(&run);
+    let best = history
+        .iter()
+        .map(|s| s.valid_perplexity)
+        .fold(f64::INFINITY, f64::min);
+    std::fs::remove_file(run.join("curves.svg")).unwrap();
+    let report = stdout_of(lstm_lm().arg("report").arg(&run));
+    assert!(
+        report.contains("(complete)") && report.contains("2 of 2"),
+        "{report}"
+    );
+    assert!(report.contains(&format!("{best:.2} (epoch")), "{report}");
+    assert!(std::fs::metadata(run.join("curves.svg")).unwrap().len() > 1000);
+
+    let table = stdout_of(lstm_lm().arg("runs").arg(&runs));
+    let row = table
+        .lines()
+        .find(|l| l.contains("tiny"))
+        .expect("the run is listed");
+    assert!(row.contains("complete") && row.contains("2/2"), "{table}");
+    assert!(row.contains(&format!("{best:.2}")), "{table}");
+
+    for sub in ["generate", "report"] {
+        let out = lstm_lm().arg(sub).arg(tmp.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{sub}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("lstm-lm runs"), "{sub}: {err}");
+    }
 }

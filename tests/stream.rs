@@ -246,7 +246,7 @@ fn run(config: ExperimentConfig, corpus: &CorpusSource, dir: &Path) -> TrainRepo
         run_dir: dir.to_path_buf(),
         fresh: false,
         device: Device::flex(),
-        progress: ProgressMode::Quiet,
+        progress: ProgressMode::Quiet.into(),
         interrupter: Default::default(),
     })
     .unwrap()

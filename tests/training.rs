@@ -33,7 +33,7 @@ fn run(
         run_dir: run_dir.to_path_buf(),
         fresh: false,
         device: device.clone(),
-        progress: ProgressMode::Quiet,
+        progress: ProgressMode::Quiet.into(),
         interrupter: Default::default(),
     })
 }
@@ -180,7 +180,7 @@ fn resuming_with_a_changed_config_or_changed_data_is_refused() {
         run_dir: dir.clone(),
         fresh: true,
         device,
-        progress: ProgressMode::Quiet,
+        progress: ProgressMode::Quiet.into(),
         interrupter: Default::default(),
     })
     .unwrap();

@@ -1,0 +1,248 @@
+//! Text generation from a trained model: a seeded [`Sampler`] (temperature, top-k) and
+//! [`generate`], which feeds a prompt and then samples one token at a time, carrying the LSTM
+//! state, so each new token costs one step of the network.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::data::vocab::{Vocab, EOS, EOS_ID, PAD_ID};
+use crate::lstm::LstmState;
+use crate::model::LanguageModel;
+
+/// Draws the next token from a vector of logits: greedy at temperature 0, otherwise from the
+/// softmax of `logits / temperature` restricted to the `top_k` most likely tokens.
+///
+/// The same seed draws the same tokens from the same logits. Token [`PAD_ID`] (`<pad>`, never a
+/// training target) is never drawn.
+#[derive(Debug)]
+pub struct Sampler {
+    temperature: f64,
+    top_k: usize,
+    rng: StdRng,
+}
+
+impl Sampler {
+    /// A sampler; `temperature` 0 is greedy (argmax), `top_k` 0 keeps every token.
+    pub fn new(temperature: f64, top_k: usize, seed: u64) -> Self {
+        Self {
+            temperature: temperature.max(0.0),
+            top_k,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// The id of the next token given the logits `[vocab]` of the model's last step.
+    pub fn sample(&mut self, logits: &[f32]) -> usize {
+        // Candidates by decreasing logit (ties: lower id first), <pad> left out.
+        let mut order: Vec<usize> = (0..logits.len()).filter(|&i| i != PAD_ID).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        if self.temperature == 0.0 || order.len() == 1 {
+            return order[0];
+        }
+        if self.top_k > 0 {
+            order.truncate(self.top_k);
+        }
+        // Softmax in f64 from the largest logit, so that no weight overflows.
+        let top = logits[order[0]] as f64;
+        let weights: Vec<f64> = order
+            .iter()
+            .map(|&i| ((logits[i] as f64 - top) / self.temperature).exp())
+            .collect();
+        let total: f64 = weights.iter().sum();
+        let mut u = self.rng.random::<f64>() * total;
+        for (&id, &w) in order.iter().zip(&weights) {
+            if u < w {
+                return id;
+            }
+            u -= w;
+        }
+        // Rounding left `u` past the last weight: the least likely candidate.
+        *order.last().expect("at least one candidate")
+    }
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// Words to start from (may be empty); words outside the vocabulary are fed as `<unk>`.
+    pub prompt: Vec<String>,
+    /// Number of tokens to generate after the prompt, sentence ends included.
+    pub length: usize,
+    /// Softmax temperature; 0 = greedy.
+    pub temperature: f64,
+    /// Sample among the `top_k` most likely tokens only; 0 = all.
+    pub top_k: usize,
+    /// Seed of the sampler.
+    pub seed: u64,
+}
+
+/// The result of [`generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The generated tokens (the prompt not included); `<eos>` marks a sentence end.
+    pub tokens: Vec<String>,
+    /// Prompt words that are not in the vocabulary (fed as `<unk>`), in order.
+    pub unknown_prompt_words: Vec<String>,
+}
+
+impl Generation {
+    /// `prompt` followed by the generated text, one sentence per line: `<eos>` becomes a line
+    /// break.
+    pub fn text(&self, prompt: &[String]) -> String {
+        let mut out = String::new();
+        let mut line_start = true;
+        for token in prompt.iter().chain(&self.tokens) {
+            if token == EOS {
+                out.push('\n');
+                line_start = true;
+                continue;
+            }
+            if !line_start {
+                out.push(' ');
+            }
+            out.push_str(token);
+            line_start = false;
+        }
+        if !line_start {
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Generates `request.length` tokens after `request.prompt`.
+///
+/// The model first reads `<eos>` (the boundary it saw before every sentence of a stream) and the
+/// prompt in one forward pass, then feeds each drawn token back with the carried state. Runs on
+/// whatever device `model` lives on; deterministic for a seed on a given backend.
+pub fn generate(model: &LanguageModel, vocab: &Vocab, request: &GenerateRequest) -> Generation {
+    let device = model.embedding.weight.device();
+    let unknown_prompt_words = request
+        .prompt
+        .iter()
+        .filter(|w| !vocab.contains(w))
+        .cloned()
+        .collect();
+    let context: Vec<usize> = std::iter::once(EOS_ID)
+        .chain(request.prompt.iter().map(|w| vocab.id(w)))
+        .collect();
+    let mut sampler = Sampler::new(request.temperature, request.top_k, request.seed);
+    let (mut logits, mut state) = last_logits(model, &context, None, &device);
+    let mut tokens = Vec::with_capacity(request.length);
+    for i in 0..request.length {
+        let id = sampler.sample(&logits);
+        tokens.push(vocab.token(id).unwrap_or("<?>").to_string());
+        if i + 1 < request.length {
+            (logits, state) = last_logits(model, &[id], Some(state), &device);
+        }
+    }
+    Generation {
+        tokens,
+        unknown_prompt_words,
+    }
+}
+
+/// Runs `ids` as one sequence from `state` and returns the logits `[vocab]` of its last step and
+/// the state after it.
+fn last_logits(
+    model: &LanguageModel,
+    ids: &[usize],
+    state: Option<Vec<LstmState>>,
+    device: &Device,
+) -> (Vec<f32>, Vec<LstmState>) {
+    let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    let n = ids.len();
+    let inputs = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), device);
+    let (logits, state) = model.forward(inputs, state);
+    let v = logits.dims()[2];
+    let last = logits.slice([0..1, n - 1..n, 0..v]).reshape([v]);
+    let values = last
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("logits are f32 on every backend");
+    (values, state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temperature_zero_is_argmax_and_never_pad() {
+        let mut s = Sampler::new(0.0, 0, 1);
+        assert_eq!(s.sample(&[0.0, 3.0, 1.0, 2.5]), 1);
+        // <pad> (id 0) is never drawn even when it scores highest.
+        assert_eq!(s.sample(&[9.0, 1.0, 2.0, 0.5]), 2);
+        // Ties go to the lower id.
+        assert_eq!(s.sample(&[0.0, 1.0, 2.0, 2.0]), 2);
+    }
+
+    #[test]
+    fn same_seed_same_draws() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let draw = |seed| {
+            let mut s = Sampler::new(1.0, 0, seed);
+            (0..40).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn top_k_draws_only_the_k_most_likely() {
+        // Ids 5, 2 and 7 hold the three largest logits.
+        let mut logits = vec![0.0_f32; 10];
+        logits[5] = 3.0;
+        logits[2] = 2.9;
+        logits[7] = 2.8;
+        let mut s = Sampler::new(5.0, 3, 3);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            seen.insert(s.sample(&logits));
+        }
+        assert_eq!(seen, [2, 5, 7].into_iter().collect());
+        // top-k 1 is greedy whatever the temperature.
+        let mut s = Sampler::new(10.0, 1, 3);
+        assert!((0..100).all(|_| s.sample(&logits) == 5));
+    }
+
+    #[test]
+    fn draws_follow_the_softmax() {
+        // Logits ln 1, ln 2, ln 3 (after <pad>): probabilities 1/6, 2/6, 3/6 at temperature 1;
+        // at temperature 2 they are proportional to sqrt(1), sqrt(2), sqrt(3).
+        let logits = [0.0, 0.0, 2f32.ln(), 3f32.ln()];
+        for (temperature, expected) in [
+            (1.0, [1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0]),
+            (2.0, {
+                let t = 1.0 + 2f64.sqrt() + 3f64.sqrt();
+                [1.0 / t, 2f64.sqrt() / t, 3f64.sqrt() / t]
+            }),
+        ] {
+            let mut s = Sampler::new(temperature, 0, 11);
+            let n = 60_000;
+            let mut counts = [0usize; 4];
+            for _ in 0..n {
+                counts[s.sample(&logits)] += 1;
+            }
+            assert_eq!(counts[0], 0);
+            for (id, p) in (1..4).zip(expected) {
+                let freq = counts[id] as f64 / n as f64;
+                // 5 standard deviations of a binomial frequency.
+                let sd = (p * (1.0 - p) / n as f64).sqrt();
+                assert!((freq - p).abs() < 5.0 * sd, "id {id}: {freq} vs {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn text_breaks_lines_at_sentence_ends() {
+        let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let g = Generation {
+            tokens: words("world <eos> the end <eos> more"),
+            unknown_prompt_words: vec![],
+        };
+        assert_eq!(g.text(&words("hello")), "hello world\nthe end\nmore\n");
+        assert_eq!(g.text(&[]), "world\nthe end\nmore\n");
+    }
+}

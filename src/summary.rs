@@ -1,0 +1,220 @@
+//! What a run folder says about its run: status, epochs, best and test perplexity, speed, wall
+//! time (`lstm-lm report`), and the list of runs under a folder (`lstm-lm runs`).
+
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::last_complete_checkpoint;
+use crate::config::ExperimentConfig;
+use crate::error::{Error, Result};
+use crate::render::EpochStats;
+use crate::run::{files, load_config, read_history, read_test_score, RunLock, TestScore};
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// A process is training in the folder now.
+    Running,
+    /// Every epoch the config asks for has a checkpoint.
+    Complete,
+    /// Stopped before its last epoch; the same command continues it.
+    Interrupted,
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Self::Running => "running",
+            Self::Complete => "complete",
+            Self::Interrupted => "interrupted",
+        })
+    }
+}
+
+/// The facts of one run folder.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The run folder.
+    pub dir: PathBuf,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// Its config.
+    pub config: ExperimentConfig,
+    /// Epochs with a complete checkpoint (what a resume starts from).
+    pub epochs_done: usize,
+    /// The finished epochs of those, as recorded in `history.jsonl`.
+    pub history: Vec<EpochStats>,
+    /// `(epoch, perplexity)` of the lowest validation perplexity.
+    pub best_valid: Option<(usize, f64)>,
+    /// The test score recorded when training ended, if a test split was given.
+    pub test: Option<TestScore>,
+    /// Training tokens per second over the recorded epochs: total tokens / total training time
+    /// (the harmonic mean of the epochs' rates, as every epoch trains the same tokens).
+    pub tokens_per_second: Option<f64>,
+    /// Wall time of the recorded epochs, in seconds.
+    pub wall_seconds: f64,
+}
+
+/// Reads the run in `run_dir`.
+pub fn summarize(run_dir: &Path) -> Result<RunSummary> {
+    let config = load_config(run_dir)?;
+    let epochs_done = last_complete_checkpoint(run_dir).unwrap_or(0);
+    let history: Vec<EpochStats> = read_history(run_dir)
+        .into_iter()
+        .filter(|s| s.epoch <= epochs_done)
+        .collect();
+    let best_valid = history
+        .iter()
+        .filter(|s| s.valid_perplexity.is_finite())
+        .min_by(|a, b| a.valid_perplexity.total_cmp(&b.valid_perplexity))
+        .map(|s| (s.epoch, s.valid_perplexity));
+    let wall_seconds = history.iter().map(|s| s.seconds).sum();
+    let timed: Vec<&EpochStats> = history
+        .iter()
+        .filter(|s| s.tokens_per_second.is_finite() && s.tokens_per_second > 0.0)
+        .collect();
+    // Every epoch trains the same tokens, so total tokens / total training time is the
+    // harmonic mean of the epochs' rates.
+    let tokens_per_second = (!timed.is_empty())
+        .then(|| timed.len() as f64 / timed.iter().map(|s| 1.0 / s.tokens_per_second).sum::<f64>());
+    let status = if RunLock::is_held(run_dir) {
+        RunStatus::Running
+    } else if epochs_done >= config.epochs {
+        RunStatus::Complete
+    } else {
+        RunStatus::Interrupted
+    };
+    Ok(RunSummary {
+        dir: run_dir.to_path_buf(),
+        status,
+        test: read_test_score(run_dir).filter(|t| t.epoch <= epochs_done),
+        config,
+        epochs_done,
+        history,
+        best_valid,
+        tokens_per_second,
+        wall_seconds,
+    })
+}
+
+/// The runs in `root`: `root` itself when it is a run folder, and every sub-folder (at any
+/// depth) holding a `config.json`, sorted by path. Unreadable runs are skipped with a warning.
+pub fn list_runs(root: &Path) -> Result<Vec<RunSummary>> {
+    if !root.is_dir() {
+        return Err(Error::BadRun {
+            dir: root.to_path_buf(),
+            problem: "no such folder; training writes its runs under runs/ (or --artifact-dir)"
+                .into(),
+        });
+    }
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        if dir.join(files::CONFIG).is_file() {
+            match summarize(&dir) {
+                Ok(s) => found.push(s),
+                Err(e) => eprintln!("warning: skipping {}: {e}", dir.display()),
+            }
+            continue;
+        }
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("cannot list", &dir, e))?;
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            }
+        }
+    }
+    found.sort_by(|a, b| a.dir.cmp(&b.dir));
+    Ok(found)
+}
+
+/// `h:mm:ss` for a duration in seconds.
+pub fn format_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+impl RunSummary {
+    /// The `lstm-lm report` text: a summary, one row per epoch, and the config.
+    pub fn report(&self) -> String {
+        let c = &self.config;
+        let mut out = format!("run {} ({})\n", self.dir.display(), self.status);
+        out += &format!("  epochs           {} of {}\n", self.epochs_done, c.epochs);
+        out += &format!(
+            "  best valid ppl   {}\n",
+            self.best_valid
+                .map_or("-".into(), |(e, p)| format!("{p:.2} (epoch {e})"))
+        );
+        out += &format!(
+            "  test ppl         {}\n",
+            self.test
+                .map_or("- (no test split scored)".into(), |t| format!(
+                    "{:.2} (epoch {}, {} tokens)",
+                    t.perplexity, t.epoch, t.tokens
+                ))
+        );
+        out += &format!(
+            "  tokens/s         {}\n",
+            self.tokens_per_second
+                .map_or("-".into(), |t| format!("{t:.0}"))
+        );
+        out += &format!(
+            "  wall time        {}\n",
+            format_duration(self.wall_seconds)
+        );
+        out += &format!(
+            "  model            {} x {} LSTM, embedding {}, vocabulary {}, dropout {}{}\n",
+            c.model.n_layers,
+            c.model.d_hidden,
+            c.model.d_embed,
+            c.model.vocab_size,
+            c.model.dropout,
+            if c.model.tied { ", tied" } else { "" }
+        );
+        out += &format!(
+            "  training         {:?} batching, batch {}, bptt {}, {:?}, schedule {:?}, clip {}, seed {}\n",
+            c.data.batching,
+            c.data.batch_size,
+            c.data.bptt,
+            c.optimizer,
+            c.lr_schedule,
+            c.clip,
+            c.seed
+        );
+        if !self.history.is_empty() {
+            out += "\n  epoch  train ppl  valid ppl        lr   tokens/s      time\n";
+            for s in &self.history {
+                out += &format!(
+                    "  {:>5} {:>10.2} {:>10.2} {:>9} {:>10.0} {:>9}\n",
+                    s.epoch,
+                    s.train_perplexity,
+                    s.valid_perplexity,
+                    format!("{:.4}", s.lr),
+                    s.tokens_per_second,
+                    format_duration(s.seconds)
+                );
+            }
+        }
+        out
+    }
+}
+
+/// The `lstm-lm runs` table of `runs`.
+pub fn runs_table(runs: &[RunSummary]) -> String {
+    let mut out = format!(
+        "{:<40} {:<12} {:>9} {:>16} {:>9}\n",
+        "run", "status", "epochs", "best valid ppl", "test ppl"
+    );
+    for r in runs {
+        out += &format!(
+            "{:<40} {:<12} {:>9} {:>16} {:>9}\n",
+            r.dir.display(),
+            r.status,
+            format!("{}/{}", r.epochs_done, r.config.epochs),
+            r.best_valid
+                .map_or("-".into(), |(e, p)| format!("{p:.2} (ep {e})")),
+            r.test
+                .map_or("-".into(), |t| format!("{:.2}", t.perplexity)),
+        );
+    }
+    out
+}

@@ -1,0 +1,207 @@
+//! Using a trained model: generation (determinism, greedy = argmax, top-k), the run summary,
+//! the curves plot, and run status.
+
+mod common;
+
+use std::path::Path;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use lstm_lm::data::corpus::CorpusSource;
+use lstm_lm::data::vocab::{Vocab, PAD_ID};
+use lstm_lm::error::Error;
+use lstm_lm::generate::{generate, GenerateRequest};
+use lstm_lm::model::LanguageModel;
+use lstm_lm::render::ProgressMode;
+use lstm_lm::run::{files, load_model, RunLock};
+use lstm_lm::summary::{list_runs, summarize, RunStatus};
+use lstm_lm::training::{train, TrainReport, TrainRequest};
+
+/// Trains a tiny run of `epochs` (of `total` asked for, when interrupted) with a test split.
+fn tiny_run(dir: &Path, epochs: usize, device: &Device) -> TrainReport {
+    let (train_file, valid) = common::tiny_corpus(dir, 800, 200);
+    let interrupter = burn::train::Interrupter::new();
+    train(TrainRequest {
+        config: common::tiny_config(epochs),
+        corpus: CorpusSource::Files {
+            train: train_file,
+            valid: Some(valid.clone()),
+            test: Some(valid),
+            train_fraction: 0.9,
+        },
+        run_dir: dir.join("run"),
+        fresh: false,
+        device: device.clone(),
+        progress: ProgressMode::Quiet.into(),
+        interrupter,
+    })
+    .unwrap()
+}
+
+/// The logits `[vocab]` after reading `<eos>` followed by `ids`, in one forward pass from zeros.
+fn logits_after(model: &LanguageModel, ids: &[usize]) -> Vec<f32> {
+    let seq: Vec<i64> = std::iter::once(1)
+        .chain(ids.iter().map(|&i| i as i64))
+        .collect();
+    let n = seq.len();
+    let device = model.embedding.weight.device();
+    let inputs = Tensor::<2, Int>::from_data(TensorData::new(seq, [1, n]), &device);
+    let (logits, _) = model.forward(inputs, None);
+    let v = logits.dims()[2];
+    logits
+        .slice([0..1, n - 1..n, 0..v])
+        .reshape([v])
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap()
+}
+
+fn request(prompt: &str, temperature: f64, top_k: usize, seed: u64) -> GenerateRequest {
+    GenerateRequest {
+        prompt: prompt.split_whitespace().map(String::from).collect(),
+        length: 30,
+        temperature,
+        top_k,
+        seed,
+    }
+}
+
+/// A trained run on ndarray samples on flex (the checkpoint is backend-neutral); the same seed
+/// gives the same text, temperature 0 picks the argmax of a full-sequence forward pass at every
+/// step, and top-k draws only among the k highest logits.
+#[test]
+fn generation_from_a_saved_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, trained_on) = common::cpu_devices().remove(1);
+    tiny_run(tmp.path(), 1, &trained_on);
+    let run = tmp.path().join("run");
+    let vocab = Vocab::load(&run.join(files::VOCAB)).unwrap();
+    let model = load_model(&run, None, &Device::flex()).unwrap();
+    let ids = |tokens: &[String]| tokens.iter().map(|t| vocab.id(t)).collect::<Vec<_>>();
+
+    let a = generate(&model, &vocab, &request("the king", 1.0, 0, 7));
+    assert_eq!(a.tokens.len(), 30);
+    assert_eq!(a, generate(&model, &vocab, &request("the king", 1.0, 0, 7)));
+    assert_ne!(
+        a.tokens,
+        generate(&model, &vocab, &request("the king", 1.0, 0, 8)).tokens
+    );
+
+    let prompt = ["the".to_string(), "zzzunknownzzz".to_string()];
+    let greedy = generate(&model, &vocab, &request(&prompt.join(" "), 0.0, 0, 1));
+    assert_eq!(greedy.unknown_prompt_words, ["zzzunknownzzz"]);
+    let mut seen = ids(&prompt);
+    for token in &greedy.tokens {
+        let logits = logits_after(&model, &seen);
+        let best = (0..logits.len())
+            .filter(|&i| i != PAD_ID)
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+            .unwrap();
+        assert_eq!(vocab.id(token), best, "greedy step after {seen:?}");
+        seen.push(best);
+    }
+    // The seed does not matter when greedy.
+    assert_eq!(
+        greedy,
+        generate(&model, &vocab, &request(&prompt.join(" "), 0.0, 0, 99))
+    );
+
+    let k = 3;
+    let sampled = generate(&model, &vocab, &request("the", 1.5, k, 5));
+    let mut seen = ids(&["the".to_string()]);
+    for token in &sampled.tokens {
+        let logits = logits_after(&model, &seen);
+        let id = vocab.id(token);
+        let higher = (0..logits.len())
+            .filter(|&i| i != PAD_ID && logits[i] > logits[id])
+            .count();
+        assert!(
+            higher < k,
+            "{token:?} has {higher} tokens above it; top-{k}"
+        );
+        seen.push(id);
+    }
+}
+
+/// `summarize` reports what the training returned, the plot is written every epoch, and the
+/// status follows the checkpoints and the run lock.
+#[test]
+fn summary_plot_and_status_of_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tiny_run(tmp.path(), 2, &Device::flex());
+    let run = tmp.path().join("run");
+    let s = summarize(&run).unwrap();
+    assert_eq!(s.status, RunStatus::Complete);
+    assert_eq!(s.epochs_done, 2);
+    assert_eq!(s.history, report.epochs);
+    let best = report
+        .epochs
+        .iter()
+        .min_by(|a, b| a.valid_perplexity.total_cmp(&b.valid_perplexity))
+        .unwrap();
+    assert_eq!(s.best_valid, Some((best.epoch, best.valid_perplexity)));
+    let test = report.test.unwrap();
+    let recorded = s.test.unwrap();
+    assert_eq!(
+        (recorded.epoch, recorded.tokens, recorded.perplexity),
+        (2, test.tokens, test.perplexity)
+    );
+    let seconds: f64 = report.epochs.iter().map(|e| e.seconds).sum();
+    assert!((s.wall_seconds - seconds).abs() < 1e-9);
+    let rates: Vec<f64> = report.epochs.iter().map(|e| e.tokens_per_second).collect();
+    let harmonic = 2.0 / (1.0 / rates[0] + 1.0 / rates[1]);
+    assert!((s.tokens_per_second.unwrap() - harmonic).abs() < 1e-6);
+    let text = s.report();
+    assert!(
+        text.contains(&format!(
+            "{:.2} (epoch {})",
+            best.valid_perplexity, best.epoch
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{:.2}", test.perplexity)), "{text}");
+
+    let svg = std::fs::read_to_string(run.join(lstm_lm::plot::CURVES)).unwrap();
+    assert!(svg.len() > 1000);
+    assert!(svg.contains("train perplexity") && svg.contains("valid perplexity"));
+    // The train, valid and rate lines, each through the two epochs' points.
+    for color in ["#1F77B4", "#D62728", "#2CA02C"] {
+        let lines: Vec<&str> = svg
+            .lines()
+            .filter(|l| l.starts_with("<polyline") && l.contains(color))
+            .collect();
+        assert!(
+            lines.iter().any(|l| l.matches(',').count() == 2),
+            "{color}: {lines:?}"
+        );
+    }
+
+    // While a process holds the lock the run is running, and a second trainer is refused.
+    {
+        let _lock = RunLock::acquire(&run).unwrap();
+        assert_eq!(summarize(&run).unwrap().status, RunStatus::Running);
+        let err = RunLock::acquire(&run).unwrap_err();
+        assert!(matches!(err, Error::RunInUse { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
+    }
+    // Asking for more epochs than the checkpoints hold: interrupted until trained.
+    let mut config: lstm_lm::config::ExperimentConfig =
+        serde_json::from_str(&std::fs::read_to_string(run.join(files::CONFIG)).unwrap()).unwrap();
+    config.epochs = 3;
+    std::fs::write(
+        run.join(files::CONFIG),
+        serde_json::to_string(&config).unwrap(),
+    )
+    .unwrap();
+    let listed = list_runs(tmp.path()).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].dir, run);
+    assert_eq!(listed[0].status, RunStatus::Interrupted);
+    assert_eq!(listed[0].epochs_done, 2);
+
+    let err = summarize(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("not a run folder"), "{err}");
+}
