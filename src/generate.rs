@@ -6,7 +6,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::data::vocab::{Vocab, EOS, EOS_ID, PAD_ID};
+use crate::data::vocab::{Vocab, EOS, EOS_ID, PAD_ID, UNK_ID};
 use crate::lstm::LstmState;
 use crate::model::LanguageModel;
 
@@ -19,6 +19,7 @@ use crate::model::LanguageModel;
 pub struct Sampler {
     temperature: f64,
     top_k: usize,
+    excluded: Vec<usize>,
     rng: StdRng,
 }
 
@@ -28,14 +29,23 @@ impl Sampler {
         Self {
             temperature: temperature.max(0.0),
             top_k,
+            excluded: vec![PAD_ID],
             rng: StdRng::seed_from_u64(seed),
         }
+    }
+
+    /// Never draws `id` either (for example `<unk>`); its probability goes to the others.
+    pub fn excluding(mut self, id: usize) -> Self {
+        self.excluded.push(id);
+        self
     }
 
     /// The id of the next token given the logits `[vocab]` of the model's last step.
     pub fn sample(&mut self, logits: &[f32]) -> usize {
         // Candidates by decreasing logit (ties: lower id first), <pad> left out.
-        let mut order: Vec<usize> = (0..logits.len()).filter(|&i| i != PAD_ID).collect();
+        let mut order: Vec<usize> = (0..logits.len())
+            .filter(|i| !self.excluded.contains(i))
+            .collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
         if self.temperature == 0.0 || order.len() == 1 {
             return order[0];
@@ -75,6 +85,8 @@ pub struct GenerateRequest {
     pub top_k: usize,
     /// Seed of the sampler.
     pub seed: u64,
+    /// Never generate `<unk>`.
+    pub no_unk: bool,
 }
 
 /// The result of [`generate`].
@@ -128,6 +140,9 @@ pub fn generate(model: &LanguageModel, vocab: &Vocab, request: &GenerateRequest)
         .chain(request.prompt.iter().map(|w| vocab.id(w)))
         .collect();
     let mut sampler = Sampler::new(request.temperature, request.top_k, request.seed);
+    if request.no_unk {
+        sampler = sampler.excluding(UNK_ID);
+    }
     let (mut logits, mut state) = last_logits(model, &context, None, &device);
     let mut tokens = Vec::with_capacity(request.length);
     for i in 0..request.length {
@@ -176,6 +191,11 @@ mod tests {
         assert_eq!(s.sample(&[9.0, 1.0, 2.0, 0.5]), 2);
         // Ties go to the lower id.
         assert_eq!(s.sample(&[0.0, 1.0, 2.0, 2.0]), 2);
+        // An excluded id is never drawn, greedy or not.
+        let mut s = Sampler::new(0.0, 0, 1).excluding(2);
+        assert_eq!(s.sample(&[0.0, 1.0, 2.0, 0.5]), 1);
+        let mut s = Sampler::new(1.0, 0, 1).excluding(2);
+        assert!((0..500).all(|_| s.sample(&[0.0, 1.0, 5.0, 0.5]) != 2));
     }
 
     #[test]

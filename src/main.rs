@@ -73,6 +73,9 @@ struct GenerateArgs {
     /// Seed of the sampler: the same seed gives the same text.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Never generate <unk> (its probability goes to the other words).
+    #[arg(long)]
+    no_unk: bool,
     /// Checkpoint epoch [default: the newest complete one].
     #[arg(long)]
     epoch: Option<usize>,
@@ -487,6 +490,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             temperature: args.temperature,
             top_k: args.top_k,
             seed: args.seed,
+            no_unk: args.no_unk,
         },
     );
     if !generation.unknown_prompt_words.is_empty() {

@@ -97,12 +97,14 @@ where
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(1..last_epoch as i32, (lo..hi).log_scale())?;
+        .build_cartesian_2d(
+            1..last_epoch as i32,
+            (lo..hi).log_scale().with_key_points(log_ticks(lo, hi)),
+        )?;
     chart
         .configure_mesh()
         .x_labels(last_epoch.min(20))
         .x_desc("epoch")
-        .y_labels(12)
         .y_desc(y_desc)
         .y_label_formatter(y_label)
         .draw()?;
@@ -121,6 +123,39 @@ where
         .border_style(BLACK)
         .draw()?;
     Ok(())
+}
+
+/// Tick values for a log axis over `lo..hi`: 1, 2, 5 (or denser: 1, 2, 3, 5, or 1 to 9) times
+/// powers of ten, as many as fit in 12 (every k-th power of ten over a very wide range); the ends themselves when no such value falls inside.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let first = lo.log10().floor() as i32;
+    let last = hi.log10().ceil() as i32;
+    let ticks = |mantissas: &[f64]| -> Vec<f64> {
+        (first..=last)
+            .flat_map(|e| mantissas.iter().map(move |m| m * 10f64.powi(e)))
+            .filter(|v| (lo..=hi).contains(v))
+            .collect()
+    };
+    let sets: [&[f64]; 4] = [
+        &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+        &[1.0, 2.0, 3.0, 5.0],
+        &[1.0, 2.0, 5.0],
+        &[1.0],
+    ];
+    let chosen = sets
+        .iter()
+        .map(|m| ticks(m))
+        .find(|t| t.len() <= 12)
+        .unwrap_or_else(|| {
+            // More than 12 decades (a diverged run): every k-th power of ten.
+            let decades = ticks(&[1.0]);
+            let stride = decades.len().div_ceil(12);
+            decades.into_iter().step_by(stride).collect()
+        });
+    if chosen.len() < 2 {
+        return vec![lo, hi];
+    }
+    chosen
 }
 
 /// A learning rate as an axis label: `0.0025`, `1`, `5.00e-5`.
@@ -216,6 +251,20 @@ mod tests {
         assert!(curves_svg("run", &[])
             .unwrap()
             .contains("no finished epoch yet"));
+    }
+
+    #[test]
+    fn log_ticks_are_round_and_few() {
+        assert_eq!(
+            log_ticks(117.0, 828.0),
+            [200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0]
+        );
+        assert_eq!(
+            log_ticks(50.0, 2000.0),
+            [50.0, 100.0, 200.0, 300.0, 500.0, 1000.0, 2000.0]
+        );
+        assert_eq!(log_ticks(1.01, 1.09), [1.01, 1.09]);
+        assert!(log_ticks(1.0, 1e150).len() <= 12);
     }
 
     #[test]

@@ -62,6 +62,7 @@ fn request(prompt: &str, temperature: f64, top_k: usize, seed: u64) -> GenerateR
         temperature,
         top_k,
         seed,
+        no_unk: false,
     }
 }
 
@@ -104,6 +105,19 @@ fn generation_from_a_saved_run() {
         greedy,
         generate(&model, &vocab, &request(&prompt.join(" "), 0.0, 0, 99))
     );
+
+    // --no-unk: never <unk>, even where it is the argmax.
+    let mut free = request("the", 1.0, 0, 2);
+    free.length = 300;
+    assert!(generate(&model, &vocab, &free)
+        .tokens
+        .iter()
+        .any(|t| t == "<unk>"));
+    free.no_unk = true;
+    assert!(generate(&model, &vocab, &free)
+        .tokens
+        .iter()
+        .all(|t| t != "<unk>"));
 
     let k = 3;
     let sampled = generate(&model, &vocab, &request("the", 1.5, k, 5));
