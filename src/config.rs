@@ -257,11 +257,16 @@ impl ExperimentConfig {
     }
 
     /// Whether a run saved with `saved` can be continued by this config: everything but the
-    /// number of epochs must match. Returns the differences, `section.field: run has X, this
-    /// command has Y`, or an empty list.
+    /// number of epochs and the learning rate must match (a run that diverged continues from its
+    /// last checkpoint with a lower `--lr`). Returns the differences, `section.field: run has X,
+    /// this command has Y`, or an empty list.
     pub fn resume_differences(&self, saved: &ExperimentConfig) -> Vec<String> {
-        let mut mine = serde_json::to_value(self).expect("config serialises");
-        let mut theirs = serde_json::to_value(saved).expect("config serialises");
+        let mut mine = self.clone();
+        let mut theirs = saved.clone();
+        mine.optimizer = mine.optimizer.with_lr(0.0);
+        theirs.optimizer = theirs.optimizer.with_lr(0.0);
+        let mut mine = serde_json::to_value(&mine).expect("config serialises");
+        let mut theirs = serde_json::to_value(&theirs).expect("config serialises");
         mine["epochs"] = serde_json::Value::Null;
         theirs["epochs"] = serde_json::Value::Null;
         let mut out = Vec::new();
@@ -327,14 +332,16 @@ mod tests {
         let mut b = a.clone();
         b.epochs = 10;
         assert!(b.resume_differences(&a).is_empty());
-        b.model.d_hidden = 128;
         b.optimizer = b.optimizer.with_lr(0.5);
+        assert!(b.resume_differences(&a).is_empty(), "the rate may change");
+        b.model.d_hidden = 128;
+        b.clip = 1.0;
         let d = b.resume_differences(&a);
         assert_eq!(
             d,
             vec![
+                "clip: run has 0.0, this command has 1.0",
                 "model.d_hidden: run has 256, this command has 128",
-                "optimizer.lr: run has 0.01, this command has 0.5"
             ]
         );
     }

@@ -74,6 +74,23 @@ pub enum Error {
         pid: String,
     },
 
+    /// The loss became NaN or infinite; training stopped without saving the broken weights.
+    #[error("the {split} loss became {loss} at epoch {epoch}, batch {batch}, so training stopped; no checkpoint of the broken weights was written ({kept}). A learning rate too high for the model is the usual cause (this epoch's: {lr}): run the same command with a lower --lr (a run may resume with another rate), or clip the gradients with --clip 5")]
+    Diverged {
+        /// "training" or "validation".
+        split: &'static str,
+        /// "NaN" or "infinite".
+        loss: &'static str,
+        /// 1-based epoch.
+        epoch: usize,
+        /// 1-based batch of the epoch's split.
+        batch: usize,
+        /// The epoch's learning rate, formatted.
+        lr: String,
+        /// Which checkpoint a rerun resumes from.
+        kept: String,
+    },
+
     /// Training stopped because the framework reported an error.
     #[error("training failed: {0}")]
     Training(String),

@@ -35,6 +35,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod fused;
 pub mod generate;
+pub mod guard;
 pub mod lstm;
 pub mod metrics;
 pub mod model;

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::{Tensor, TensorReadError};
+
+use crate::guard::DivergenceGuard;
 use burn::train::metric::{
     format_float, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes,
     NumericEntry, SerializedEntry,
@@ -41,6 +43,16 @@ pub struct PerplexityMetric {
     name: MetricName,
     nll: f64,
     tokens: usize,
+    guard: Option<Guarded>,
+}
+
+/// What a guarded metric reports to its [`DivergenceGuard`].
+#[derive(Clone)]
+struct Guarded {
+    guard: DivergenceGuard,
+    split: &'static str,
+    epoch: usize,
+    batch: usize,
 }
 
 impl PerplexityMetric {
@@ -50,6 +62,22 @@ impl PerplexityMetric {
             name: Arc::new(PERPLEXITY.to_string()),
             nll: 0.0,
             tokens: 0,
+            guard: None,
+        }
+    }
+
+    /// A metric that hands every batch's loss to `guard`, naming `split` ("training" or
+    /// "validation"); its first epoch is `first_epoch`, and each `clear` (end of epoch) counts
+    /// one more.
+    pub fn guarded(guard: DivergenceGuard, split: &'static str, first_epoch: usize) -> Self {
+        Self {
+            guard: Some(Guarded {
+                guard,
+                split,
+                epoch: first_epoch,
+                batch: 0,
+            }),
+            ..Self::new()
         }
     }
 
@@ -105,6 +133,10 @@ impl Metric for PerplexityMetric {
         _metadata: &MetricMetadata,
     ) -> Result<SerializedEntry, TensorReadError> {
         let nll = item.nll_sum.clone().sum().try_into_scalar::<f64>()?;
+        if let Some(g) = &mut self.guard {
+            g.batch += 1;
+            g.guard.check(g.split, g.epoch, g.batch, nll);
+        }
         self.nll += nll;
         self.tokens += item.tokens;
         Ok(self.entry(false))
@@ -117,6 +149,10 @@ impl Metric for PerplexityMetric {
     fn clear(&mut self) {
         self.nll = 0.0;
         self.tokens = 0;
+        if let Some(g) = &mut self.guard {
+            g.epoch += 1;
+            g.batch = 0;
+        }
     }
 }
 

@@ -166,6 +166,13 @@ pub(crate) fn check_resume(
         ),
     })?;
     let differences = config.resume_differences(&saved);
+    if differences.is_empty() && saved.optimizer.lr() != config.optimizer.lr() {
+        println!(
+            "the learning rate changes from {} to {} as the run continues",
+            crate::schedule::format_rate(saved.optimizer.lr()),
+            crate::schedule::format_rate(config.optimizer.lr())
+        );
+    }
     if !differences.is_empty() {
         return Err(Error::IncompatibleRun {
             dir: run_dir.to_path_buf(),

@@ -136,9 +136,27 @@ impl LrScheduler for EpochLrScheduler {
     }
 }
 
+/// A learning rate for messages: plain decimals between 1e-4 and 1e4, else scientific
+/// (`0.0025`, `20`, `1e30`).
+pub fn format_rate(lr: f64) -> String {
+    if lr != 0.0 && !(1e-4..1e4).contains(&lr.abs()) {
+        format!("{lr:e}")
+    } else {
+        format!("{lr}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_print_short() {
+        assert_eq!(format_rate(0.0025), "0.0025");
+        assert_eq!(format_rate(20.0), "20");
+        assert_eq!(format_rate(1e30), "1e30");
+        assert_eq!(format_rate(5e-6), "5e-6");
+    }
 
     #[test]
     fn step_decay_is_constant_then_geometric() {

@@ -29,6 +29,7 @@ use crate::data::stream::{Stream, StreamLoader};
 use crate::data::vocab::Vocab;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate_bucketed, evaluate_stream, Evaluation};
+use crate::guard::DivergenceGuard;
 use crate::metrics::{NllInput, PerplexityMetric, TokenCountInput, TokensPerSecond};
 use crate::model::{LanguageModel, LmBatch};
 use crate::plot::write_curves;
@@ -37,7 +38,7 @@ use crate::run::{
     append_history, check_resume, clear_run, save_run, save_test_score, RunLock, TestScore,
 };
 pub use crate::run::{files, load_config, load_model, read_history};
-use crate::schedule::EpochLrScheduler;
+use crate::schedule::{format_rate, EpochLrScheduler};
 
 /// What one step reports to the metrics.
 pub struct LmOutput {
@@ -330,9 +331,12 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         ModuleLrScheduler::new(scheduler),
     );
 
+    // Stops the run at the first NaN or infinite batch loss, before any checkpoint holds it.
+    let guard = DivergenceGuard::new(interrupter.clone());
     let history = Arc::new(Mutex::new(Vec::new()));
     let renderer = {
         let history = history.clone();
+        let guard = guard.clone();
         let dir = run_dir.clone();
         let path = run_dir.join(files::HISTORY);
         let (schedule, base_lr) = (config.lr_schedule, config.optimizer.lr());
@@ -341,6 +345,10 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
             Box::new(move |stats: &mut EpochStats| {
                 let mut valid = valid_history.lock().expect("history lock");
                 stats.lr = schedule.lr_for_epoch(base_lr, stats.epoch, &valid);
+                if guard.tripped().is_some() {
+                    // The epoch ends without a checkpoint: record nothing of it.
+                    return;
+                }
                 valid.push(stats.valid_perplexity);
                 history.lock().expect("history lock").push(stats.clone());
                 if let Err(e) = append_history(&path, stats) {
@@ -354,7 +362,18 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     };
     let ckpt = checkpoint_dir(&run_dir);
     let mut training = SupervisedTraining::new(&run_dir, loaders.train, loaders.valid)
-        .metrics((PerplexityMetric::new(), TokensPerSecond::new()))
+        .metric_train_numeric(PerplexityMetric::guarded(
+            guard.clone(),
+            "training",
+            first_epoch,
+        ))
+        .metric_valid_numeric(PerplexityMetric::guarded(
+            guard.clone(),
+            "validation",
+            first_epoch,
+        ))
+        .metric_train_numeric(TokensPerSecond::new())
+        .metric_valid_numeric(TokensPerSecond::new())
         .with_custom_checkpointers(
             AtomicFileCheckpointer::new(&ckpt, "model"),
             AtomicFileCheckpointer::new(&ckpt, "optim"),
@@ -372,15 +391,29 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         return Err(Error::Training(error.to_string()));
     }
     let epochs = history.lock().expect("history lock").clone();
+    if let Some(d) = guard.tripped() {
+        let earlier: Vec<f64> = read_history(&run_dir)
+            .iter()
+            .map(|s| s.valid_perplexity)
+            .collect();
+        return Err(Error::Diverged {
+            split: d.split,
+            loss: if d.loss.is_nan() { "NaN" } else { "infinite" },
+            epoch: d.epoch,
+            batch: d.batch,
+            lr: format_rate(config.lr_schedule.lr_for_epoch(
+                config.optimizer.lr(),
+                d.epoch,
+                &earlier,
+            )),
+            kept: kept_checkpoint(&run_dir),
+        });
+    }
     let interrupted = result.interrupted.is_some();
     if interrupted {
-        let kept = last_complete_checkpoint(&run_dir);
         println!(
             "interrupted; {}; run the same command again to continue",
-            match kept {
-                Some(e) => format!("the checkpoint of epoch {e} is kept"),
-                None => "no epoch had finished".to_string(),
-            }
+            kept_checkpoint(&run_dir)
         );
     }
 
@@ -409,6 +442,14 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         test,
         vocab_size: vocab.len(),
     })
+}
+
+/// Which checkpoint a rerun resumes from, in words.
+fn kept_checkpoint(run_dir: &std::path::Path) -> String {
+    match last_complete_checkpoint(run_dir) {
+        Some(e) => format!("the checkpoint of epoch {e} is kept"),
+        None => "no epoch had finished".to_string(),
+    }
 }
 
 /// The title of a run's plot: its folder name.

@@ -187,3 +187,66 @@ fn resuming_with_a_changed_config_or_changed_data_is_refused() {
     assert_eq!(report.resumed_from, None);
     assert_eq!(report.epochs.len(), 1);
 }
+
+/// A learning rate far too high: the first NaN batch stops the run with an error naming the
+/// epoch and batch and the remedy; no checkpoint or history line of the broken epoch is written,
+/// and the same run continues from its last good epoch with a lower rate.
+#[test]
+fn a_blown_up_loss_stops_the_run_before_any_checkpoint_of_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = files(tmp.path());
+    let device = Device::flex();
+    let dir = tmp.path().join("run");
+    let sgd = |epochs, lr| {
+        let mut c = common::tiny_config(epochs);
+        c.optimizer = lstm_lm::config::OptimizerConfig::Sgd {
+            lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        };
+        c
+    };
+    run(sgd(1, 0.5), &corpus, &dir, &device).unwrap();
+    let good = load_model(&dir, Some(1), &device).unwrap();
+
+    let err = run(sgd(2, 1e30), &corpus, &dir, &device).unwrap_err();
+    let Error::Diverged {
+        split,
+        epoch,
+        batch,
+        ref lr,
+        ..
+    } = err
+    else {
+        panic!("expected a divergence error, got {err}");
+    };
+    assert_eq!((split, epoch, lr.as_str()), ("training", 2, "1e30"));
+    assert!(batch >= 1);
+    let message = err.to_string();
+    for part in [
+        "loss became",
+        "at epoch 2, batch",
+        "lower --lr",
+        "checkpoint of epoch 1 is kept",
+    ] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+    assert_eq!(lstm_lm::checkpoint::last_complete_checkpoint(&dir), Some(1));
+    assert_eq!(
+        read_history(&dir).len(),
+        1,
+        "no history line for the broken epoch"
+    );
+    let kept = load_model(&dir, Some(1), &device).unwrap();
+    assert_eq!(
+        kept.embedding.weight.val().into_data(),
+        good.embedding.weight.val().into_data(),
+        "the epoch-1 weights are untouched"
+    );
+
+    // The same run, a sane rate: it continues from epoch 1.
+    let report = run(sgd(2, 0.25), &corpus, &dir, &device).unwrap();
+    assert_eq!(report.resumed_from, Some(1));
+    assert!(report.epochs[0].valid_perplexity.is_finite());
+    assert_eq!(report.epochs[0].lr, 0.25);
+}
