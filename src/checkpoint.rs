@@ -1,16 +1,28 @@
-//! Checkpoints written atomically, and finding the newest complete one.
+//! Checkpoints written atomically with a checksummed manifest, and finding the newest sound one.
 //!
 //! A checkpoint of epoch `N` is three files in `<run>/checkpoint/`: `model-N.bpk`,
-//! `optim-N.bpk` and `scheduler-N.bpk`. Each is written to a temporary file, synced and renamed,
-//! so a file that exists is whole; the checkpoint is complete when all three exist.
+//! `optim-N.bpk` and `scheduler-N.bpk`, and `manifest-N.json`, which lists each file's size and
+//! SHA-256. Each file is written to a temporary file, synced and renamed, so a file that exists
+//! is whole; the manifest is updated (the same way) after each record is in place. An epoch is
+//! *complete* when its manifest lists all three records and their files have the listed sizes,
+//! and *sound* when their checksums match too. Resuming and loading use the newest sound epoch
+//! and say so when a newer one is damaged. (Checkpoints written before manifests existed count
+//! as complete and sound when all three files exist.)
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use burn::tensor::Bytes;
 use burn::train::checkpoint::{Checkpoint, Checkpointer, CheckpointerError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// The three record kinds of a checkpoint, as named by burn-train.
 pub const RECORDS: [&str; 3] = ["model", "optim", "scheduler"];
+
+/// burn-train saves the three records from three threads; their manifest updates take turns.
+static MANIFEST_LOCK: Mutex<()> = Mutex::new(());
 
 /// Folder of the checkpoints inside a run folder.
 pub fn checkpoint_dir(run_dir: &Path) -> PathBuf {
@@ -22,25 +34,154 @@ pub fn record_path(dir: &Path, name: &str, epoch: usize) -> PathBuf {
     dir.join(format!("{name}-{epoch}.bpk"))
 }
 
-/// The newest epoch whose three records all exist, if any.
-pub fn last_complete_checkpoint(run_dir: &Path) -> Option<usize> {
-    let dir = checkpoint_dir(run_dir);
-    let entries = std::fs::read_dir(&dir).ok()?;
-    entries
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            let epoch = name.strip_prefix("model-")?.strip_suffix(".bpk")?;
-            epoch.parse::<usize>().ok()
-        })
-        .filter(|&epoch| {
-            RECORDS
-                .iter()
-                .all(|r| record_path(&dir, r, epoch).is_file())
-        })
-        .max()
+/// Path of the manifest of epoch `epoch`.
+pub fn manifest_path(dir: &Path, epoch: usize) -> PathBuf {
+    dir.join(format!("manifest-{epoch}.json"))
 }
 
-/// A burn-train [`Checkpointer`] that writes each record atomically (temp file, fsync, rename).
+/// Size and checksum of one record file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RecordSum {
+    bytes: u64,
+    sha256: String,
+}
+
+impl RecordSum {
+    fn of(bytes: &[u8]) -> Self {
+        let digest = Sha256::digest(bytes);
+        Self {
+            bytes: bytes.len() as u64,
+            sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+}
+
+/// The manifest of one epoch's checkpoint.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Manifest {
+    records: BTreeMap<String, RecordSum>,
+}
+
+fn read_manifest(dir: &Path, epoch: usize) -> Option<Result<Manifest, String>> {
+    let path = manifest_path(dir, epoch);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(Err(format!("cannot read {}: {e}", path.display()))),
+    };
+    Some(serde_json::from_str(&text).map_err(|e| format!("{} is damaged: {e}", path.display())))
+}
+
+/// Why epoch `epoch` cannot be used, or `Ok` when it is complete (and, with `verify`, sound).
+fn check_epoch(dir: &Path, epoch: usize, verify: bool) -> Result<(), String> {
+    let Some(manifest) = read_manifest(dir, epoch) else {
+        // Written before manifests: whole files (atomic renames), no checksums.
+        return match RECORDS
+            .iter()
+            .find(|r| !record_path(dir, r, epoch).is_file())
+        {
+            Some(r) => Err(format!(
+                "{} is missing",
+                record_path(dir, r, epoch).display()
+            )),
+            None => Ok(()),
+        };
+    };
+    let manifest = manifest?;
+    for name in RECORDS {
+        let path = record_path(dir, name, epoch);
+        let Some(sum) = manifest.records.get(name) else {
+            return Err(format!("the {name} record was never finished"));
+        };
+        let size = std::fs::metadata(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        if size != sum.bytes {
+            return Err(format!(
+                "{} has {size} bytes, its manifest says {}",
+                path.display(),
+                sum.bytes
+            ));
+        }
+        if verify {
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if RecordSum::of(&bytes) != *sum {
+                return Err(format!("{} does not match its checksum", path.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Epochs that have any checkpoint file, newest first.
+fn candidate_epochs(dir: &Path) -> Vec<usize> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut epochs: Vec<usize> = entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let stem = name
+                .strip_suffix(".bpk")
+                .or_else(|| name.strip_suffix(".json"))?;
+            let (_, epoch) = stem.rsplit_once('-')?;
+            epoch.parse::<usize>().ok()
+        })
+        .collect();
+    epochs.sort_unstable_by(|a, b| b.cmp(a));
+    epochs.dedup();
+    epochs
+}
+
+/// The newest complete epoch (its three records listed in its manifest, at the listed sizes).
+/// Cheap: no checksums are computed; see [`newest_sound_checkpoint`].
+pub fn last_complete_checkpoint(run_dir: &Path) -> Option<usize> {
+    let dir = checkpoint_dir(run_dir);
+    candidate_epochs(&dir)
+        .into_iter()
+        .find(|&e| check_epoch(&dir, e, false).is_ok())
+}
+
+/// The newest epoch whose checkpoint is complete and matches its checksums. Each newer epoch
+/// that is complete but damaged is named in a warning on stderr.
+pub fn newest_sound_checkpoint(run_dir: &Path) -> Option<usize> {
+    let dir = checkpoint_dir(run_dir);
+    for epoch in candidate_epochs(&dir) {
+        if check_epoch(&dir, epoch, false).is_err() {
+            continue; // never finished: a kill while it was being written
+        }
+        match check_epoch(&dir, epoch, true) {
+            Ok(()) => return Some(epoch),
+            Err(why) => eprintln!(
+                "warning: the checkpoint of epoch {epoch} is damaged ({why}); using an older one"
+            ),
+        }
+    }
+    None
+}
+
+/// Checks that epoch `epoch` of `run_dir` is complete and sound; the error says why not.
+pub fn verify_checkpoint(run_dir: &Path, epoch: usize) -> Result<(), String> {
+    check_epoch(&checkpoint_dir(run_dir), epoch, true)
+}
+
+/// Removes temporary files a killed process left in the run folder and its checkpoint folder.
+pub fn remove_stale_temporaries(run_dir: &Path) {
+    for dir in [run_dir.to_path_buf(), checkpoint_dir(run_dir)] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// A burn-train [`Checkpointer`] that writes each record atomically (temp file, fsync, rename)
+/// and then records its size and checksum in the epoch's manifest.
 pub struct AtomicFileCheckpointer {
     dir: PathBuf,
     name: String,
@@ -54,6 +195,17 @@ impl AtomicFileCheckpointer {
             name: name.to_string(),
         }
     }
+
+    fn add_to_manifest(&self, epoch: usize, sum: RecordSum) -> crate::error::Result<()> {
+        let _turn = MANIFEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut manifest = match read_manifest(&self.dir, epoch) {
+            Some(Ok(m)) => m,
+            _ => Manifest::default(),
+        };
+        manifest.records.insert(self.name.clone(), sum);
+        let json = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
+        crate::fsutil::write_atomic(&manifest_path(&self.dir, epoch), json.as_bytes())
+    }
 }
 
 impl<R: Checkpoint> Checkpointer<R> for AtomicFileCheckpointer {
@@ -62,22 +214,31 @@ impl<R: Checkpoint> Checkpointer<R> for AtomicFileCheckpointer {
             .checkpoint_into_bytes()
             .map_err(CheckpointerError::Record)?;
         crate::fsutil::write_atomic(&record_path(&self.dir, &self.name, epoch), &bytes)
+            .and_then(|()| self.add_to_manifest(epoch, RecordSum::of(&bytes)))
             .map_err(|e| CheckpointerError::Unknown(e.to_string()))
     }
 
     fn restore(&self, epoch: usize) -> Result<R, CheckpointerError> {
+        // The epoch was checked with `newest_sound_checkpoint` before training resumed.
         let path = record_path(&self.dir, &self.name, epoch);
         let bytes = std::fs::read(&path).map_err(CheckpointerError::IOError)?;
         R::checkpoint_from_bytes(Bytes::from_bytes_vec(bytes)).map_err(CheckpointerError::Record)
     }
 
     fn delete(&self, epoch: usize) -> Result<(), CheckpointerError> {
-        match std::fs::remove_file(record_path(&self.dir, &self.name, epoch)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(CheckpointerError::IOError(e))
+        // The manifest goes first: from then on the epoch is incomplete, never half-deleted.
+        for path in [
+            manifest_path(&self.dir, epoch),
+            record_path(&self.dir, &self.name, epoch),
+        ] {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(CheckpointerError::IOError(e))
+                }
+                _ => {}
             }
-            _ => Ok(()),
         }
+        Ok(())
     }
 }
 
@@ -85,19 +246,84 @@ impl<R: Checkpoint> Checkpointer<R> for AtomicFileCheckpointer {
 mod tests {
     use super::*;
 
+    /// Writes the three records of `epoch` as the checkpointer does, with `payload` bytes.
+    fn save_epoch(dir: &Path, epoch: usize, payload: &[u8]) {
+        for name in RECORDS {
+            let c = AtomicFileCheckpointer::new(dir, name);
+            crate::fsutil::write_atomic(&record_path(dir, name, epoch), payload).unwrap();
+            c.add_to_manifest(epoch, RecordSum::of(payload)).unwrap();
+        }
+    }
+
     #[test]
-    fn only_epochs_with_all_three_records_count() {
+    fn an_epoch_counts_once_its_manifest_lists_all_three_records() {
         let run = tempfile::tempdir().unwrap();
         let dir = checkpoint_dir(run.path());
         assert_eq!(last_complete_checkpoint(run.path()), None);
+        save_epoch(&dir, 1, b"one");
+        // Epoch 2 killed after two records: no third entry, not complete.
+        for name in ["model", "optim"] {
+            std::fs::write(record_path(&dir, name, 2), b"two").unwrap();
+            AtomicFileCheckpointer::new(&dir, name)
+                .add_to_manifest(2, RecordSum::of(b"two"))
+                .unwrap();
+        }
+        std::fs::write(record_path(&dir, "scheduler", 2), b"two").unwrap();
+        assert_eq!(last_complete_checkpoint(run.path()), Some(1));
+        assert_eq!(newest_sound_checkpoint(run.path()), Some(1));
+        AtomicFileCheckpointer::new(&dir, "scheduler")
+            .add_to_manifest(2, RecordSum::of(b"two"))
+            .unwrap();
+        assert_eq!(last_complete_checkpoint(run.path()), Some(2));
+        assert_eq!(newest_sound_checkpoint(run.path()), Some(2));
+    }
+
+    #[test]
+    fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
+        let run = tempfile::tempdir().unwrap();
+        let dir = checkpoint_dir(run.path());
+        save_epoch(&dir, 1, b"first epoch");
+        save_epoch(&dir, 2, b"second epoch");
+        // Same size, one byte flipped: complete, but not sound.
+        std::fs::write(record_path(&dir, "optim", 2), b"second epocH").unwrap();
+        assert_eq!(last_complete_checkpoint(run.path()), Some(2));
+        assert_eq!(newest_sound_checkpoint(run.path()), Some(1));
+        assert!(verify_checkpoint(run.path(), 2)
+            .unwrap_err()
+            .contains("does not match its checksum"));
+        // Truncated: not even complete.
+        std::fs::write(record_path(&dir, "optim", 2), b"sec").unwrap();
+        assert_eq!(last_complete_checkpoint(run.path()), Some(1));
+        // A damaged manifest.
+        std::fs::write(manifest_path(&dir, 1), b"{\"records\": {\"mod").unwrap();
+        assert_eq!(newest_sound_checkpoint(run.path()), None);
+    }
+
+    #[test]
+    fn checkpoints_without_a_manifest_still_load() {
+        let run = tempfile::tempdir().unwrap();
+        let dir = checkpoint_dir(run.path());
         std::fs::create_dir_all(&dir).unwrap();
         for r in RECORDS {
-            std::fs::write(record_path(&dir, r, 1), b"x").unwrap();
+            std::fs::write(record_path(&dir, r, 3), b"x").unwrap();
         }
-        std::fs::write(record_path(&dir, "model", 2), b"x").unwrap();
-        std::fs::write(record_path(&dir, "optim", 2), b"x").unwrap();
-        assert_eq!(last_complete_checkpoint(run.path()), Some(1));
-        std::fs::write(record_path(&dir, "scheduler", 2), b"x").unwrap();
+        assert_eq!(newest_sound_checkpoint(run.path()), Some(3));
+        std::fs::remove_file(record_path(&dir, "optim", 3)).unwrap();
+        assert_eq!(last_complete_checkpoint(run.path()), None);
+    }
+
+    #[test]
+    fn deleting_an_epoch_removes_its_manifest_first() {
+        let run = tempfile::tempdir().unwrap();
+        let dir = checkpoint_dir(run.path());
+        save_epoch(&dir, 1, b"one");
+        save_epoch(&dir, 2, b"two");
+        let c = AtomicFileCheckpointer::new(&dir, "model");
+        <AtomicFileCheckpointer as Checkpointer<burn::store::ModuleRecord>>::delete(&c, 1).unwrap();
+        assert!(!manifest_path(&dir, 1).exists());
         assert_eq!(last_complete_checkpoint(run.path()), Some(2));
+        std::fs::write(dir.join(".model-3.bpk.tmp-99"), b"partial").unwrap();
+        remove_stale_temporaries(run.path());
+        assert!(!dir.join(".model-3.bpk.tmp-99").exists());
     }
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
-use crate::checkpoint::last_complete_checkpoint;
+use crate::checkpoint::newest_sound_checkpoint;
 use crate::data::corpus::Sentence;
 use crate::data::vocab::Vocab;
 use crate::error::{Error, Result};
@@ -130,7 +130,7 @@ pub fn evaluate_run(request: &EvalRequest) -> Result<RunEvaluation> {
     let vocab = Vocab::load(&dir.join(files::VOCAB))?;
     let epoch = request
         .epoch
-        .or_else(|| last_complete_checkpoint(dir))
+        .or_else(|| newest_sound_checkpoint(dir))
         .ok_or_else(|| no_checkpoint(dir))?;
     let model = load_model(dir, Some(epoch), &request.device)?;
     let unknown_tokens = request

@@ -10,7 +10,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{checkpoint_dir, last_complete_checkpoint};
+use crate::checkpoint::{checkpoint_dir, newest_sound_checkpoint, verify_checkpoint};
 use crate::config::ExperimentConfig;
 use crate::data::vocab::Vocab;
 use crate::error::{Error, Result};
@@ -188,7 +188,7 @@ pub(crate) fn check_resume(
                 .into(),
         });
     }
-    Ok(last_complete_checkpoint(run_dir))
+    Ok(newest_sound_checkpoint(run_dir))
 }
 
 /// Writes config and vocabulary, and cuts the history back to the epochs the checkpoint holds.
@@ -271,14 +271,18 @@ pub fn load_config(run_dir: &Path) -> Result<ExperimentConfig> {
 /// `device`; the checkpoint may come from any backend.
 pub fn load_model(run_dir: &Path, epoch: Option<usize>, device: &Device) -> Result<LanguageModel> {
     let config = load_config(run_dir)?;
-    let epoch = match epoch.or_else(|| last_complete_checkpoint(run_dir)) {
-        Some(e) => e,
-        None => {
-            return Err(Error::BadRun {
+    let epoch = match epoch {
+        Some(e) => {
+            verify_checkpoint(run_dir, e).map_err(|why| Error::BadRun {
                 dir: run_dir.to_path_buf(),
-                problem: "no complete checkpoint yet; train at least one epoch".into(),
-            })
+                problem: format!("the checkpoint of epoch {e} cannot be used: {why}"),
+            })?;
+            e
         }
+        None => newest_sound_checkpoint(run_dir).ok_or_else(|| Error::BadRun {
+            dir: run_dir.to_path_buf(),
+            problem: "no complete checkpoint yet; train at least one epoch".into(),
+        })?,
     };
     let path = crate::checkpoint::record_path(&checkpoint_dir(run_dir), "model", epoch);
     let record = burn::store::ModuleRecord::load(&path).map_err(|e| Error::BadRun {

@@ -20,7 +20,9 @@ use burn::train::{
     InferenceStep, Interrupter, ItemLazy, Learner, SupervisedTraining, TrainOutput, TrainStep,
 };
 
-use crate::checkpoint::{checkpoint_dir, last_complete_checkpoint, AtomicFileCheckpointer};
+use crate::checkpoint::{
+    checkpoint_dir, last_complete_checkpoint, remove_stale_temporaries, AtomicFileCheckpointer,
+};
 use crate::clip::clip_grad_norm;
 use crate::config::{Batching, ExperimentConfig, OptimizerConfig};
 use crate::data::batcher::{BucketLoader, Buckets};
@@ -269,6 +271,7 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
 
     // Held until this function returns; a second trainer in the same folder is refused.
     let _lock = RunLock::acquire(&run_dir)?;
+    remove_stale_temporaries(&run_dir);
     if fresh {
         clear_run(&run_dir)?;
     }

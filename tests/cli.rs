@@ -14,6 +14,16 @@ fn lstm_lm() -> Command {
     c
 }
 
+/// Starts `lstm-lm args` with its output discarded.
+fn spawn_silent(args: &[&std::ffi::OsStr]) -> std::process::Child {
+    lstm_lm()
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Runs `command`, asserts that it succeeded, and returns its standard output.
 fn stdout_of(command: &mut Command) -> String {
     let out = command.output().unwrap();
@@ -74,12 +84,7 @@ fn kill_9_during_training_then_the_same_command_resumes() {
     let run = tmp.path().join("run");
     let args = train_args(&train, &valid, &run);
 
-    let mut child = lstm_lm()
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_silent(&args);
     wait_for_first_checkpoint(&run, &mut child);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -370,4 +375,95 @@ fn generate_report_and_runs() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("lstm-lm runs"), "{sub}: {err}");
     }
+}
+
+/// Every tensor of the model of `epoch` in `run`, as raw f32 data.
+fn model_tensors(run: &Path, epoch: usize) -> Vec<Vec<f32>> {
+    let m = lstm_lm::run::load_model(run, Some(epoch), &burn::tensor::Device::flex()).unwrap();
+    let mut out = vec![m.embedding.weight.val().into_data()];
+    for layer in &m.lstm.layers {
+        out.push(layer.input_weight.val().into_data());
+        out.push(layer.hidden_weight.val().into_data());
+        out.push(layer.bias.val().into_data());
+    }
+    let output = m.output.as_ref().expect("untied");
+    out.push(output.weight.val().into_data());
+    out.extend(output.bias.as_ref().map(|b| b.val().into_data()));
+    out.into_iter()
+        .map(|d| d.try_into_vec::<f32>().unwrap())
+        .collect()
+}
+
+/// `kill -9` again and again, at timed points and as soon as a checkpoint file is being
+/// written, then the same command until it finishes: the weights and the history are those of
+/// the run left alone, bit for bit, and no temporary file is left.
+#[test]
+fn kill_9_at_many_points_and_the_run_ends_as_if_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, valid) = common::tiny_corpus(tmp.path(), 3000, 200);
+    let alone = tmp.path().join("alone");
+    stdout_of(lstm_lm().args(train_args(&train, &valid, &alone)));
+
+    let run = tmp.path().join("killed");
+    let args = train_args(&train, &valid, &run);
+    let ckpt = run.join("checkpoint");
+    let writing = || {
+        std::fs::read_dir(&ckpt).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        })
+    };
+    let (mut kills, mut during_writes, mut finished) = (0, 0, false);
+    for round in 0..14 {
+        let mut child = spawn_silent(&args);
+        let start = Instant::now();
+        // Even rounds: a timed kill; odd rounds: the moment a checkpoint file is being written.
+        let at = Duration::from_millis(100 + 90 * round as u64);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "round {round}: {status}");
+                finished = true;
+                break;
+            }
+            let mid_write = round % 2 == 1 && writing();
+            if mid_write || (round % 2 == 0 && start.elapsed() >= at) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                during_writes += usize::from(mid_write);
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "round {round} hangs"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if finished {
+            break;
+        }
+    }
+    if !finished {
+        stdout_of(lstm_lm().args(&args));
+    }
+    eprintln!("{kills} kills, {during_writes} while a checkpoint file was being written");
+    assert!(kills >= 3, "only {kills} kills landed");
+
+    let epochs: Vec<usize> = lstm_lm::training::read_history(&run)
+        .iter()
+        .map(|e| e.epoch)
+        .collect();
+    assert_eq!(epochs, vec![1, 2, 3, 4], "each epoch recorded once");
+    let ppl = |dir: &Path| -> Vec<(u64, u64)> {
+        lstm_lm::training::read_history(dir)
+            .iter()
+            .map(|e| (e.train_perplexity.to_bits(), e.valid_perplexity.to_bits()))
+            .collect()
+    };
+    assert_eq!(ppl(&run), ppl(&alone), "perplexities bit for bit");
+    assert!(
+        model_tensors(&run, 4) == model_tensors(&alone, 4),
+        "the final weights differ from the run left alone"
+    );
+    assert!(!writing(), "no temporary file is left");
 }

@@ -100,7 +100,8 @@ fn an_interrupted_run_resumes_at_the_next_epoch_with_the_saved_weights() {
         vec![2]
     );
 
-    // Resumed from the saved weights, optimizer state and data order: the same end point.
+    // Resumed from the saved weights, optimizer state and data order: the same end point, bit
+    // for bit.
     let weights = |m: &lstm_lm::model::LanguageModel| -> Vec<f32> {
         m.lstm.layers[0]
             .hidden_weight
@@ -113,15 +114,10 @@ fn an_interrupted_run_resumes_at_the_next_epoch_with_the_saved_weights() {
         weights(&load_model(&whole, Some(2), &device).unwrap()),
         weights(&load_model(&split, Some(2), &device).unwrap()),
     );
-    let max_diff = wa
-        .iter()
-        .zip(&wb)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    assert!(max_diff < 1e-5, "resumed weights differ by {max_diff}");
+    assert!(wa == wb, "resumed weights differ from the run left alone");
     assert_ne!(weights(&saved), wb, "epoch 2 did train");
     let (pa, pb) = (a.epochs[1].valid_perplexity, b.epochs[0].valid_perplexity);
-    assert!((pa - pb).abs() / pa < 1e-4, "valid perplexity {pa} vs {pb}");
+    assert_eq!(pa.to_bits(), pb.to_bits(), "valid perplexity {pa} vs {pb}");
     assert_eq!(read_history(&split).len(), 2);
 
     // Nothing left to do once all epochs are done.
@@ -249,4 +245,31 @@ fn a_blown_up_loss_stops_the_run_before_any_checkpoint_of_it() {
     assert_eq!(report.resumed_from, Some(1));
     assert!(report.epochs[0].valid_perplexity.is_finite());
     assert_eq!(report.epochs[0].lr, 0.25);
+}
+
+/// A newest checkpoint damaged on disk (one byte changed, same size) is detected by its
+/// checksum; the run resumes from the previous epoch and trains the damaged one again.
+#[test]
+fn a_damaged_newest_checkpoint_is_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = files(tmp.path());
+    let device = Device::flex();
+    let dir = tmp.path().join("run");
+    run(common::tiny_config(2), &corpus, &dir, &device).unwrap();
+    let path = lstm_lm::checkpoint::record_path(&dir.join("checkpoint"), "model", 2);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    assert!(load_model(&dir, Some(2), &device)
+        .unwrap_err()
+        .to_string()
+        .contains("does not match its checksum"));
+
+    let report = run(common::tiny_config(3), &corpus, &dir, &device).unwrap();
+    assert_eq!(report.resumed_from, Some(1));
+    let epochs: Vec<usize> = report.epochs.iter().map(|e| e.epoch).collect();
+    assert_eq!(epochs, [2, 3]);
+    assert_eq!(read_history(&dir).len(), 3);
+    assert!(lstm_lm::checkpoint::verify_checkpoint(&dir, 3).is_ok());
 }
