@@ -151,6 +151,12 @@ fn loaders(
                 valid_buckets.dropped,
             );
             let steps_per_epoch = train_buckets.num_batches(data.batch_size);
+            if train_buckets.dropped == train_ids.len() {
+                return Err(Error::Config(format!(
+                    "every training sentence is longer than the largest bucket ({largest} \
+                     tokens); pass --batching stream (no length limit) or larger --buckets"
+                )));
+            }
             if steps_per_epoch == 0 {
                 return Err(Error::Config(format!(
                     "no bucket holds {} training sentences, so there is no full batch; lower \
@@ -391,7 +397,16 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     }
     let result = training.launch(learner);
     if let Some(error) = result.error {
-        return Err(Error::Training(error.to_string()));
+        let error = error.to_string();
+        let hint = if error.contains("No space left") || error.contains("os error 28") {
+            "the disk is full: free some space, then "
+        } else {
+            "after fixing the cause, "
+        };
+        return Err(Error::Training(format!(
+            "{error}. {}; {hint}run the same command again to continue",
+            kept_checkpoint(&run_dir)
+        )));
     }
     let epochs = history.lock().expect("history lock").clone();
     if let Some(d) = guard.tripped() {

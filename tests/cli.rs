@@ -467,3 +467,217 @@ fn kill_9_at_many_points_and_the_run_ends_as_if_left_alone() {
     );
     assert!(!writing(), "no temporary file is left");
 }
+
+/// Unmounts a test file system when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A disk that fills up while epoch 2 is being checkpointed: the run stops with an error that
+/// says so and how to continue, the checkpoint of epoch 1 is intact, and once there is room
+/// the same command continues from it. Needs root to mount a small tmpfs (CI runs as root).
+#[test]
+fn a_full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
+    let root = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, valid) = common::tiny_corpus(tmp.path(), 1500, 200);
+    // One epoch's checkpoint size, measured on a normal disk.
+    let probe = tmp.path().join("probe");
+    let mut args = train_args(&train, &valid, &probe);
+    args[3] = "1".as_ref();
+    stdout_of(lstm_lm().args(&args));
+    let one_epoch: u64 = std::fs::read_dir(probe.join("checkpoint"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+
+    let disk = tmp.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let size = |bytes: u64| format!("size={}k", bytes / 1024);
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o"])
+        .arg(size(one_epoch * 3 / 2 + 200 * 1024))
+        .arg("tmpfs")
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount a tmpfs");
+    let _mounted = Mounted(disk.clone());
+
+    let run = disk.join("run");
+    let args = train_args(&train, &valid, &run);
+    let out = lstm_lm().args(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in [
+        "No space left on device",
+        "the checkpoint of epoch 1 is kept",
+        "free some space",
+        "run the same command again",
+    ] {
+        assert!(stderr.contains(part), "{part:?} in {stderr}");
+    }
+    assert_eq!(last_complete_checkpoint(&run), Some(1));
+    assert!(lstm_lm::checkpoint::verify_checkpoint(&run, 1).is_ok());
+
+    // Room again: the same command continues from epoch 1 to the end.
+    let status = Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stdout = stdout_of(lstm_lm().args(&args));
+    assert!(
+        stdout.contains("resuming from the checkpoint of epoch 1"),
+        "{stdout}"
+    );
+    assert_eq!(last_complete_checkpoint(&run), Some(4));
+}
+
+/// Bad input files and folders: each ends with exit code 1 and a message naming the file (and
+/// line) and what to do, never a panic; CRLF text and a 1 MB line train when they can.
+#[test]
+fn bad_input_gets_a_clear_error_and_no_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (good, valid) = common::tiny_corpus(dir, 300, 100);
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let long_line: String = (0..300_000)
+        .map(|i| format!("w{} ", i % 997))
+        .collect::<String>()[..1 << 20]
+        .trim_end()
+        .to_string();
+    let long = write("long.txt", long_line.as_bytes());
+    let crlf = write(
+        "crlf.txt",
+        std::fs::read_to_string(&good)
+            .unwrap()
+            .replace('\n', "\r\n")
+            .as_bytes(),
+    );
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = lstm_lm()
+            .args([
+                "--preset",
+                "tiny",
+                "--device",
+                "flex",
+                "--progress",
+                "quiet",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        (out.status.code(), stderr)
+    };
+    let os = |s: &str| -> std::ffi::OsString { s.into() };
+    let file = |p: &Path| p.as_os_str().to_owned();
+    let run_dir = |name: &str| dir.join("runs").join(name).into_os_string();
+
+    let cases: Vec<(&str, Vec<std::ffi::OsString>, Vec<&str>)> = vec![
+        (
+            "missing file",
+            vec![os("--train"), file(&dir.join("nope.txt"))],
+            vec!["cannot read corpus file", "nope.txt", "No such file"],
+        ),
+        (
+            "empty file",
+            vec![os("--train"), file(&write("empty.txt", b""))],
+            vec!["empty.txt", "no tokens", "one sentence per line"],
+        ),
+        (
+            "only blank lines",
+            vec![os("--train"), file(&write("blank.txt", b"\n  \n\t\n"))],
+            vec!["blank.txt", "no tokens"],
+        ),
+        (
+            "invalid UTF-8",
+            vec![os("--train"), file(&write("latin1.txt", b"ok\ncaf\xe9\n"))],
+            vec![
+                "latin1.txt",
+                "line 2",
+                "not valid UTF-8",
+                "convert the file to UTF-8",
+            ],
+        ),
+        (
+            "binary data",
+            vec![
+                os("--train"),
+                file(&write("bin.txt", b"one\ntwo\0\x01\x02\n")),
+            ],
+            vec!["bin.txt", "line 2", "binary data"],
+        ),
+        (
+            "a 1 MB line, no --valid",
+            vec![os("--train"), file(&long)],
+            vec!["long.txt", "too few to hold out", "--valid FILE"],
+        ),
+        (
+            "a 1 MB line in buckets",
+            vec![os("--train"), file(&long), os("--valid"), file(&valid)],
+            vec!["longer than the largest bucket", "--batching stream"],
+        ),
+        (
+            "artifact dir that is not a folder",
+            vec![
+                os("--train"),
+                file(&good),
+                os("--artifact-dir"),
+                file(&good.join("run")),
+            ],
+            vec!["cannot create run folder", "train.txt/run"],
+        ),
+    ];
+    for (what, args, parts) in cases {
+        let mut args = args;
+        if !args.iter().any(|a| a == "--artifact-dir") {
+            args.extend([os("--artifact-dir"), run_dir(what)]);
+        }
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let (code, stderr) = run(&args);
+        assert_eq!(code, Some(1), "{what}: {stderr}");
+        for part in parts {
+            assert!(stderr.contains(part), "{what}: {part:?} in {stderr}");
+        }
+    }
+
+    // Accepted: CRLF line ends, and a 1 MB line as a stream.
+    for (what, args) in [
+        ("crlf", vec![os("--train"), file(&crlf)]),
+        (
+            "long stream",
+            vec![
+                os("--train"),
+                file(&long),
+                os("--valid"),
+                file(&valid),
+                os("--batching"),
+                os("stream"),
+                os("--bptt"),
+                os("20"),
+            ],
+        ),
+    ] {
+        let mut args = args;
+        args.extend([os("--artifact-dir"), run_dir(what)]);
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let (code, stderr) = run(&args);
+        assert_eq!(code, Some(0), "{what}: {stderr}");
+    }
+}

@@ -157,15 +157,22 @@ fn split_text(
     let too_few = || Error::Corpus {
         path: path.to_path_buf(),
         problem: format!(
-            "{} lines are too few to hold out a validation split; pass --valid FILE",
-            lines.len()
+            "{} line(s) are too few to hold out {:.0}% of them for validation; pass --valid FILE \
+             (or more lines)",
+            lines.len(),
+            (1.0 - train_fraction) * 100.0
         ),
     };
-    let train = parse_lines(&lines[..n], 1, path)?;
-    let valid = parse_lines(&lines[n..], n + 1, path).map_err(|e| match e {
-        Error::Corpus { ref problem, .. } if problem.starts_with("no tokens") => too_few(),
+    // A part without tokens in a file that has some: the file is too short to split.
+    let has_tokens = lines.iter().any(|l| l.split_whitespace().next().is_some());
+    let split_error = |e: Error| match e {
+        Error::Corpus { ref problem, .. } if has_tokens && problem.starts_with("no tokens") => {
+            too_few()
+        }
         e => e,
-    })?;
+    };
+    let train = parse_lines(&lines[..n], 1, path).map_err(split_error)?;
+    let valid = parse_lines(&lines[n..], n + 1, path).map_err(split_error)?;
     Ok((train, valid))
 }
 
