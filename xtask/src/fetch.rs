@@ -353,6 +353,10 @@ mod tests {
         ServerError,
         /// Announces the full length, sends half, closes.
         Truncated,
+        /// Announces the full length, sends half, then resets the connection (TCP RST).
+        Reset,
+        /// Announces the full length, sends half, then says nothing for two seconds.
+        Stall,
     }
 
     /// Serves `replies` on a loopback port; returns the base URL and the request counter.
@@ -363,35 +367,57 @@ mod tests {
         let seen = count.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().take(20) {
-                let Ok(mut stream) = stream else { return };
-                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok() && line != "\r\n" && !line.is_empty() {
-                    line.clear();
-                }
-                let i = seen.fetch_add(1, Ordering::SeqCst);
-                let reply = replies[i.min(replies.len() - 1)];
-                let head = |status: &str, len: usize| {
-                    format!(
-                        "HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-                    )
-                };
-                let _ = match reply {
-                    Reply::Ok => stream
-                        .write_all(head("200 OK", BODY.len()).as_bytes())
-                        .and_then(|_| stream.write_all(BODY)),
-                    Reply::NotFound => stream.write_all(head("404 Not Found", 0).as_bytes()),
-                    Reply::ServerError => {
-                        stream.write_all(head("500 Internal Server Error", 0).as_bytes())
-                    }
-                    Reply::Truncated => stream
-                        .write_all(head("200 OK", BODY.len()).as_bytes())
-                        .and_then(|_| stream.write_all(&BODY[..BODY.len() / 2])),
-                };
-                let _ = stream.flush();
+                let Ok(stream) = stream else { return };
+                let reply = replies[seen.fetch_add(1, Ordering::SeqCst).min(replies.len() - 1)];
+                // One thread per connection, so a stalled reply does not hold up a retry.
+                std::thread::spawn(move || answer(stream, reply));
             }
         });
         (format!("http://{addr}"), count)
+    }
+
+    /// Reads one request from `stream` and answers it with `reply`.
+    fn answer(mut stream: std::net::TcpStream, reply: Reply) {
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok() && line != "\r\n" && !line.is_empty() {
+            line.clear();
+        }
+        let head = |status: &str, len: usize| {
+            format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+        };
+        let half = |stream: &mut std::net::TcpStream| {
+            let _ = stream
+                .write_all(head("200 OK", BODY.len()).as_bytes())
+                .and_then(|_| stream.write_all(&BODY[..BODY.len() / 2]))
+                .and_then(|_| stream.flush());
+        };
+        match reply {
+            Reply::Ok => {
+                let _ = stream
+                    .write_all(head("200 OK", BODY.len()).as_bytes())
+                    .and_then(|_| stream.write_all(BODY));
+            }
+            Reply::NotFound => {
+                let _ = stream.write_all(head("404 Not Found", 0).as_bytes());
+            }
+            Reply::ServerError => {
+                let _ = stream.write_all(head("500 Internal Server Error", 0).as_bytes());
+            }
+            Reply::Truncated => half(&mut stream),
+            Reply::Reset => {
+                half(&mut stream);
+                std::thread::sleep(Duration::from_millis(50));
+                // Closing with a zero linger time sends RST instead of FIN.
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                return;
+            }
+            Reply::Stall => {
+                half(&mut stream);
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+        let _ = stream.flush();
     }
 
     fn spec(checksum: Checksum) -> FileSpec {
@@ -473,32 +499,67 @@ mod tests {
     }
 
     #[test]
-    fn truncated_body_is_retried_and_never_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let (result, requests) = run(vec![Reply::Truncated], good(), dir.path());
-        let msg = format!("{:#}", result.unwrap_err());
-        assert!(msg.contains("after 3 attempts"), "{msg}");
-        assert_eq!(requests, 3);
-        assert!(
-            all_files(dir.path()).is_empty(),
-            "{:?}",
-            all_files(dir.path())
-        );
+    fn a_body_cut_short_or_reset_is_retried_and_never_kept() {
+        for cut in [Reply::Truncated, Reply::Reset] {
+            let dir = tempfile::tempdir().unwrap();
+            let (result, requests) = run(vec![cut], good(), dir.path());
+            let msg = format!("{:#}", result.unwrap_err());
+            assert!(msg.contains("after 3 attempts"), "{msg}");
+            assert_eq!(requests, 3);
+            assert!(
+                all_files(dir.path()).is_empty(),
+                "{:?}",
+                all_files(dir.path())
+            );
 
-        let (result, requests) = run(
-            vec![Reply::Truncated, Reply::ServerError, Reply::Ok],
-            good(),
-            dir.path(),
+            let (result, requests) =
+                run(vec![cut, Reply::ServerError, Reply::Ok], good(), dir.path());
+            result.unwrap();
+            assert_eq!(
+                requests, 3,
+                "transient failures (cut body, HTTP 500) are retried until one succeeds"
+            );
+            assert_eq!(
+                std::fs::read(dir.path().join("set/file.txt")).unwrap(),
+                BODY
+            );
+        }
+    }
+
+    #[test]
+    fn a_stalled_server_times_out_and_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, count) = serve(vec![Reply::Stall, Reply::Ok]);
+        let quick = Options {
+            timeout: Duration::from_millis(400),
+            ..options()
+        };
+        let start = std::time::Instant::now();
+        fetch_all(&[spec(good())], &url, dir.path(), &quick).unwrap();
+        assert!(
+            start.elapsed() < Duration::from_millis(1900),
+            "did not wait out the stall"
         );
-        result.unwrap();
-        assert_eq!(
-            requests, 3,
-            "transient failures are retried until one succeeds"
-        );
+        assert_eq!(count.load(Ordering::SeqCst), 2);
         assert_eq!(
             std::fs::read(dir.path().join("set/file.txt")).unwrap(),
             BODY
         );
+
+        // Stalled every time: a clear error naming the timeout, and no file.
+        let dir = tempfile::tempdir().unwrap();
+        let (url, _) = serve(vec![Reply::Stall]);
+        let err = fetch_all(&[spec(good())], &url, dir.path(), &quick).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("after 3 attempts") && msg.contains("set/file.txt"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("timed out") || msg.contains("timeout"),
+            "{msg}"
+        );
+        assert!(all_files(dir.path()).is_empty());
     }
 
     #[test]
