@@ -479,7 +479,8 @@ impl Drop for Mounted {
 
 /// A disk that fills up while epoch 2 is being checkpointed: the run stops with an error that
 /// says so and how to continue, the checkpoint of epoch 1 is intact, and once there is room
-/// the same command continues from it. Needs root to mount a small tmpfs (CI runs as root).
+/// the same command continues from it. Needs a small tmpfs, so root (CI runs as root); skipped
+/// where mounting is not allowed.
 #[test]
 fn a_full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
     let root = Command::new("id").arg("-u").output().unwrap();
@@ -509,7 +510,11 @@ fn a_full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
         .arg(&disk)
         .status()
         .unwrap();
-    assert!(status.success(), "mount a tmpfs");
+    if !status.success() {
+        // A container without CAP_SYS_ADMIN: nothing to fill.
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
     let _mounted = Mounted(disk.clone());
 
     let run = disk.join("run");
