@@ -42,9 +42,14 @@ impl Sampler {
 
     /// The id of the next token given the logits `[vocab]` of the model's last step.
     pub fn sample(&mut self, logits: &[f32]) -> usize {
+        self.sample_except(logits, &[])
+    }
+
+    /// Like [`sample`](Self::sample), never drawing the ids in `also` either (this draw only).
+    pub fn sample_except(&mut self, logits: &[f32], also: &[usize]) -> usize {
         // Candidates by decreasing logit (ties: lower id first), <pad> left out.
         let mut order: Vec<usize> = (0..logits.len())
-            .filter(|i| !self.excluded.contains(i))
+            .filter(|i| !self.excluded.contains(i) && !also.contains(i))
             .collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
         if self.temperature == 0.0 || order.len() == 1 {
@@ -87,6 +92,11 @@ pub struct GenerateRequest {
     pub seed: u64,
     /// Never generate `<unk>`.
     pub no_unk: bool,
+    /// Start every sentence from the zero state, as bucket training does: the prompt is read
+    /// from zeros without a leading `<eos>`, and after each `<eos>` the next word is drawn from
+    /// the state so far but fed from zeros. False for stream-trained runs, which carry the
+    /// state across sentences.
+    pub fresh_sentences: bool,
 }
 
 /// The result of [`generate`].
@@ -126,8 +136,10 @@ impl Generation {
 /// Generates `request.length` tokens after `request.prompt`.
 ///
 /// The model first reads `<eos>` (the boundary it saw before every sentence of a stream) and the
-/// prompt in one forward pass, then feeds each drawn token back with the carried state. Runs on
-/// whatever device `model` lives on; deterministic for a seed on a given backend.
+/// prompt in one forward pass (just the prompt, from zeros, with
+/// [`fresh_sentences`](GenerateRequest::fresh_sentences)), then feeds each drawn token back with
+/// the carried state. Runs on whatever device `model` lives on; deterministic for a seed on a
+/// given backend.
 pub fn generate(model: &LanguageModel, vocab: &Vocab, request: &GenerateRequest) -> Generation {
     let device = model.embedding.weight.device();
     let unknown_prompt_words = request
@@ -136,21 +148,35 @@ pub fn generate(model: &LanguageModel, vocab: &Vocab, request: &GenerateRequest)
         .filter(|w| !vocab.contains(w))
         .cloned()
         .collect();
-    let context: Vec<usize> = std::iter::once(EOS_ID)
-        .chain(request.prompt.iter().map(|w| vocab.id(w)))
-        .collect();
+    // A stream-trained model read <eos> before every sentence; a bucket-trained one started each
+    // sentence from zeros with its first word (it never read <eos>), so a prompt needs no <eos>.
+    let prompt: Vec<usize> = request.prompt.iter().map(|w| vocab.id(w)).collect();
+    let context: Vec<usize> = if request.fresh_sentences && !prompt.is_empty() {
+        prompt
+    } else {
+        std::iter::once(EOS_ID).chain(prompt).collect()
+    };
     let mut sampler = Sampler::new(request.temperature, request.top_k, request.seed);
     if request.no_unk {
         sampler = sampler.excluding(UNK_ID);
     }
     let (mut logits, mut state) = last_logits(model, &context, None, &device);
     let mut tokens = Vec::with_capacity(request.length);
+    let mut last = *context.last().expect("the context is never empty");
     for i in 0..request.length {
-        let id = sampler.sample(&logits);
+        // No corpus line is empty, so a sentence never ends before its first word.
+        let empty_sentence: &[usize] = if last == EOS_ID { &[EOS_ID] } else { &[] };
+        let id = sampler.sample_except(&logits, empty_sentence);
         tokens.push(vocab.token(id).unwrap_or("<?>").to_string());
         if i + 1 < request.length {
-            (logits, state) = last_logits(model, &[id], Some(state), &device);
+            let state_in = if request.fresh_sentences && last == EOS_ID {
+                None // the first word of a sentence, fed from zeros
+            } else {
+                Some(state)
+            };
+            (logits, state) = last_logits(model, &[id], state_in, &device);
         }
+        last = id;
     }
     Generation {
         tokens,
@@ -191,6 +217,9 @@ mod tests {
         assert_eq!(s.sample(&[9.0, 1.0, 2.0, 0.5]), 2);
         // Ties go to the lower id.
         assert_eq!(s.sample(&[0.0, 1.0, 2.0, 2.0]), 2);
+        // An id left out for one draw.
+        assert_eq!(s.sample_except(&[0.0, 1.0, 2.0, 0.5], &[2]), 1);
+        assert_eq!(s.sample(&[0.0, 1.0, 2.0, 0.5]), 2);
         // An excluded id is never drawn, greedy or not.
         let mut s = Sampler::new(0.0, 0, 1).excluding(2);
         assert_eq!(s.sample(&[0.0, 1.0, 2.0, 0.5]), 1);

@@ -480,6 +480,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     let device = choose_device(args.device)?;
     let vocab = lstm_lm::data::vocab::Vocab::load(&args.run.join(lstm_lm::run::files::VOCAB))?;
     let model = lstm_lm::run::load_model(&args.run, args.epoch, &device)?;
+    let batching = lstm_lm::run::load_config(&args.run)?.data.batching;
     let prompt: Vec<String> = args.prompt.split_whitespace().map(String::from).collect();
     let generation = lstm_lm::generate::generate(
         &model,
@@ -491,6 +492,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             top_k: args.top_k,
             seed: args.seed,
             no_unk: args.no_unk,
+            fresh_sentences: batching == Batching::Buckets,
         },
     );
     if !generation.unknown_prompt_words.is_empty() {

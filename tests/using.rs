@@ -7,7 +7,7 @@ use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use lstm_lm::data::corpus::CorpusSource;
-use lstm_lm::data::vocab::{Vocab, PAD_ID};
+use lstm_lm::data::vocab::{Vocab, EOS_ID, PAD_ID, UNK_ID};
 use lstm_lm::error::Error;
 use lstm_lm::generate::{generate, GenerateRequest};
 use lstm_lm::model::LanguageModel;
@@ -39,9 +39,13 @@ fn tiny_run(dir: &Path, epochs: usize, device: &Device) -> TrainReport {
 
 /// The logits `[vocab]` after reading `<eos>` followed by `ids`, in one forward pass from zeros.
 fn logits_after(model: &LanguageModel, ids: &[usize]) -> Vec<f32> {
-    let seq: Vec<i64> = std::iter::once(1)
-        .chain(ids.iter().map(|&i| i as i64))
-        .collect();
+    let seq: Vec<usize> = std::iter::once(EOS_ID).chain(ids.iter().copied()).collect();
+    logits_of(model, &seq)
+}
+
+/// The logits `[vocab]` after reading `ids` in one forward pass from zeros.
+fn logits_of(model: &LanguageModel, ids: &[usize]) -> Vec<f32> {
+    let seq: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let n = seq.len();
     let device = model.embedding.weight.device();
     let inputs = Tensor::<2, Int>::from_data(TensorData::new(seq, [1, n]), &device);
@@ -55,6 +59,12 @@ fn logits_after(model: &LanguageModel, ids: &[usize]) -> Vec<f32> {
         .unwrap()
 }
 
+/// Whether the sampler may draw `id` after `seen`: never `<pad>`, and never `<eos>` right
+/// after `<eos>` (or first).
+fn drawable(id: usize, seen: &[usize]) -> bool {
+    id != PAD_ID && !(id == EOS_ID && seen.last().is_none_or(|&l| l == EOS_ID))
+}
+
 fn request(prompt: &str, temperature: f64, top_k: usize, seed: u64) -> GenerateRequest {
     GenerateRequest {
         prompt: prompt.split_whitespace().map(String::from).collect(),
@@ -63,6 +73,7 @@ fn request(prompt: &str, temperature: f64, top_k: usize, seed: u64) -> GenerateR
         top_k,
         seed,
         no_unk: false,
+        fresh_sentences: false,
     }
 }
 
@@ -81,6 +92,14 @@ fn generation_from_a_saved_run() {
 
     let a = generate(&model, &vocab, &request("the king", 1.0, 0, 7));
     assert_eq!(a.tokens.len(), 30);
+    // No empty sentence: never <eos> first or right after <eos>.
+    for seed in 0..5 {
+        let mut r = request("", 1.0, 0, seed);
+        r.length = 200;
+        let t = generate(&model, &vocab, &r).tokens;
+        assert_ne!(t[0], "<eos>");
+        assert!(t.windows(2).all(|w| w != ["<eos>", "<eos>"]), "{t:?}");
+    }
     assert_eq!(a, generate(&model, &vocab, &request("the king", 1.0, 0, 7)));
     assert_ne!(
         a.tokens,
@@ -94,7 +113,7 @@ fn generation_from_a_saved_run() {
     for token in &greedy.tokens {
         let logits = logits_after(&model, &seen);
         let best = (0..logits.len())
-            .filter(|&i| i != PAD_ID)
+            .filter(|&i| drawable(i, &seen))
             .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
             .unwrap();
         assert_eq!(vocab.id(token), best, "greedy step after {seen:?}");
@@ -105,6 +124,33 @@ fn generation_from_a_saved_run() {
         greedy,
         generate(&model, &vocab, &request(&prompt.join(" "), 0.0, 0, 99))
     );
+
+    // As bucket training: each sentence from zeros. The first word after <eos> comes from the
+    // previous sentence + <eos>; every other word from the current sentence alone.
+    let mut fresh = request("the", 0.0, 0, 1);
+    fresh.fresh_sentences = true;
+    fresh.no_unk = true; // a 1-epoch model's greedy choice is mostly <unk>
+    fresh.length = 80;
+    let text = generate(&model, &vocab, &fresh).tokens;
+    assert!(text.contains(&"<eos>".to_string()), "{text:?}");
+    let mut sentence = ids(&["the".to_string()]);
+    let mut previous: Option<Vec<usize>> = None; // the sentence just ended, with its <eos>
+    for token in &text {
+        let segment = previous.clone().unwrap_or_else(|| sentence.clone());
+        let logits = logits_of(&model, &segment);
+        let best = (0..logits.len())
+            .filter(|&i| drawable(i, &segment) && i != UNK_ID)
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+            .unwrap();
+        assert_eq!(vocab.id(token), best, "after {segment:?}");
+        if best == EOS_ID {
+            sentence.push(EOS_ID);
+            previous = Some(std::mem::take(&mut sentence));
+        } else {
+            previous = None;
+            sentence.push(best);
+        }
+    }
 
     // --no-unk: never <unk>, even where it is the argmax.
     let mut free = request("the", 1.0, 0, 2);
@@ -126,7 +172,7 @@ fn generation_from_a_saved_run() {
         let logits = logits_after(&model, &seen);
         let id = vocab.id(token);
         let higher = (0..logits.len())
-            .filter(|&i| i != PAD_ID && logits[i] > logits[id])
+            .filter(|&i| drawable(i, &seen) && logits[i] > logits[id])
             .count();
         assert!(
             higher < k,
