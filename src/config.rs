@@ -66,6 +66,26 @@ pub enum OptimizerConfig {
     },
 }
 
+impl std::fmt::Display for OptimizerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rate = crate::schedule::format_rate;
+        match *self {
+            Self::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => write!(
+                f,
+                "SGD lr {}, momentum {momentum}, weight decay {weight_decay}",
+                rate(lr)
+            ),
+            Self::Adam { lr, weight_decay } => {
+                write!(f, "Adam lr {}, weight decay {weight_decay}", rate(lr))
+            }
+        }
+    }
+}
+
 impl OptimizerConfig {
     /// The learning rate.
     pub fn lr(&self) -> f64 {

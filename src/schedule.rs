@@ -136,6 +136,19 @@ impl LrScheduler for EpochLrScheduler {
     }
 }
 
+impl std::fmt::Display for LrSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Constant => write!(f, "constant"),
+            Self::StepDecay {
+                constant_epochs,
+                decay,
+            } => write!(f, "step (x{decay} per epoch after epoch {constant_epochs})"),
+            Self::Plateau { divisor } => write!(f, "plateau (/{divisor} when valid ppl stalls)"),
+        }
+    }
+}
+
 /// A learning rate for messages: plain decimals between 1e-4 and 1e4, else scientific
 /// (`0.0025`, `20`, `1e30`).
 pub fn format_rate(lr: f64) -> String {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::last_complete_checkpoint;
-use crate::config::ExperimentConfig;
+use crate::config::{Batching, ExperimentConfig};
 use crate::error::{Error, Result};
 use crate::render::EpochStats;
 use crate::run::{files, load_config, read_history, read_test_score, RunLock, TestScore};
@@ -170,15 +170,13 @@ impl RunSummary {
             c.model.dropout,
             if c.model.tied { ", tied" } else { "" }
         );
+        let batching = match c.data.batching {
+            Batching::Buckets => format!("buckets {:?}", c.data.buckets),
+            Batching::Stream => format!("stream, bptt {}", c.data.bptt),
+        };
         out += &format!(
-            "  training         {:?} batching, batch {}, bptt {}, {:?}, schedule {:?}, clip {}, seed {}\n",
-            c.data.batching,
-            c.data.batch_size,
-            c.data.bptt,
-            c.optimizer,
-            c.lr_schedule,
-            c.clip,
-            c.seed
+            "  training         {batching}, batch {}; {}; schedule {}; clip {}; seed {}\n",
+            c.data.batch_size, c.optimizer, c.lr_schedule, c.clip, c.seed
         );
         if !self.history.is_empty() {
             out += "\n  epoch  train ppl  valid ppl        lr   tokens/s      time\n";

@@ -219,6 +219,10 @@ fn summary_plot_and_status_of_runs() {
         "{text}"
     );
     assert!(text.contains(&format!("{:.2}", test.perplexity)), "{text}");
+    assert!(
+        text.contains("buckets [10, 20, 40, 60, 80], batch 16; Adam lr 0.01"),
+        "{text}"
+    );
 
     let svg = std::fs::read_to_string(run.join(lstm_lm::plot::CURVES)).unwrap();
     assert!(svg.len() > 1000);
