@@ -24,6 +24,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
 use crate::lstm::LstmState;
 
 /// The state each group of stream columns ended its last window in.
@@ -52,6 +55,77 @@ impl StateCarry {
             first_column,
             epoch,
             window,
+        }
+    }
+}
+
+/// The carried states at one moment, on the host: what a checkpoint within an epoch saves so
+/// that the next window still starts from the right state after a resume.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CarrySnapshot {
+    slots: Vec<SavedSlot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SavedSlot {
+    first_column: usize,
+    epoch: usize,
+    window: usize,
+    /// Per layer: `[batch, hidden]` hidden and cell states, row-major.
+    layers: Vec<(Vec<usize>, Vec<f32>, Vec<f32>)>,
+}
+
+impl StateCarry {
+    /// The states left now, copied to the host.
+    pub fn snapshot(&self) -> CarrySnapshot {
+        let slots = self.slots.lock().expect("carry lock");
+        let values = |t: &Tensor<2>| {
+            t.clone()
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("states are f32")
+        };
+        let mut saved: Vec<SavedSlot> = slots
+            .iter()
+            .map(|(&first_column, slot)| SavedSlot {
+                first_column,
+                epoch: slot.epoch,
+                window: slot.window,
+                layers: slot
+                    .state
+                    .iter()
+                    .map(|s| (s.hidden.dims().to_vec(), values(&s.hidden), values(&s.cell)))
+                    .collect(),
+            })
+            .collect();
+        saved.sort_by_key(|s| s.first_column);
+        CarrySnapshot { slots: saved }
+    }
+
+    /// Replaces the states with `snapshot`'s, on `device`.
+    pub fn restore(&self, snapshot: &CarrySnapshot, device: &Device) {
+        let tensor = |shape: &[usize], v: &[f32]| {
+            Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape.to_vec()), device)
+        };
+        let mut slots = self.slots.lock().expect("carry lock");
+        slots.clear();
+        for s in &snapshot.slots {
+            let state = s
+                .layers
+                .iter()
+                .map(|(shape, h, c)| LstmState {
+                    hidden: tensor(shape, h),
+                    cell: tensor(shape, c),
+                })
+                .collect();
+            slots.insert(
+                s.first_column,
+                Slot {
+                    epoch: s.epoch,
+                    window: s.window,
+                    state,
+                },
+            );
         }
     }
 }
@@ -133,6 +207,21 @@ mod tests {
 
     fn hidden(s: &[LstmState]) -> f32 {
         s[0].hidden.clone().into_data().try_to_vec::<f32>().unwrap()[0]
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_same_states() {
+        let carry = StateCarry::new();
+        carry.key(0, 2, 4).put(state(1.5));
+        carry.key(10, 2, 4).put(state(-0.25));
+        let snap = carry.snapshot();
+        let json = serde_json::to_string(&snap).unwrap();
+        let back: CarrySnapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, snap);
+        let other = StateCarry::new();
+        other.restore(&back, &Device::flex());
+        assert_eq!(hidden(&other.key(0, 2, 5).take().unwrap()), 1.5);
+        assert_eq!(hidden(&other.key(10, 2, 5).take().unwrap()), -0.25);
     }
 
     #[test]

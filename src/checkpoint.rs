@@ -165,9 +165,25 @@ pub fn verify_checkpoint(run_dir: &Path, epoch: usize) -> Result<(), String> {
     check_epoch(&checkpoint_dir(run_dir), epoch, true)
 }
 
+/// Whether the checkpoint `epoch` in the checkpoint folder `dir` was finished (every record
+/// written and listed in its manifest); checksums are not computed.
+pub fn is_complete_in(dir: &Path, epoch: usize) -> bool {
+    check_epoch(dir, epoch, false).is_ok()
+}
+
+/// Checks that the checkpoint `epoch` in the checkpoint folder `dir` is complete and sound.
+pub fn verify_checkpoint_in(dir: &Path, epoch: usize) -> Result<(), String> {
+    check_epoch(dir, epoch, true)
+}
+
 /// Removes temporary files a killed process left in the run folder and its checkpoint folder.
 pub fn remove_stale_temporaries(run_dir: &Path) {
-    for dir in [run_dir.to_path_buf(), checkpoint_dir(run_dir)] {
+    let checkpoints = checkpoint_dir(run_dir);
+    for dir in [
+        run_dir.to_path_buf(),
+        checkpoints.join("partial"),
+        checkpoints,
+    ] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };

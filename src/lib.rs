@@ -17,6 +17,7 @@
 //!     device: Device::flex(),
 //!     progress: ProgressMode::Quiet.into(),
 //!     interrupter: Default::default(),
+//!     checkpoint_every: None,
 //! })?;
 //! println!("valid perplexity {}", report.epochs[0].valid_perplexity);
 //! # Ok::<(), lstm_lm::error::Error>(())
@@ -43,5 +44,6 @@ pub mod plot;
 pub mod render;
 pub mod run;
 pub mod schedule;
+pub mod strategy;
 pub mod summary;
 pub mod training;

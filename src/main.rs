@@ -250,6 +250,10 @@ struct TrainArgs {
     /// Progress display: auto = live bar in a terminal, plain lines otherwise.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
+    /// Also save a checkpoint within an epoch at most every M minutes, so that a kill loses at
+    /// most that much work (0 = at epoch ends only).
+    #[arg(long, value_name = "M", default_value_t = 10.0)]
+    checkpoint_minutes: f64,
     /// With plain progress, one line every N training batches [default: about ten per epoch].
     #[arg(long, value_name = "N", default_value_t = 0)]
     log_every: usize,
@@ -380,11 +384,20 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             log_every: args.log_every,
         },
         interrupter,
+        checkpoint_every: checkpoint_every(args.checkpoint_minutes)?,
     })?;
     if report.interrupted {
         std::process::exit(130);
     }
     Ok(())
+}
+
+/// `--checkpoint-minutes` as a duration; 0 = none.
+fn checkpoint_every(minutes: f64) -> anyhow::Result<Option<std::time::Duration>> {
+    if !(minutes >= 0.0 && minutes.is_finite()) {
+        anyhow::bail!("--checkpoint-minutes must be 0 (off) or a positive number, got {minutes}");
+    }
+    Ok((minutes > 0.0).then(|| std::time::Duration::from_secs_f64(minutes * 60.0)))
 }
 
 fn run_bench(args: BenchArgs) -> anyhow::Result<()> {

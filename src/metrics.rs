@@ -3,7 +3,9 @@
 //! Both read the token count the batch carries instead of recomputing anything over the logits:
 //! the negative log-likelihood is summed once in the loss and reused here.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 use burn::tensor::{Tensor, TensorReadError};
@@ -44,6 +46,19 @@ pub struct PerplexityMetric {
     nll: f64,
     tokens: usize,
     guard: Option<Guarded>,
+    shared: Option<Arc<Mutex<EpochSums>>>,
+}
+
+/// The running sums of an epoch so far: what a checkpoint within an epoch saves so that the
+/// epoch's perplexity comes out the same after a resume.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochSums {
+    /// Summed negative log-likelihood, in nats.
+    pub nll: f64,
+    /// Real tokens.
+    pub tokens: usize,
+    /// Batches.
+    pub batches: usize,
 }
 
 /// What a guarded metric reports to its [`DivergenceGuard`].
@@ -63,7 +78,21 @@ impl PerplexityMetric {
             nll: 0.0,
             tokens: 0,
             guard: None,
+            shared: None,
         }
+    }
+
+    /// Publishes the epoch's running sums to `shared` after every batch (cleared at the end of
+    /// each epoch), and starts the first epoch from `start` (a resume within an epoch).
+    pub fn tracking(mut self, shared: Arc<Mutex<EpochSums>>, start: EpochSums) -> Self {
+        self.nll = start.nll;
+        self.tokens = start.tokens;
+        if let Some(g) = &mut self.guard {
+            g.batch = start.batches;
+        }
+        *shared.lock().expect("sums lock") = start;
+        self.shared = Some(shared);
+        self
     }
 
     /// A metric that hands every batch's loss to `guard`, naming `split` ("training" or
@@ -139,6 +168,12 @@ impl Metric for PerplexityMetric {
         }
         self.nll += nll;
         self.tokens += item.tokens;
+        if let Some(shared) = &self.shared {
+            let mut sums = shared.lock().expect("sums lock");
+            sums.nll = self.nll;
+            sums.tokens = self.tokens;
+            sums.batches += 1;
+        }
         Ok(self.entry(false))
     }
 
@@ -152,6 +187,9 @@ impl Metric for PerplexityMetric {
         if let Some(g) = &mut self.guard {
             g.epoch += 1;
             g.batch = 0;
+        }
+        if let Some(shared) = &self.shared {
+            *shared.lock().expect("sums lock") = EpochSums::default();
         }
     }
 }

@@ -78,6 +78,7 @@ pub struct Renderer {
     items_total: usize,
     batches: usize,
     items_per_batch: usize,
+    batch_size_known: bool,
     split_start: Instant,
     valid_seconds: f64,
     running: HashMap<&'static str, f64>,
@@ -111,6 +112,7 @@ impl Renderer {
             items_total: 0,
             batches: 0,
             items_per_batch: 0,
+            batch_size_known: false,
             split_start: Instant::now(),
             valid_seconds: 0.0,
             running: HashMap::new(),
@@ -121,6 +123,14 @@ impl Renderer {
             bar: None,
             on_epoch,
         }
+    }
+
+    /// Items (sentences, or stream columns) per batch, when known: batch numbers are then
+    /// right from the first batch seen, also in an epoch resumed half way.
+    pub fn with_batch_items(mut self, items: usize) -> Self {
+        self.items_per_batch = items;
+        self.batch_size_known = items > 0;
+        self
     }
 
     fn println(&self, line: String) {
@@ -274,7 +284,9 @@ impl TrainingProgressLogger for Renderer {
         };
         self.items_total = total_items;
         self.batches = 0;
-        self.items_per_batch = 0;
+        if !self.batch_size_known {
+            self.items_per_batch = 0;
+        }
         self.running.clear();
         if self.mode == ProgressMode::Auto {
             let bar = ProgressBar::new(total_items as u64);
@@ -288,10 +300,11 @@ impl TrainingProgressLogger for Renderer {
     }
 
     fn update_split(&mut self, items_processed: usize) {
-        self.batches += 1;
-        if self.batches == 1 {
+        if self.items_per_batch == 0 {
             self.items_per_batch = items_processed;
         }
+        // From the items, so that a run resumed within an epoch counts from where it stopped.
+        self.batches = items_processed.div_ceil(self.items_per_batch.max(1));
         if let Some(bar) = &self.bar {
             bar.set_position(items_processed as u64);
             bar.set_message(self.status(items_processed));

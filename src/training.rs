@@ -18,8 +18,10 @@ use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::metric::Adaptor;
 use burn::train::{
     InferenceStep, Interrupter, ItemLazy, Learner, SupervisedTraining, TrainOutput, TrainStep,
+    TrainingStrategy,
 };
 
+use crate::carry::StateCarry;
 use crate::checkpoint::{
     checkpoint_dir, last_complete_checkpoint, remove_stale_temporaries, AtomicFileCheckpointer,
 };
@@ -32,7 +34,7 @@ use crate::data::vocab::Vocab;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate_bucketed, evaluate_stream, Evaluation};
 use crate::guard::DivergenceGuard;
-use crate::metrics::{NllInput, PerplexityMetric, TokenCountInput, TokensPerSecond};
+use crate::metrics::{EpochSums, NllInput, PerplexityMetric, TokenCountInput, TokensPerSecond};
 use crate::model::{LanguageModel, LmBatch};
 use crate::plot::write_curves;
 use crate::render::{EpochStats, Progress, Renderer};
@@ -41,6 +43,7 @@ use crate::run::{
 };
 pub use crate::run::{files, load_config, load_model, read_history};
 use crate::schedule::{format_rate, EpochLrScheduler};
+use crate::strategy::{find_partial, ResumableStrategy};
 
 /// What one step reports to the metrics.
 pub struct LmOutput {
@@ -123,6 +126,8 @@ struct Loaders {
     train: Arc<dyn DataLoader<LmBatch>>,
     valid: Arc<dyn DataLoader<LmBatch>>,
     steps_per_epoch: usize,
+    /// The training windows' carried states (stream batching).
+    carry: Option<StateCarry>,
 }
 
 /// Makes the loaders `config` asks for and prints what the data gives.
@@ -178,6 +183,7 @@ fn loaders(
                     device.clone(),
                 )),
                 steps_per_epoch,
+                carry: None,
             })
         }
         Batching::Stream => {
@@ -216,6 +222,7 @@ fn loaders(
             }
             Ok(Loaders {
                 steps_per_epoch: train.num_windows(),
+                carry: Some(train.carry()),
                 train: Arc::new(train),
                 valid: Arc::new(valid),
             })
@@ -239,6 +246,9 @@ pub struct TrainRequest {
     pub progress: Progress,
     /// Stops training at the next batch when triggered (Ctrl-C); the last checkpoint is kept.
     pub interrupter: Interrupter,
+    /// Also checkpoint within an epoch at most this often (wall time); `None`: at epoch ends
+    /// only.
+    pub checkpoint_every: Option<std::time::Duration>,
 }
 
 /// What a call to [`train`] did.
@@ -266,6 +276,7 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         device,
         progress,
         interrupter,
+        checkpoint_every,
     } = request;
     config.validate()?;
     let corpus = corpus.load()?;
@@ -304,6 +315,7 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     let (train_ids, valid_ids) = (encode(&corpus.train), encode(&corpus.valid));
     let first_epoch = resumed_from.unwrap_or(0) + 1;
     let loaders = loaders(&config, &train_ids, &valid_ids, first_epoch, &device)?;
+    let partial = find_partial(&run_dir, first_epoch);
 
     let mut model = config.model.init(config.seed, &device.clone().autodiff());
     model.max_grad_norm = config.clip;
@@ -315,9 +327,13 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         model.num_params(),
         run_dir.display()
     );
-    match resumed_from {
-        Some(epoch) => println!("resuming from the checkpoint of epoch {epoch}"),
-        None => println!("starting a new run"),
+    match (&partial, resumed_from) {
+        (Some(p), _) => println!(
+            "resuming within epoch {}, after batch {} (a checkpoint within the epoch)",
+            p.epoch, p.batches
+        ),
+        (None, Some(epoch)) => println!("resuming from the checkpoint of epoch {epoch}"),
+        (None, None) => println!("starting a new run"),
     }
     // The validation perplexities of finished epochs, which the plateau schedule reads; a resumed
     // run starts from the ones its history holds.
@@ -368,14 +384,18 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
                 }
             }),
         )
+        .with_batch_items(config.data.batch_size)
     };
     let ckpt = checkpoint_dir(&run_dir);
+    // The training perplexity's running sums, which a checkpoint within an epoch saves.
+    let sums = Arc::new(Mutex::new(EpochSums::default()));
     let mut training = SupervisedTraining::new(&run_dir, loaders.train, loaders.valid)
-        .metric_train_numeric(PerplexityMetric::guarded(
-            guard.clone(),
-            "training",
-            first_epoch,
-        ))
+        .metric_train_numeric(
+            PerplexityMetric::guarded(guard.clone(), "training", first_epoch).tracking(
+                sums.clone(),
+                partial.as_ref().map(|p| p.sums).unwrap_or_default(),
+            ),
+        )
         .metric_valid_numeric(PerplexityMetric::guarded(
             guard.clone(),
             "validation",
@@ -391,6 +411,14 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
         .num_epochs(config.epochs)
         .renderer(Box::new(renderer))
+        .with_training_strategy(TrainingStrategy::Custom(Arc::new(ResumableStrategy::new(
+            device.clone().autodiff(),
+            &run_dir,
+            checkpoint_every,
+            sums,
+            loaders.carry.clone(),
+            partial,
+        ))))
         .with_interrupter(interrupter);
     if let Some(epoch) = resumed_from {
         training = training.checkpoint(epoch);

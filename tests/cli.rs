@@ -394,6 +394,22 @@ fn model_tensors(run: &Path, epoch: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// Asserts that `run` ended as `alone` did: the same perplexities in the history and the same
+/// weights at `epoch`, bit for bit.
+fn assert_same_run(run: &Path, alone: &Path, epoch: usize, name: &str) {
+    let ppl = |dir: &Path| -> Vec<(u64, u64)> {
+        lstm_lm::training::read_history(dir)
+            .iter()
+            .map(|e| (e.train_perplexity.to_bits(), e.valid_perplexity.to_bits()))
+            .collect()
+    };
+    assert_eq!(ppl(run), ppl(alone), "{name}: perplexities bit for bit");
+    assert!(
+        model_tensors(run, epoch) == model_tensors(alone, epoch),
+        "{name}: the final weights differ from the run left alone"
+    );
+}
+
 /// `kill -9` again and again, at timed points and as soon as a checkpoint file is being
 /// written, then the same command until it finishes: the weights and the history are those of
 /// the run left alone, bit for bit, and no temporary file is left.
@@ -454,17 +470,7 @@ fn kill_9_at_many_points_and_the_run_ends_as_if_left_alone() {
         .map(|e| e.epoch)
         .collect();
     assert_eq!(epochs, vec![1, 2, 3, 4], "each epoch recorded once");
-    let ppl = |dir: &Path| -> Vec<(u64, u64)> {
-        lstm_lm::training::read_history(dir)
-            .iter()
-            .map(|e| (e.train_perplexity.to_bits(), e.valid_perplexity.to_bits()))
-            .collect()
-    };
-    assert_eq!(ppl(&run), ppl(&alone), "perplexities bit for bit");
-    assert!(
-        model_tensors(&run, 4) == model_tensors(&alone, 4),
-        "the final weights differ from the run left alone"
-    );
+    assert_same_run(&run, &alone, 4, "killed");
     assert!(!writing(), "no temporary file is left");
 }
 
@@ -684,5 +690,69 @@ fn bad_input_gets_a_clear_error_and_no_panic() {
         let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
         let (code, stderr) = run(&args);
         assert_eq!(code, Some(0), "{what}: {stderr}");
+    }
+}
+
+/// `--checkpoint-minutes`: a run killed in the middle of its first epoch, after a checkpoint
+/// within it, resumes after the saved batch (stream batching with carried state and dropout, and
+/// buckets) and ends with the weights and perplexities of the run left alone, bit for bit.
+#[test]
+fn a_kill_within_an_epoch_resumes_after_the_saved_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, valid) = common::tiny_corpus(tmp.path(), 3000, 200);
+    let stream = ["--batching", "stream", "--bptt", "10", "--dropout", "0.1"];
+    for (name, extra) in [("stream", &stream[..]), ("buckets", &[][..])] {
+        let alone = tmp.path().join(format!("{name}-alone"));
+        let mut args = train_args(&train, &valid, &alone);
+        args[3] = "2".as_ref();
+        stdout_of(lstm_lm().args(&args).args(extra));
+
+        let run = tmp.path().join(format!("{name}-killed"));
+        let mut args = train_args(&train, &valid, &run);
+        args[3] = "2".as_ref();
+        let extra: Vec<&std::ffi::OsStr> = extra
+            .iter()
+            .map(|s| s.as_ref())
+            .chain(["--checkpoint-minutes".as_ref(), "0.0005".as_ref()])
+            .collect();
+        args.extend(&extra);
+        let mut child = spawn_silent(&args);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let saved = loop {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{name}: finished too soon"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{name}: no checkpoint within the epoch"
+            );
+            match lstm_lm::strategy::find_partial(&run, 1) {
+                Some(p) if p.batches >= 5 => break p,
+                _ => std::thread::sleep(Duration::from_millis(2)),
+            }
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            last_complete_checkpoint(&run),
+            None,
+            "{name}: killed within epoch 1"
+        );
+
+        let stdout = stdout_of(lstm_lm().args(&args));
+        let resumed = stdout
+            .lines()
+            .find(|l| l.starts_with("resuming within epoch 1, after batch "))
+            .unwrap_or_else(|| panic!("{name}: {stdout}"));
+        let batch: usize = resumed["resuming within epoch 1, after batch ".len()..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(batch >= saved.batches, "{name}: {resumed}");
+
+        assert_same_run(&run, &alone, 2, name);
     }
 }

@@ -248,6 +248,7 @@ fn run(config: ExperimentConfig, corpus: &CorpusSource, dir: &Path) -> TrainRepo
         device: Device::flex(),
         progress: ProgressMode::Quiet.into(),
         interrupter: Default::default(),
+        checkpoint_every: None,
     })
     .unwrap()
 }

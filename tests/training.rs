@@ -35,6 +35,7 @@ fn run(
         device: device.clone(),
         progress: ProgressMode::Quiet.into(),
         interrupter: Default::default(),
+        checkpoint_every: None,
     })
 }
 
@@ -178,6 +179,7 @@ fn resuming_with_a_changed_config_or_changed_data_is_refused() {
         device,
         progress: ProgressMode::Quiet.into(),
         interrupter: Default::default(),
+        checkpoint_every: None,
     })
     .unwrap();
     assert_eq!(report.resumed_from, None);

@@ -33,6 +33,7 @@ fn tiny_run(dir: &Path, epochs: usize, device: &Device) -> TrainReport {
         device: device.clone(),
         progress: ProgressMode::Quiet.into(),
         interrupter,
+        checkpoint_every: None,
     })
     .unwrap()
 }

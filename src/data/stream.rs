@@ -134,6 +134,11 @@ impl StreamLoader {
         }
     }
 
+    /// The states this loader's windows hand over (to save and restore them mid-epoch).
+    pub fn carry(&self) -> StateCarry {
+        self.carry.clone()
+    }
+
     /// Windows per epoch: the number of optimizer steps of an epoch on one device.
     pub fn num_windows(&self) -> usize {
         self.stream.num_windows(self.bptt)
