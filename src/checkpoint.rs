@@ -113,8 +113,8 @@ fn check_epoch(dir: &Path, epoch: usize, verify: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Epochs that have any checkpoint file, newest first.
-fn candidate_epochs(dir: &Path) -> Vec<usize> {
+/// Epochs (or generations) that have any checkpoint file in `dir`, newest first.
+pub(crate) fn candidate_epochs(dir: &Path) -> Vec<usize> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -146,34 +146,39 @@ pub fn last_complete_checkpoint(run_dir: &Path) -> Option<usize> {
 /// that is complete but damaged is named in a warning on stderr.
 pub fn newest_sound_checkpoint(run_dir: &Path) -> Option<usize> {
     let dir = checkpoint_dir(run_dir);
-    for epoch in candidate_epochs(&dir) {
-        if check_epoch(&dir, epoch, false).is_err() {
-            continue; // never finished: a kill while it was being written
+    first_sound(&dir, candidate_epochs(&dir), |e| {
+        format!("the checkpoint of epoch {e}")
+    })
+}
+
+/// The first of `candidates` (newest first) whose checkpoint in the folder `dir` is complete and
+/// sound. An unfinished one (a kill while it was being written) is passed over in silence; a
+/// damaged one is named in a warning on stderr, as `describe(candidate)`.
+pub(crate) fn first_sound(
+    dir: &Path,
+    candidates: impl IntoIterator<Item = usize>,
+    describe: impl Fn(usize) -> String,
+) -> Option<usize> {
+    candidates.into_iter().find(|&c| {
+        if check_epoch(dir, c, false).is_err() {
+            return false;
         }
-        match check_epoch(&dir, epoch, true) {
-            Ok(()) => return Some(epoch),
-            Err(why) => eprintln!(
-                "warning: the checkpoint of epoch {epoch} is damaged ({why}); using an older one"
-            ),
+        match check_epoch(dir, c, true) {
+            Ok(()) => true,
+            Err(why) => {
+                eprintln!(
+                    "warning: {} is damaged ({why}); using an older one",
+                    describe(c)
+                );
+                false
+            }
         }
-    }
-    None
+    })
 }
 
 /// Checks that epoch `epoch` of `run_dir` is complete and sound; the error says why not.
 pub fn verify_checkpoint(run_dir: &Path, epoch: usize) -> Result<(), String> {
     check_epoch(&checkpoint_dir(run_dir), epoch, true)
-}
-
-/// Whether the checkpoint `epoch` in the checkpoint folder `dir` was finished (every record
-/// written and listed in its manifest); checksums are not computed.
-pub fn is_complete_in(dir: &Path, epoch: usize) -> bool {
-    check_epoch(dir, epoch, false).is_ok()
-}
-
-/// Checks that the checkpoint `epoch` in the checkpoint folder `dir` is complete and sound.
-pub fn verify_checkpoint_in(dir: &Path, epoch: usize) -> Result<(), String> {
-    check_epoch(dir, epoch, true)
 }
 
 /// Removes temporary files a killed process left in the run folder and its checkpoint folder.

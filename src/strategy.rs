@@ -30,9 +30,7 @@ use burn::train::{
 use serde::{Deserialize, Serialize};
 
 use crate::carry::{CarrySnapshot, StateCarry};
-use crate::checkpoint::{
-    checkpoint_dir, is_complete_in, verify_checkpoint_in, AtomicFileCheckpointer,
-};
+use crate::checkpoint::{candidate_epochs, checkpoint_dir, first_sound, AtomicFileCheckpointer};
 use crate::metrics::EpochSums;
 
 /// Folder of the partial checkpoints of a run.
@@ -73,37 +71,22 @@ pub fn find_partial(run_dir: &Path, epoch: usize) -> Option<PartialProgress> {
         .filter(|p: &PartialProgress| p.epoch == epoch && p.batches > 0)
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.generation));
-    // An unfinished generation (a kill while it was written) is passed over in silence.
-    found
-        .into_iter()
-        .filter(|p| is_complete_in(&dir, p.generation))
-        .find(|p| match verify_checkpoint_in(&dir, p.generation) {
-            Ok(()) => true,
-            Err(why) => {
-                eprintln!(
-                    "warning: the checkpoint within epoch {} (batch {}) is damaged ({why}); \
-                     using an older one",
-                    p.epoch, p.batches
-                );
-                false
-            }
-        })
+    let generation = first_sound(&dir, found.iter().map(|p| p.generation), |g| {
+        let p = found
+            .iter()
+            .find(|p| p.generation == g)
+            .expect("a candidate");
+        format!(
+            "the checkpoint within epoch {} (batch {})",
+            p.epoch, p.batches
+        )
+    })?;
+    found.into_iter().find(|p| p.generation == generation)
 }
 
 /// The next free generation number in `dir`.
 fn next_generation(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().into_string().ok()?;
-                    let stem = name.rsplit_once('.')?.0;
-                    stem.rsplit_once('-')?.1.parse::<usize>().ok()
-                })
-                .max()
-                .map_or(0, |g| g + 1)
-        })
-        .unwrap_or(0)
+    candidate_epochs(dir).first().map_or(0, |g| g + 1)
 }
 
 /// The next item of a loader; `None` at its end, or on its error, which stops training.
