@@ -78,7 +78,6 @@ pub struct Renderer {
     items_total: usize,
     batches: usize,
     items_per_batch: usize,
-    batch_size_known: bool,
     split_start: Instant,
     valid_seconds: f64,
     running: HashMap<&'static str, f64>,
@@ -91,11 +90,12 @@ pub struct Renderer {
 }
 
 impl Renderer {
-    /// A renderer showing `progress`; `on_epoch` receives every finished epoch before its
-    /// summary line is printed, and fills in what the renderer does not know (the learning
-    /// rate).
+    /// A renderer showing `progress` of batches of `batch_items` items (sentences, or stream
+    /// columns); `on_epoch` receives every finished epoch before its summary line is printed,
+    /// and fills in what the renderer does not know (the learning rate).
     pub fn new(
         progress: Progress,
+        batch_items: usize,
         on_epoch: Box<dyn FnMut(&mut EpochStats) + Send + Sync>,
     ) -> Self {
         let mode = match progress.mode {
@@ -111,8 +111,7 @@ impl Renderer {
             total_epochs: 0,
             items_total: 0,
             batches: 0,
-            items_per_batch: 0,
-            batch_size_known: false,
+            items_per_batch: batch_items.max(1),
             split_start: Instant::now(),
             valid_seconds: 0.0,
             running: HashMap::new(),
@@ -125,14 +124,6 @@ impl Renderer {
         }
     }
 
-    /// Items (sentences, or stream columns) per batch, when known: batch numbers are then
-    /// right from the first batch seen, also in an epoch resumed half way.
-    pub fn with_batch_items(mut self, items: usize) -> Self {
-        self.items_per_batch = items;
-        self.batch_size_known = items > 0;
-        self
-    }
-
     fn println(&self, line: String) {
         match &self.bar {
             Some(bar) => bar.println(line),
@@ -140,9 +131,9 @@ impl Renderer {
         }
     }
 
-    /// Batches in the current split, from its items and the size of its first batch.
+    /// Batches in the current split, from its items.
     fn total_batches(&self) -> usize {
-        self.items_total.div_ceil(self.items_per_batch.max(1))
+        self.items_total.div_ceil(self.items_per_batch)
     }
 
     /// The progress line: epoch, batch, running loss and perplexity, tokens/s, time left.
@@ -284,9 +275,6 @@ impl TrainingProgressLogger for Renderer {
         };
         self.items_total = total_items;
         self.batches = 0;
-        if !self.batch_size_known {
-            self.items_per_batch = 0;
-        }
         self.running.clear();
         if self.mode == ProgressMode::Auto {
             let bar = ProgressBar::new(total_items as u64);
@@ -300,11 +288,8 @@ impl TrainingProgressLogger for Renderer {
     }
 
     fn update_split(&mut self, items_processed: usize) {
-        if self.items_per_batch == 0 {
-            self.items_per_batch = items_processed;
-        }
         // From the items, so that a run resumed within an epoch counts from where it stopped.
-        self.batches = items_processed.div_ceil(self.items_per_batch.max(1));
+        self.batches = items_processed.div_ceil(self.items_per_batch);
         if let Some(bar) = &self.bar {
             bar.set_position(items_processed as u64);
             bar.set_message(self.status(items_processed));

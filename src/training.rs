@@ -362,11 +362,13 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     let renderer = {
         let history = history.clone();
         let guard = guard.clone();
+        let valid_history = valid_history.clone();
         let dir = run_dir.clone();
         let path = run_dir.join(files::HISTORY);
         let (schedule, base_lr) = (config.lr_schedule, config.optimizer.lr());
         Renderer::new(
             progress,
+            config.data.batch_size,
             Box::new(move |stats: &mut EpochStats| {
                 let mut valid = valid_history.lock().expect("history lock");
                 stats.lr = schedule.lr_for_epoch(base_lr, stats.epoch, &valid);
@@ -384,7 +386,6 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
                 }
             }),
         )
-        .with_batch_items(config.data.batch_size)
     };
     let ckpt = checkpoint_dir(&run_dir);
     // The training perplexity's running sums, which a checkpoint within an epoch saves.
@@ -438,10 +439,8 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     }
     let epochs = history.lock().expect("history lock").clone();
     if let Some(d) = guard.tripped() {
-        let earlier: Vec<f64> = read_history(&run_dir)
-            .iter()
-            .map(|s| s.valid_perplexity)
-            .collect();
+        // The validation perplexities of the epochs before it, as the scheduler saw them.
+        let earlier = valid_history.lock().expect("history lock").clone();
         return Err(Error::Diverged {
             split: d.split,
             loss: if d.loss.is_nan() { "NaN" } else { "infinite" },
