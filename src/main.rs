@@ -489,11 +489,11 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             args.temperature
         );
     }
-    lstm_lm::run::require_run(&args.run)?;
+    // Also says so when the folder is not a run.
+    let batching = lstm_lm::run::load_config(&args.run)?.data.batching;
     let device = choose_device(args.device)?;
     let vocab = lstm_lm::data::vocab::Vocab::load(&args.run.join(lstm_lm::run::files::VOCAB))?;
     let model = lstm_lm::run::load_model(&args.run, args.epoch, &device)?;
-    let batching = lstm_lm::run::load_config(&args.run)?.data.batching;
     let prompt: Vec<String> = args.prompt.split_whitespace().map(String::from).collect();
     let generation = lstm_lm::generate::generate(
         &model,
