@@ -221,8 +221,8 @@ impl<M: LearnerModel> SupervisedLearningStrategy<M> for ResumableStrategy {
 
         let mut resume = self.resume.lock().expect("resume lock").take();
         if let Some(r) = &resume {
+            // The records load onto the devices the learner's parameters are already on.
             learner = partial.load_checkpoint(learner, r.generation);
-            learner.fork(&self.device);
             if let Some(carry) = &self.carry {
                 carry.restore(&r.carry, &self.device);
             }
