@@ -8,7 +8,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 
-use crate::fused::lstm_cell::lstm_cell;
+use crate::fused::lstm_layer::lstm_recurrence;
 use crate::model::{uniform, InitScheme};
 
 /// The recurrent state of one layer.
@@ -101,12 +101,9 @@ impl LstmLayer {
     pub fn forward(&self, input: Tensor<3>, state: Option<LstmState>) -> (Tensor<3>, LstmState) {
         let [batch, seq, d_input] = input.dims();
         let d_hidden = self.d_hidden();
-        let g = 4 * d_hidden;
         let device = input.device();
-        let LstmState {
-            hidden: mut h,
-            cell: mut c,
-        } = state.unwrap_or_else(|| LstmState::zeros(batch, d_hidden, &device));
+        let LstmState { hidden: h, cell: c } =
+            state.unwrap_or_else(|| LstmState::zeros(batch, d_hidden, &device));
 
         // All time steps' input projections in one matmul, time-major so that each step's
         // rows are contiguous: [seq * batch, 4h].
@@ -115,16 +112,8 @@ impl LstmLayer {
             .reshape([seq * batch, d_input])
             .matmul(self.input_weight.val())
             .add(self.bias.val().unsqueeze_dim(0));
-        let w_h = self.hidden_weight.val();
-
-        let mut outputs = Vec::with_capacity(seq);
-        for t in 0..seq {
-            let gates =
-                projected.clone().slice([t * batch..(t + 1) * batch, 0..g]) + h.matmul(w_h.clone());
-            (h, c) = lstm_cell(gates, c);
-            outputs.push(h.clone());
-        }
-        let output = Tensor::stack(outputs, 1);
+        let (hs, h, c) = lstm_recurrence(projected, self.hidden_weight.val(), h, c);
+        let output = hs.reshape([seq, batch, d_hidden]).swap_dims(0, 1);
         (output, LstmState { hidden: h, cell: c })
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! Profiling the `small` benchmark config on flex showed two places where Burn's composition of
 //! primitive ops costs far more than the arithmetic: the softmax cross-entropy over the
-//! `[tokens, vocab]` logits ([`xent`]) and the gate math of each LSTM step ([`lstm_cell`]),
-//! where every one of ~17 tiny ops per step is a separate pass, allocation and autodiff node.
+//! `[tokens, vocab]` logits ([`xent`]) and the LSTM recurrence ([`lstm_layer`]), where every
+//! step was a small single-core matmul plus ~17 tiny ops, each a separate pass, allocation and
+//! autodiff node.
 //! Each op here is implemented for flex and for autodiff over flex, with a hand-written
 //! backward; on every other device the callers use Burn's own ops, so the model code stays
 //! backend-agnostic. Tests compare values and gradients with Burn's reference ops.
 
-pub mod lstm_cell;
+pub mod lstm_layer;
+mod matmul;
 mod simd;
 pub mod xent;
 

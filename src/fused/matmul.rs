@@ -1,0 +1,240 @@
+//! f32 matrix products on host slices for the fused ops, split over the cores by hand.
+//!
+//! flex multiplies through the `gemm` crate and lets it thread a product internally; on the
+//! shapes of a language model (a few hundred rows against 10,000 output columns, or 10 - 20 rows
+//! against a recurrent weight) that reached ~90 GFLOP/s on two cores where one core alone gives
+//! ~73. Cutting the output into one block per core and running each block single-threaded
+//! keeps both cores busy (see the README's Speed section for the measurements).
+
+use rayon::prelude::*;
+
+/// A read-only f32 matrix view into a slice: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// The row-major `[rows, cols]` matrix at the start of `data`, rows `ld` apart (`cols <= ld`).
+    pub fn new(data: &'a [f32], rows: usize, cols: usize, ld: usize) -> Self {
+        assert!(
+            cols <= ld,
+            "a row of {cols} values does not fit a stride of {ld}"
+        );
+        let m = Self {
+            data,
+            rows,
+            cols,
+            rs: ld,
+            cs: 1,
+        };
+        m.check();
+        m
+    }
+
+    /// The transposed view `[cols, rows]` (no copy).
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// Rows `start..end` (a view).
+    fn rows(self, start: usize, end: usize) -> Self {
+        assert!(start <= end && end <= self.rows);
+        Self {
+            data: &self.data[(start * self.rs).min(self.data.len())..],
+            rows: end - start,
+            ..self
+        }
+    }
+
+    /// Columns `start..end` (a view).
+    fn cols(self, start: usize, end: usize) -> Self {
+        assert!(start <= end && end <= self.cols);
+        Self {
+            data: &self.data[(start * self.cs).min(self.data.len())..],
+            cols: end - start,
+            ..self
+        }
+    }
+
+    /// Every element lies inside `data`.
+    fn check(&self) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
+            assert!(last < self.data.len(), "matrix view out of bounds");
+        }
+    }
+}
+
+/// A raw pointer to a destination matrix that disjoint blocks are written through from
+/// several threads.
+#[derive(Clone, Copy)]
+struct DstPtr(*mut f32);
+// SAFETY: each thread writes a block of the destination that no other thread touches.
+unsafe impl Send for DstPtr {}
+unsafe impl Sync for DstPtr {}
+
+impl DstPtr {
+    /// The element `offset` past the start (a method, so closures capture the whole `DstPtr`).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `dst = a · b` (or `dst += a · b` with `accumulate`), where `dst` is row-major `[m, n]` with
+/// rows `ld` apart, `a` is `[m, k]` and `b` is `[k, n]`. With `parallel`, the product is cut into
+/// one block of columns (or of rows, when `m > n`) per rayon thread, each computed on one core.
+pub(crate) fn matmul(dst: &mut [f32], ld: usize, accumulate: bool, a: Mat, b: Mat, parallel: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "matmul: inner dimensions differ");
+    assert!(n <= ld, "matmul: destination rows too short");
+    a.check();
+    b.check();
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        (m - 1) * ld + n <= dst.len(),
+        "matmul: destination too small"
+    );
+    if k == 0 {
+        if !accumulate {
+            for row in dst.chunks_mut(ld).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let blocks = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let by_cols = n >= m;
+    let len = if by_cols { n } else { m };
+    // Blocks of a multiple of 16 (one AVX-512 vector) columns or rows, at least 16.
+    let step = len.div_ceil(blocks).div_ceil(16) * 16;
+    let dst = DstPtr(dst.as_mut_ptr());
+    let run = |start: usize| {
+        let end = (start + step).min(len);
+        let (a, b, offset, rows, cols) = if by_cols {
+            (a, b.cols(start, end), start, m, end - start)
+        } else {
+            (a.rows(start, end), b, start * ld, end - start, n)
+        };
+        // SAFETY: `a` and `b` were bounds-checked; the block `rows x cols` at `offset` lies
+        // inside `dst` (checked above) and no other block overlaps it.
+        unsafe {
+            ::gemm::gemm(
+                rows,
+                cols,
+                k,
+                dst.at(offset),
+                1,
+                ld as isize,
+                accumulate,
+                a.data.as_ptr(),
+                a.cs as isize,
+                a.rs as isize,
+                b.data.as_ptr(),
+                b.cs as isize,
+                b.rs as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                ::gemm::Parallelism::None,
+            );
+        }
+    };
+    if step >= len {
+        run(0);
+    } else {
+        (0..len)
+            .step_by(step)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(run);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut c = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 - 500.0) / 250.0)
+            .collect()
+    }
+
+    #[test]
+    fn blocks_by_columns_and_rows_and_transposed_views_match_the_naive_product() {
+        for &(m, k, n) in &[(3, 5, 7), (70, 33, 301), (301, 17, 40), (1, 1, 1)] {
+            let a = values(m * k, 1);
+            let b = values(k * n, 2);
+            let want = naive(&a, &b, m, k, n);
+            for parallel in [false, true] {
+                let mut c = vec![0.0f32; m * n];
+                matmul(
+                    &mut c,
+                    n,
+                    false,
+                    Mat::new(&a, m, k, k),
+                    Mat::new(&b, k, n, n),
+                    parallel,
+                );
+                let err = c
+                    .iter()
+                    .zip(&want)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max);
+                assert!(err < 1e-3, "{m}x{k}x{n} parallel {parallel}: {err}");
+            }
+            // a given transposed ([k, m] stored), b given transposed ([n, k] stored), and
+            // accumulation into a strided destination.
+            let at: Vec<f32> = (0..k * m).map(|x| a[(x % m) * k + x / m]).collect();
+            let bt: Vec<f32> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
+            let ld = n + 3;
+            let mut c = vec![1.0f32; m * ld];
+            matmul(
+                &mut c,
+                ld,
+                true,
+                Mat::new(&at, k, m, m).t(),
+                Mat::new(&bt, n, k, k).t(),
+                true,
+            );
+            for i in 0..m {
+                for j in 0..n {
+                    assert!((c[i * ld + j] - 1.0 - want[i * n + j]).abs() < 1e-3);
+                }
+                assert!(
+                    c[i * ld + n..(i + 1) * ld].iter().all(|&x| x == 1.0),
+                    "padding kept"
+                );
+            }
+        }
+    }
+}
