@@ -10,7 +10,7 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::carry::CarryKey;
-use crate::fused::xent::nll_rows;
+use crate::fused::output::linear_nll;
 use crate::lstm::{LstmLayer, LstmStack, LstmState};
 
 /// How parameters are initialised.
@@ -213,6 +213,23 @@ impl LanguageModel {
         state: Option<Vec<LstmState>>,
         dropout_seed: Option<u64>,
     ) -> (Tensor<3>, Vec<LstmState>) {
+        let (hidden, state) = self.hidden_states(inputs, state, dropout_seed);
+        let [b, t, h] = hidden.dims();
+        let (weight, bias) = self.output_layer();
+        let v = bias.dims()[0];
+        let logits = hidden.reshape([b * t, h]).matmul(weight) + bias.unsqueeze_dim(0);
+        (logits.reshape([b, t, v]), state)
+    }
+
+    /// The top layer's hidden states `[batch, seq, d_hidden]` (after dropout when training,
+    /// as in [`forward_with_dropout`](Self::forward_with_dropout)) and the per-layer state
+    /// after the last step.
+    fn hidden_states(
+        &self,
+        inputs: Tensor<2, Int>,
+        state: Option<Vec<LstmState>>,
+        dropout_seed: Option<u64>,
+    ) -> (Tensor<3>, Vec<LstmState>) {
         let training = inputs.device().is_autodiff() && self.dropout > 0.0;
         let mut rng = dropout_seed.filter(|_| training).map(StdRng::seed_from_u64);
         let mut drop = |x: Tensor<3>| match rng.as_mut() {
@@ -220,22 +237,22 @@ impl LanguageModel {
             None => x,
         };
         let embedded = drop(self.embedding.forward(inputs));
-        let (hidden, state) = self.lstm.forward_with(embedded, state, &mut drop);
-        (self.project(hidden), state)
+        self.lstm.forward_with(embedded, state, &mut drop)
     }
 
-    /// The output layer: `[batch, seq, d_hidden]` to logits `[batch, seq, vocab]`.
-    fn project(&self, hidden: Tensor<3>) -> Tensor<3> {
+    /// The output layer's weight `[d_hidden, vocab]` (the embedding matrix transposed when
+    /// tied) and bias `[vocab]`.
+    fn output_layer(&self) -> (Tensor<2>, Tensor<1>) {
         match (&self.output, &self.tied_bias) {
-            (Some(linear), _) => linear.forward(hidden),
-            (None, Some(bias)) => {
-                let [b, t, h] = hidden.dims();
-                let weight = self.embedding.weight.val(); // [vocab, d_embed = d_hidden]
-                let v = weight.dims()[0];
-                (hidden.reshape([b * t, h]).matmul(weight.transpose())
-                    + bias.val().unsqueeze_dim(0))
-                .reshape([b, t, v])
-            }
+            (Some(linear), _) => (
+                linear.weight.val(),
+                linear
+                    .bias
+                    .as_ref()
+                    .expect("LmConfig::init gives the output layer a bias")
+                    .val(),
+            ),
+            (None, Some(bias)) => (self.embedding.weight.val().transpose(), bias.val()),
             (None, None) => {
                 unreachable!("LmConfig::init gives a model an output layer or a tied bias")
             }
@@ -267,11 +284,13 @@ impl LanguageModel {
         batch: &LmBatch,
         state: Option<Vec<LstmState>>,
     ) -> (LmLoss, Vec<LstmState>) {
-        let (logits, state) =
-            self.forward_with_dropout(batch.inputs.clone(), state, batch.dropout_seed);
-        let [b, t, v] = logits.dims();
-        let nll = nll_rows(
-            logits.reshape([b * t, v]),
+        let (hidden, state) = self.hidden_states(batch.inputs.clone(), state, batch.dropout_seed);
+        let [b, t, h] = hidden.dims();
+        let (weight, bias) = self.output_layer();
+        let nll = linear_nll(
+            hidden.reshape([b * t, h]),
+            weight,
+            bias,
             batch.targets.clone().reshape([b * t, 1]),
         )
         .reshape([b * t]);

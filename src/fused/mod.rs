@@ -11,6 +11,7 @@
 
 pub mod lstm_layer;
 mod matmul;
+pub mod output;
 mod simd;
 pub mod xent;
 

@@ -112,7 +112,7 @@ impl CrossEntropyOps for Flex {
 }
 
 /// Below this many logits the rows are not split over threads.
-const PARALLEL_MIN: usize = 1 << 16;
+pub(super) const PARALLEL_MIN: usize = 1 << 16;
 
 fn dims2(t: &FlexTensor) -> [usize; 2] {
     let shape = t.layout().shape();
@@ -121,7 +121,7 @@ fn dims2(t: &FlexTensor) -> [usize; 2] {
     [shape[0], shape[1]]
 }
 
-fn int_values(t: FlexTensor) -> Vec<usize> {
+pub(super) fn int_values(t: FlexTensor) -> Vec<usize> {
     let t = t.to_contiguous();
     match t.dtype() {
         DType::I64 => t
@@ -196,7 +196,7 @@ impl<B: Backend + CrossEntropyOps, C: CheckpointStrategy> CrossEntropyOps for Au
 }
 
 /// Row kernels.
-mod kernels {
+pub(super) mod kernels {
     use super::{exp, multiversion};
 
     const LANES: usize = 16;
@@ -226,6 +226,15 @@ mod kernels {
             }
             let sum = sums.iter().sum::<f32>() + tail.iter().map(|&v| exp(v - max)).sum::<f32>();
             max + sum.ln()
+        }
+    }
+
+    multiversion! {
+        /// `x[i] = g · exp(x[i] - lse)`.
+        pub fn softmax_scaled_in_place(x: &mut [f32], lse: f32, g: f32) {
+            for v in x.iter_mut() {
+                *v = g * exp(*v - lse);
+            }
         }
     }
 

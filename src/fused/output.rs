@@ -1,0 +1,390 @@
+//! The output layer and the cross-entropy as one op, with its own backward pass.
+//!
+//! `nll[n] = logsumexp(x[n] W + b) - (x[n] W + b)[target[n]]` for hidden states `x` `[N, H]`,
+//! the output weight `W` `[H, V]` and bias `b` `[V]`. Composed from Burn ops, the `[N, V]`
+//! logits (7 M floats for the `small` config) went through a matmul, a bias add, the
+//! cross-entropy, and in the backward a fresh gradient tensor, a bias-gradient reduction and
+//! two more matmuls, each a full pass with its own allocation. Here the bias is written into
+//! the logits before the product accumulates onto it, the backward turns the saved logits into
+//! their gradient in place, and the three products are cut into one block per core
+//! ([`super::matmul`]).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+use super::has_fused_kernels;
+use super::matmul::{matmul, Mat};
+use super::xent::{int_values, kernels, nll_rows, PARALLEL_MIN};
+
+/// Negative log-likelihood of `targets` under `softmax(x W + b)`, row by row.
+///
+/// - `x`: hidden states `[tokens, d_hidden]`
+/// - `weight`: `[d_hidden, vocab]`; `bias`: `[vocab]`
+/// - `targets`: `[tokens, 1]` ids
+/// - returns `[tokens, 1]`.
+///
+/// On flex (f32) this is the fused op; elsewhere a matmul and [`nll_rows`].
+pub fn linear_nll(
+    x: Tensor<2>,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+    targets: Tensor<2, Int>,
+) -> Tensor<2> {
+    if has_fused_kernels(&x.device()) && x.dtype() == DType::F32 {
+        Tensor::from_dispatch(<Dispatch as OutputOps>::linear_nll(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            targets.into_dispatch(),
+        ))
+    } else {
+        nll_rows(x.matmul(weight) + bias.unsqueeze_dim(0), targets)
+    }
+}
+
+/// The fused output layer + cross-entropy as a Burn backend extension.
+#[backend_extension(Flex, Autodiff)]
+pub trait OutputOps: Backend {
+    /// `x` `[N, H]`, `weight` `[H, V]`, `bias` `[V]`, `targets` `[N, 1]` -> NLL `[N, 1]`;
+    /// differentiable in `x`, `weight` and `bias`.
+    fn linear_nll(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// [`linear_nll`](Self::linear_nll)'s output, the logits `[N, V]` and their row-wise
+    /// `logsumexp` `[N, 1]`, which the backward reads.
+    fn linear_nll_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Gradients in `x`, `weight` and `bias` from the output gradient `grad` `[N, 1]`; consumes
+    /// the logits (their buffer becomes the logits' gradient when nothing else holds it).
+    fn linear_nll_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        logits: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// A contiguous f32 tensor, checked to have `dims` dimensions, and its shape.
+fn f32_contiguous(t: FlexTensor, dims: usize, what: &str) -> (FlexTensor, Vec<usize>) {
+    let shape = t.layout().shape();
+    assert_eq!(
+        shape.num_dims(),
+        dims,
+        "the fused output layer takes {dims}-d {what}"
+    );
+    assert_eq!(t.dtype(), DType::F32, "the fused output layer is f32 only");
+    let dims = (0..dims).map(|d| shape[d]).collect();
+    (t.to_contiguous(), dims)
+}
+
+fn flex(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice().expect("contiguous f32")
+}
+
+impl OutputOps for Flex {
+    fn linear_nll(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::linear_nll_forward(x, weight, bias, targets).0
+    }
+
+    fn linear_nll_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (x, xd) = f32_contiguous(x, 2, "hidden states");
+        let (w, wd) = f32_contiguous(weight, 2, "weights");
+        let (b, bd) = f32_contiguous(bias, 1, "bias");
+        let (n, h, v) = (xd[0], xd[1], wd[1]);
+        assert_eq!(wd[0], h, "weight must be [d_hidden, vocab]");
+        assert_eq!(bd[0], v, "bias must be [vocab]");
+        let targets = int_values(targets);
+        assert_eq!(targets.len(), n, "one target per row");
+        let b = slice(&b);
+        let mut logits = vec![0.0f32; n * v];
+        for row in logits.chunks_exact_mut(v) {
+            row.copy_from_slice(b);
+        }
+        let parallel = n * v >= PARALLEL_MIN;
+        let w = Mat::new(slice(&w), h, v, v);
+        matmul(
+            &mut logits,
+            v,
+            true,
+            Mat::new(slice(&x), n, h, h),
+            w,
+            parallel,
+        );
+        let mut lse = vec![0.0f32; n];
+        let run = |(r, o): (usize, &mut f32)| *o = kernels::log_sum_exp(&logits[r * v..][..v]);
+        if parallel {
+            lse.par_iter_mut().enumerate().for_each(run);
+        } else {
+            lse.iter_mut().enumerate().for_each(run);
+        }
+        let nll: Vec<f32> = (0..n)
+            .map(|r| {
+                let t = targets[r];
+                assert!(t < v, "target id {t} is outside the vocabulary of {v}");
+                lse[r] - logits[r * v + t]
+            })
+            .collect();
+        (
+            flex(nll, &[n, 1]),
+            flex(logits, &[n, v]),
+            flex(lse, &[n, 1]),
+        )
+    }
+
+    fn linear_nll_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        logits: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (x, xd) = f32_contiguous(x, 2, "hidden states");
+        let (w, wd) = f32_contiguous(weight, 2, "weights");
+        let (mut logits, ld) = f32_contiguous(logits, 2, "logits");
+        let (lse, _) = f32_contiguous(lse, 2, "logsumexp");
+        let (grad, _) = f32_contiguous(grad, 2, "output gradient");
+        let (n, h, v) = (xd[0], xd[1], wd[1]);
+        assert_eq!(ld, [n, v]);
+        let targets = int_values(targets);
+        let (lse, grad) = (slice(&lse), slice(&grad));
+        // The logits become their gradient, in place (copied first only if shared).
+        let d: &mut [f32] = logits.storage_mut();
+        let parallel = n * v >= PARALLEL_MIN;
+        let run = |(r, row): (usize, &mut [f32])| {
+            let g = grad[r];
+            if g == 0.0 {
+                row.fill(0.0);
+            } else {
+                kernels::softmax_scaled_in_place(row, lse[r], g);
+                row[targets[r]] -= g;
+            }
+        };
+        if parallel {
+            d.par_chunks_mut(v).enumerate().for_each(run);
+        } else {
+            d.chunks_mut(v).enumerate().for_each(run);
+        }
+        let d: &[f32] = d;
+        // The bias gradient: column sums, one block of columns per core.
+        let mut db = vec![0.0f32; v];
+        let block = if parallel {
+            v.div_ceil(rayon::current_num_threads())
+        } else {
+            v
+        };
+        db.par_chunks_mut(block.max(1))
+            .enumerate()
+            .for_each(|(k, sums)| {
+                let start = k * block;
+                for row in d.chunks_exact(v) {
+                    for (s, &x) in sums.iter_mut().zip(&row[start..]) {
+                        *s += x;
+                    }
+                }
+            });
+        let (x, w, dm) = (slice(&x), slice(&w), Mat::new(d, n, v, v));
+        let mut dw = vec![0.0f32; h * v];
+        matmul(&mut dw, v, false, Mat::new(x, n, h, h).t(), dm, parallel);
+        let mut dx = vec![0.0f32; n * h];
+        matmul(&mut dx, h, false, dm, Mat::new(w, h, v, v).t(), parallel);
+        (flex(dx, &[n, h]), flex(dw, &[h, v]), flex(db, &[v]))
+    }
+}
+
+impl<B: Backend + OutputOps, C: CheckpointStrategy> OutputOps for Autodiff<B, C> {
+    fn linear_nll(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        /// Backward of the fused output layer; its state is what the forward computed.
+        #[derive(Debug)]
+        struct OutputBackward;
+
+        impl<B: Backend + OutputOps> Backward<B, 3> for OutputBackward {
+            /// (x, weight, logits, lse, targets), all on the inner backend.
+            type State = (
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                IntTensor<B>,
+            );
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, weight, logits, lse, targets) = ops.state;
+                let (dx, dw, db) = B::linear_nll_backward(x, weight, logits, lse, targets, grad);
+                for (parent, g) in ops.parents.into_iter().zip([dx, dw, db]) {
+                    if let Some(node) = parent {
+                        grads.register::<B>(node.id, g);
+                    }
+                }
+            }
+        }
+
+        let guards = [x.node(), weight.node(), bias.node()];
+        let (x, weight, bias) = (Self::inner(x), Self::inner(weight), Self::inner(bias));
+        match OutputBackward
+            .prepare::<C>(guards)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (nll, logits, lse) =
+                    B::linear_nll_forward(x.clone(), weight.clone(), bias, targets.clone());
+                prep.finish((x, weight, logits, lse, targets), nll)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::linear_nll(x, weight, bias, targets)),
+        }
+    }
+
+    fn linear_nll_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (a, b, c) = B::linear_nll_forward(
+            Self::inner(x),
+            Self::inner(weight),
+            Self::inner(bias),
+            targets,
+        );
+        (
+            Self::from_inner(a),
+            Self::from_inner(b),
+            Self::from_inner(c),
+        )
+    }
+
+    fn linear_nll_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        logits: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (a, b, c) = B::linear_nll_backward(
+            Self::inner(x),
+            Self::inner(weight),
+            Self::inner(logits),
+            Self::inner(lse),
+            targets,
+            Self::inner(grad),
+        );
+        (
+            Self::from_inner(a),
+            Self::from_inner(b),
+            Self::from_inner(c),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fused::max_rel_err;
+    use burn::tensor::activation::log_softmax;
+    use burn::tensor::{Device, Distribution};
+
+    /// Values and the gradients in x, weight and bias against Burn's matmul + log_softmax +
+    /// gather, with a masked row and a different weight for every row.
+    fn check(rows: usize, hidden: usize, vocab: usize, scale: f32) {
+        let flex = Device::flex();
+        let normal = |shape: Vec<usize>, s: f32| {
+            Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), &flex).mul_scalar(s)
+        };
+        let x = normal(vec![rows, hidden], scale);
+        let w = normal(vec![hidden, vocab], 1.0);
+        let b = normal(vec![1, vocab], 1.0);
+        let targets: Vec<i64> = (0..rows).map(|r| ((r * 7919) % vocab) as i64).collect();
+        let weights: Vec<f32> = (0..rows)
+            .map(|r| if r == 1 { 0.0 } else { 1.0 + r as f32 * 0.25 })
+            .collect();
+        let ad = Device::flex().autodiff();
+        let run = |fused: bool| {
+            let leaf = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &ad).require_grad();
+            let (x, w, b) = (leaf(&x), leaf(&w), leaf(&b));
+            let t = Tensor::<2, Int>::from_data(TensorData::new(targets.clone(), [rows, 1]), &ad);
+            let bias = b.clone().reshape([vocab]);
+            let nll = if fused {
+                linear_nll(x.clone(), w.clone(), bias, t)
+            } else {
+                -log_softmax(x.clone().matmul(w.clone()) + bias.unsqueeze_dim(0), 1).gather(1, t)
+            };
+            let wt = Tensor::<2>::from_data(TensorData::new(weights.clone(), [rows, 1]), &ad);
+            let grads = (nll.clone() * wt).sum().backward();
+            [
+                nll.inner(),
+                x.grad(&grads).unwrap(),
+                w.grad(&grads).unwrap(),
+                b.grad(&grads).unwrap(),
+            ]
+        };
+        let fused = run(true);
+        let reference = run(false);
+        for ((name, a), b) in ["nll", "d x", "d weight", "d bias"]
+            .iter()
+            .zip(fused)
+            .zip(reference)
+        {
+            let e = max_rel_err(a, b);
+            assert!(
+                e < 1e-4,
+                "{name}: relative error {e} ({rows}x{hidden}x{vocab}, scale {scale})"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_burn_reference_small() {
+        check(5, 3, 37, 1.0);
+    }
+
+    #[test]
+    fn matches_burn_reference_on_several_cores() {
+        // 70 x 1,003 > PARALLEL_MIN logits: the parallel products and reductions; odd widths.
+        check(70, 19, 1003, 2.0);
+    }
+}
