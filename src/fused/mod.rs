@@ -1,8 +1,9 @@
 //! Fused CPU kernels with their own backward passes, as Burn backend extensions.
 //!
 //! Profiling the `small` benchmark config on flex showed two places where Burn's composition of
-//! primitive ops costs far more than the arithmetic: the softmax cross-entropy over the
-//! `[tokens, vocab]` logits ([`xent`]) and the LSTM recurrence ([`lstm_layer`]), where every
+//! primitive ops costs far more than the arithmetic: the output layer and softmax cross-entropy
+//! over the `[tokens, vocab]` logits ([`output`], with [`xent`]'s row kernels) and the LSTM
+//! recurrence ([`lstm_layer`]), where every
 //! step was a small single-core matmul plus ~17 tiny ops, each a separate pass, allocation and
 //! autodiff node.
 //! Each op here is implemented for flex and for autodiff over flex, with a hand-written
@@ -13,7 +14,7 @@ pub mod lstm_layer;
 mod matmul;
 pub mod output;
 mod simd;
-pub mod xent;
+mod xent;
 
 use burn::tensor::Device;
 

@@ -15,13 +15,14 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::has_fused_kernels;
 use super::matmul::{matmul, Mat};
-use super::xent::{int_values, kernels, nll_rows, PARALLEL_MIN};
+use super::xent::{int_values, kernels, PARALLEL_MIN};
 
 /// Negative log-likelihood of `targets` under `softmax(x W + b)`, row by row.
 ///
@@ -30,7 +31,7 @@ use super::xent::{int_values, kernels, nll_rows, PARALLEL_MIN};
 /// - `targets`: `[tokens, 1]` ids
 /// - returns `[tokens, 1]`.
 ///
-/// On flex (f32) this is the fused op; elsewhere a matmul and [`nll_rows`].
+/// On flex (f32) this is the fused op; elsewhere `-log_softmax(x W + b).gather(targets)`.
 pub fn linear_nll(
     x: Tensor<2>,
     weight: Tensor<2>,
@@ -45,7 +46,7 @@ pub fn linear_nll(
             targets.into_dispatch(),
         ))
     } else {
-        nll_rows(x.matmul(weight) + bias.unsqueeze_dim(0), targets)
+        -log_softmax(x.matmul(weight) + bias.unsqueeze_dim(0), 1).gather(1, targets)
     }
 }
 
@@ -325,7 +326,6 @@ impl<B: Backend + OutputOps, C: CheckpointStrategy> OutputOps for Autodiff<B, C>
 mod tests {
     use super::*;
     use crate::fused::max_rel_err;
-    use burn::tensor::activation::log_softmax;
     use burn::tensor::{Device, Distribution};
 
     /// Values and the gradients in x, weight and bias against Burn's matmul + log_softmax +
@@ -386,5 +386,31 @@ mod tests {
     fn matches_burn_reference_on_several_cores() {
         // 70 x 1,003 > PARALLEL_MIN logits: the parallel products and reductions; odd widths.
         check(70, 19, 1003, 2.0);
+    }
+
+    #[test]
+    #[allow(deprecated)] // ndarray is the CPU backend without fused kernels
+    fn falls_back_off_flex_and_agrees() {
+        #[cfg(feature = "ndarray")]
+        {
+            let flex = Device::flex();
+            let x = Tensor::<2>::random([4, 3], Distribution::Normal(0.0, 1.0), &flex);
+            let w = Tensor::<2>::random([3, 50], Distribution::Normal(0.0, 2.0), &flex);
+            let b = Tensor::<1>::random([50], Distribution::Normal(0.0, 1.0), &flex);
+            let t =
+                Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 7, 49, 3], [4, 1]), &flex);
+            let nd = Device::ndarray();
+            assert!(!has_fused_kernels(&nd));
+            let on = |d: &Device| {
+                let x = Tensor::<2>::from_data(x.to_data(), d);
+                let w = Tensor::<2>::from_data(w.to_data(), d);
+                let b = Tensor::<1>::from_data(b.to_data(), d);
+                let t = Tensor::<2, Int>::from_data(t.to_data(), d);
+                Tensor::<2>::from_data(linear_nll(x, w, b, t).into_data(), &flex)
+            };
+            let e = max_rel_err(on(&nd), on(&flex));
+            assert!(e < 1e-5, "{e}");
+        }
+        assert!(has_fused_kernels(&Device::flex().autodiff()));
     }
 }
