@@ -23,13 +23,12 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
 use burn::tensor::activation::{sigmoid, tanh};
-use burn::tensor::{DType, Tensor, TensorData};
-use burn_flex::FlexTensor;
+use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::has_fused_kernels;
 use super::matmul::{matmul, Mat};
 use super::simd::{self, multiversion};
+use super::{has_fused_kernels, host_f32, to_flex, values};
 
 /// The recurrence of one LSTM layer over a sequence, time-major.
 ///
@@ -125,19 +124,6 @@ pub trait LstmLayerOps: Backend {
     );
 }
 
-/// A contiguous f32 `[rows, cols]` tensor and its shape.
-fn f32_matrix(t: FlexTensor, what: &str) -> (FlexTensor, usize, usize) {
-    let shape = t.layout().shape();
-    assert_eq!(shape.num_dims(), 2, "the fused LSTM layer takes 2-d {what}");
-    assert_eq!(t.dtype(), DType::F32, "the fused LSTM layer is f32 only");
-    let (rows, cols) = (shape[0], shape[1]);
-    (t.to_contiguous(), rows, cols)
-}
-
-fn flex(values: Vec<f32>, rows: usize, cols: usize) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, [rows, cols]))
-}
-
 /// Shapes of one call: steps, batch, hidden.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -223,17 +209,17 @@ impl LstmLayerOps for Flex {
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (projected, pr, pc) = f32_matrix(projected, "projected inputs");
-        let (w_h, wr, wc) = f32_matrix(w_h, "recurrent weights");
-        let (h0, b, h) = f32_matrix(h0, "h0");
-        let (c0, _, _) = f32_matrix(c0, "c0");
+        let (projected, [pr, pc]) = host_f32(projected, "projected inputs");
+        let (w_h, [wr, wc]) = host_f32(w_h, "recurrent weights");
+        let (h0, [b, h]) = host_f32(h0, "h0");
+        let (c0, [_, _]) = host_f32(c0, "c0");
         let d = Dims::check((pr, pc), (wr, wc), (b, h));
         let ws = forward(
             d,
-            projected.as_slice().expect("contiguous"),
-            w_h.as_slice().expect("contiguous"),
-            h0.as_slice().expect("contiguous"),
-            c0.as_slice().expect("contiguous"),
+            values(&projected),
+            values(&w_h),
+            values(&h0),
+            values(&c0),
         );
         let rows = d.steps * b;
         let mut out = vec![0.0f32; (rows + b) * h];
@@ -246,7 +232,7 @@ impl LstmLayerOps for Flex {
         {
             o.copy_from_slice(&w[h..2 * h]);
         }
-        (flex(out, rows + b, h), flex(ws, rows, 7 * h))
+        (to_flex(out, &[rows + b, h]), to_flex(ws, &[rows, 7 * h]))
     }
 
     fn lstm_layer_backward(
@@ -261,25 +247,25 @@ impl LstmLayerOps for Flex {
         FloatTensor<Self>,
         FloatTensor<Self>,
     ) {
-        let (ws, rows, _) = f32_matrix(ws, "workspace");
-        let (w_h, wr, wc) = f32_matrix(w_h, "recurrent weights");
-        let (h0, b, h) = f32_matrix(h0, "h0");
-        let (c0, _, _) = f32_matrix(c0, "c0");
-        let (grad, _, _) = f32_matrix(grad, "output gradient");
+        let (ws, [rows, _]) = host_f32(ws, "workspace");
+        let (w_h, [wr, wc]) = host_f32(w_h, "recurrent weights");
+        let (h0, [b, h]) = host_f32(h0, "h0");
+        let (c0, [_, _]) = host_f32(c0, "c0");
+        let (grad, [_, _]) = host_f32(grad, "output gradient");
         let d = Dims::check((rows, 4 * h), (wr, wc), (b, h));
         let g = backward(
             d,
-            ws.as_slice().expect("contiguous"),
-            w_h.as_slice().expect("contiguous"),
-            h0.as_slice().expect("contiguous"),
-            c0.as_slice().expect("contiguous"),
-            grad.as_slice().expect("contiguous"),
+            values(&ws),
+            values(&w_h),
+            values(&h0),
+            values(&c0),
+            values(&grad),
         );
         (
-            flex(g.projected, rows, 4 * h),
-            flex(g.w_h, h, 4 * h),
-            flex(g.h0, b, h),
-            flex(g.c0, b, h),
+            to_flex(g.projected, &[rows, 4 * h]),
+            to_flex(g.w_h, &[h, 4 * h]),
+            to_flex(g.h0, &[b, h]),
+            to_flex(g.c0, &[b, h]),
         )
     }
 }

@@ -16,11 +16,36 @@ pub mod output;
 mod simd;
 mod xent;
 
-use burn::tensor::Device;
+use burn::tensor::{DType, Device, TensorData};
+use burn_flex::FlexTensor;
 
 /// Whether `device` (with or without autodiff) runs the fused kernels of this module.
 pub fn has_fused_kernels(device: &Device) -> bool {
     device.clone().without_autodiff() == Device::flex()
+}
+
+/// `t` as a contiguous f32 tensor (the same buffer when it already is) and its shape; panics,
+/// naming `what`, unless it has `D` dimensions and dtype f32.
+fn host_f32<const D: usize>(t: FlexTensor, what: &str) -> (FlexTensor, [usize; D]) {
+    let shape = t.layout().shape();
+    assert_eq!(
+        shape.num_dims(),
+        D,
+        "the fused ops take {what} with {D} dimensions"
+    );
+    assert_eq!(t.dtype(), DType::F32, "the fused ops are f32 only ({what})");
+    let dims = std::array::from_fn(|d| shape[d]);
+    (t.to_contiguous(), dims)
+}
+
+/// The values of a contiguous f32 tensor from [`host_f32`].
+fn values(t: &FlexTensor) -> &[f32] {
+    t.as_slice().expect("a contiguous f32 tensor")
+}
+
+/// A flex tensor of `shape` holding `values`.
+fn to_flex(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
 }
 
 /// Largest `|a - b|` relative to the largest `|b|`: how tests compare a fused op with Burn's.

@@ -16,13 +16,12 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{DType, Int, Tensor, TensorData};
-use burn_flex::FlexTensor;
+use burn::tensor::{DType, Int, Tensor};
 use rayon::prelude::*;
 
-use super::has_fused_kernels;
 use super::matmul::{matmul, Mat};
 use super::xent::{int_values, kernels, PARALLEL_MIN};
+use super::{has_fused_kernels, host_f32, to_flex, values};
 
 /// Negative log-likelihood of `targets` under `softmax(x W + b)`, row by row.
 ///
@@ -83,27 +82,6 @@ pub trait OutputOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// A contiguous f32 tensor, checked to have `dims` dimensions, and its shape.
-fn f32_contiguous(t: FlexTensor, dims: usize, what: &str) -> (FlexTensor, Vec<usize>) {
-    let shape = t.layout().shape();
-    assert_eq!(
-        shape.num_dims(),
-        dims,
-        "the fused output layer takes {dims}-d {what}"
-    );
-    assert_eq!(t.dtype(), DType::F32, "the fused output layer is f32 only");
-    let dims = (0..dims).map(|d| shape[d]).collect();
-    (t.to_contiguous(), dims)
-}
-
-fn flex(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice().expect("contiguous f32")
-}
-
 impl OutputOps for Flex {
     fn linear_nll(
         x: FloatTensor<Self>,
@@ -120,26 +98,26 @@ impl OutputOps for Flex {
         bias: FloatTensor<Self>,
         targets: IntTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (x, xd) = f32_contiguous(x, 2, "hidden states");
-        let (w, wd) = f32_contiguous(weight, 2, "weights");
-        let (b, bd) = f32_contiguous(bias, 1, "bias");
+        let (x, xd) = host_f32::<2>(x, "hidden states");
+        let (w, wd) = host_f32::<2>(weight, "weights");
+        let (b, bd) = host_f32::<1>(bias, "bias");
         let (n, h, v) = (xd[0], xd[1], wd[1]);
         assert_eq!(wd[0], h, "weight must be [d_hidden, vocab]");
         assert_eq!(bd[0], v, "bias must be [vocab]");
         let targets = int_values(targets);
         assert_eq!(targets.len(), n, "one target per row");
-        let b = slice(&b);
+        let b = values(&b);
         let mut logits = vec![0.0f32; n * v];
         for row in logits.chunks_exact_mut(v) {
             row.copy_from_slice(b);
         }
         let parallel = n * v >= PARALLEL_MIN;
-        let w = Mat::new(slice(&w), h, v, v);
+        let w = Mat::new(values(&w), h, v, v);
         matmul(
             &mut logits,
             v,
             true,
-            Mat::new(slice(&x), n, h, h),
+            Mat::new(values(&x), n, h, h),
             w,
             parallel,
         );
@@ -158,9 +136,9 @@ impl OutputOps for Flex {
             })
             .collect();
         (
-            flex(nll, &[n, 1]),
-            flex(logits, &[n, v]),
-            flex(lse, &[n, 1]),
+            to_flex(nll, &[n, 1]),
+            to_flex(logits, &[n, v]),
+            to_flex(lse, &[n, 1]),
         )
     }
 
@@ -172,15 +150,15 @@ impl OutputOps for Flex {
         targets: IntTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (x, xd) = f32_contiguous(x, 2, "hidden states");
-        let (w, wd) = f32_contiguous(weight, 2, "weights");
-        let (mut logits, ld) = f32_contiguous(logits, 2, "logits");
-        let (lse, _) = f32_contiguous(lse, 2, "logsumexp");
-        let (grad, _) = f32_contiguous(grad, 2, "output gradient");
+        let (x, xd) = host_f32::<2>(x, "hidden states");
+        let (w, wd) = host_f32::<2>(weight, "weights");
+        let (mut logits, ld) = host_f32::<2>(logits, "logits");
+        let (lse, _) = host_f32::<2>(lse, "logsumexp");
+        let (grad, _) = host_f32::<2>(grad, "output gradient");
         let (n, h, v) = (xd[0], xd[1], wd[1]);
         assert_eq!(ld, [n, v]);
         let targets = int_values(targets);
-        let (lse, grad) = (slice(&lse), slice(&grad));
+        let (lse, grad) = (values(&lse), values(&grad));
         // The logits become their gradient, in place (copied first only if shared).
         let d: &mut [f32] = logits.storage_mut();
         let parallel = n * v >= PARALLEL_MIN;
@@ -216,12 +194,16 @@ impl OutputOps for Flex {
                     }
                 }
             });
-        let (x, w, dm) = (slice(&x), slice(&w), Mat::new(d, n, v, v));
+        let (x, w, dm) = (values(&x), values(&w), Mat::new(d, n, v, v));
         let mut dw = vec![0.0f32; h * v];
         matmul(&mut dw, v, false, Mat::new(x, n, h, h).t(), dm, parallel);
         let mut dx = vec![0.0f32; n * h];
         matmul(&mut dx, h, false, dm, Mat::new(w, h, v, v).t(), parallel);
-        (flex(dx, &[n, h]), flex(dw, &[h, v]), flex(db, &[v]))
+        (
+            to_flex(dx, &[n, h]),
+            to_flex(dw, &[h, v]),
+            to_flex(db, &[v]),
+        )
     }
 }
 
@@ -326,7 +308,7 @@ impl<B: Backend + OutputOps, C: CheckpointStrategy> OutputOps for Autodiff<B, C>
 mod tests {
     use super::*;
     use crate::fused::max_rel_err;
-    use burn::tensor::{Device, Distribution};
+    use burn::tensor::{Device, Distribution, TensorData};
 
     /// Values and the gradients in x, weight and bias against Burn's matmul + log_softmax +
     /// gather, with a masked row and a different weight for every row.
