@@ -147,8 +147,10 @@ pub struct LmBatch {
     pub inputs: Tensor<2, Int>,
     /// Target token ids `[batch, seq]`: the inputs shifted left by one.
     pub targets: Tensor<2, Int>,
-    /// 1.0 where the target is a real token, 0.0 on padding `[batch, seq]`.
-    pub mask: Tensor<2>,
+    /// Positions (in `[batch * seq]` row-major order) whose target is a real token, `[real]`;
+    /// `None` when every target is real (a stream window). Only these rows reach the output
+    /// layer: padding is neither computed there nor counted.
+    pub real_rows: Option<Tensor<1, Int>>,
     /// Number of real target tokens (the ones in the perplexity).
     pub tokens: usize,
     /// For a window of a stream: where to take the starting state from and leave the final one
@@ -287,14 +289,13 @@ impl LanguageModel {
         let (hidden, state) = self.hidden_states(batch.inputs.clone(), state, batch.dropout_seed);
         let [b, t, h] = hidden.dims();
         let (weight, bias) = self.output_layer();
-        let nll = linear_nll(
-            hidden.reshape([b * t, h]),
-            weight,
-            bias,
-            batch.targets.clone().reshape([b * t, 1]),
-        )
-        .reshape([b * t]);
-        let nll_sum = (nll * batch.mask.clone().reshape([b * t])).sum();
+        let mut hidden = hidden.reshape([b * t, h]);
+        let mut targets = batch.targets.clone().reshape([b * t, 1]);
+        if let Some(rows) = &batch.real_rows {
+            hidden = hidden.select(0, rows.clone());
+            targets = targets.select(0, rows.clone());
+        }
+        let nll_sum = linear_nll(hidden, weight, bias, targets).sum();
         let denominator = if self.loss_per_batch {
             b
         } else {

@@ -83,3 +83,55 @@ fn lstm_cell_matches_a_hand_computation() {
         assert!((c_last[0] as f64 - c).abs() < 1e-6, "{name}");
     }
 }
+
+/// Padding is neither computed in the loss nor counted: a padded batch of two sentences scores
+/// the same summed NLL and token count as each sentence alone, and gives the output layer the
+/// same gradients (on the fused flex path, padded rows never reach the output layer).
+#[test]
+fn padding_is_neither_in_the_loss_nor_in_its_gradients() {
+    use lstm_lm::data::batcher::HostBatch;
+    for (name, device) in common::cpu_devices() {
+        let device = device.autodiff();
+        let config = LmConfig {
+            vocab_size: 11,
+            d_embed: 4,
+            d_hidden: 6,
+            n_layers: 2,
+            init: InitScheme::Uniform { range: 0.3 },
+            loss_norm: LossNorm::Batch,
+            dropout: 0.0,
+            tied: false,
+        };
+        let model = config.init(3, &device);
+        let (a, b) = (vec![5, 6, 7, 9, 1], vec![8, 4, 1]);
+        let score = |sentences: &[&Vec<usize>]| {
+            let batch = HostBatch::new(sentences, 7).to_device(&device);
+            let loss = model.loss(&batch);
+            let grads = loss.nll_sum.clone().backward();
+            let bias = model.output.as_ref().unwrap().bias.as_ref().unwrap();
+            let db: Vec<f32> = bias
+                .val()
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap();
+            (loss.nll_sum.into_scalar::<f32>(), loss.tokens, db)
+        };
+        let (both, both_tokens, both_db) = score(&[&a, &b]);
+        let (one, one_tokens, one_db) = score(&[&a]);
+        let (two, two_tokens, two_db) = score(&[&b]);
+        assert_eq!(both_tokens, 4 + 2, "{name}");
+        assert_eq!(both_tokens, one_tokens + two_tokens, "{name}");
+        assert!(
+            (both - (one + two)).abs() < 1e-4 * both.abs(),
+            "{name}: {both} vs {one} + {two}"
+        );
+        for ((x, y), z) in both_db.iter().zip(&one_db).zip(&two_db) {
+            assert!(
+                (x - (y + z)).abs() < 1e-5,
+                "{name}: bias gradient {x} vs {y} + {z}"
+            );
+        }
+    }
+}

@@ -92,19 +92,15 @@ impl HostBatch {
         }
     }
 
-    /// Number of real target tokens.
-    pub fn tokens(&self) -> usize {
-        self.targets.iter().filter(|&&t| t != PAD_ID as i64).count()
-    }
-
     /// The batch as tensors on `device`.
     pub fn to_device(&self, device: &Device) -> LmBatch {
         let shape = [self.batch, self.seq];
-        let mask: Vec<f32> = self
-            .targets
-            .iter()
-            .map(|&t| if t == PAD_ID as i64 { 0.0 } else { 1.0 })
+        let real: Vec<i64> = (0..self.targets.len() as i64)
+            .filter(|&i| self.targets[i as usize] != PAD_ID as i64)
             .collect();
+        let tokens = real.len();
+        let real_rows = (tokens < self.targets.len())
+            .then(|| Tensor::<1, Int>::from_data(TensorData::new(real, [tokens]), device));
         LmBatch {
             inputs: Tensor::<2, Int>::from_data(
                 TensorData::new(self.inputs.clone(), shape),
@@ -114,8 +110,8 @@ impl HostBatch {
                 TensorData::new(self.targets.clone(), shape),
                 device,
             ),
-            mask: Tensor::<2>::from_data(TensorData::new(mask, shape), device),
-            tokens: self.tokens(),
+            real_rows,
+            tokens,
             carry: None,
             dropout_seed: None,
         }
@@ -301,7 +297,14 @@ mod tests {
         let hb = HostBatch::new(&[&a, &b], 5);
         assert_eq!(hb.inputs, vec![5, 6, 7, 1, 0, 8, 1, 0, 0, 0]);
         assert_eq!(hb.targets, vec![6, 7, 1, 0, 0, 1, 0, 0, 0, 0]);
-        assert_eq!(hb.tokens(), 4);
+        // Only the real targets' positions reach the output layer and the count.
+        let batch = hb.to_device(&Device::flex());
+        assert_eq!(batch.tokens, 4);
+        let rows = batch.real_rows.expect("the batch has padding");
+        assert_eq!(
+            rows.into_data().iter::<i64>().collect::<Vec<_>>(),
+            vec![0, 1, 2, 5]
+        );
     }
 
     #[test]
