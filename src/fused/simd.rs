@@ -34,21 +34,31 @@ pub(crate) use multiversion;
 
 /// `e^x`, relative error below 5e-7 on [-87, 88] (inputs are clamped to it):
 /// `e^x = 2^n · e^r` with `n = round(x / ln 2)`, `|r| <= ln 2 / 2`, and a degree-6 polynomial
-/// for `e^r`. Branch-free, so loops over it vectorise.
+/// for `e^r`. Branch-free and without float-to-int casts (Rust's saturating `as i32` compiled to
+/// one scalar conversion and compare per value): `n` is rounded by adding `1.5 · 2^23`, which
+/// leaves it in the low bits of the sum, so loops over it vectorise.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    /// `1.5 · 2^23`: adding it rounds to an integer (ties to even) held in the mantissa.
+    const ROUNDER: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E).round();
+    let shifted = x * LOG2E + ROUNDER;
+    let n = shifted - ROUNDER;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    p * scale
+    // The mantissa's low bits of `shifted` are n + 2^22 (n in [-126, 127]): the exponent
+    // field of 2^n is n + 127.
+    let biased = shifted
+        .to_bits()
+        .wrapping_sub(ROUNDER.to_bits())
+        .wrapping_add(127);
+    p * f32::from_bits(biased << 23)
 }
 
 /// The logistic function `1 / (1 + e^-x)`.
