@@ -264,12 +264,16 @@ impl DataLoader<LmBatch> for BucketLoader {
         })
     }
 
+    /// Items `start..end` (sentences, as [`num_items`](DataLoader::num_items) counts them)
+    /// rounded to whole batches of the epoch's shuffled order.
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<LmBatch>> {
         let offset = self.range.map_or(0, |r| r.0);
-        let end = end.min(self.num_batches());
+        let batches = self.num_batches();
+        let batch = |item: usize| ((item + self.batch_size / 2) / self.batch_size).min(batches);
+        let (start, end) = (batch(start), batch(end.max(start)));
         // Each slice counts its own epochs: every device's loader calls `iter` once per epoch.
         Arc::new(Self {
-            range: Some((offset + start.min(end), offset + end)),
+            range: Some((offset + start, offset + end)),
             next_epoch: Arc::new(AtomicUsize::new(self.next_epoch.load(Ordering::SeqCst))),
             ..self.clone()
         })
@@ -335,5 +339,41 @@ mod tests {
         let first: Vec<_> = l.iter().map(|b| b.unwrap().tokens).collect();
         assert_eq!(first.len(), 4);
         assert_eq!(l.epoch_batches(2), loader(Some(1)).epoch_batches(2));
+    }
+
+    #[test]
+    fn burn_trains_split_gives_each_device_whole_batches_of_the_same_epoch_order() {
+        let s: Vec<Vec<usize>> = (0..35).map(|i| vec![i + 3, 1]).collect();
+        let whole = BucketLoader::training(Buckets::new(&s, &[4]), 5, 9, 1, Device::flex());
+        let epoch: Vec<Vec<i64>> = whole
+            .epoch_batches(1)
+            .into_iter()
+            .map(|b| b.inputs)
+            .collect();
+        assert_eq!(epoch.len(), 7);
+        for devices in [2, 3] {
+            let parts = burn::data::dataloader::split::split_dataloader(
+                Arc::new(whole.clone()),
+                &vec![Device::flex(); devices],
+            );
+            let mut served = Vec::new();
+            for part in &parts {
+                let batches: Vec<LmBatch> = part.iter().map(|b| b.unwrap()).collect();
+                assert!(
+                    !batches.is_empty(),
+                    "{devices} devices: every device gets batches"
+                );
+                assert_eq!(part.num_items(), batches.len() * 5);
+                served.extend(
+                    batches
+                        .into_iter()
+                        .map(|b| b.inputs.into_data().iter::<i64>().collect::<Vec<_>>()),
+                );
+            }
+            assert_eq!(
+                served, epoch,
+                "{devices} devices: the epoch's batches, each once, in order"
+            );
+        }
     }
 }
