@@ -61,6 +61,10 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// The device asked for does not exist or cannot be used.
+    #[error("{0}")]
+    Device(String),
+
     /// The training curves could not be drawn.
     #[error("cannot draw the training curves: {0}")]
     Plot(String),

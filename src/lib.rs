@@ -1,8 +1,8 @@
 //! Train word-level LSTM language models with [Burn](https://burn.dev), on a GPU (wgpu) or a CPU.
 //!
 //! The library holds everything; the `lstm-lm` binary only parses flags and picks a device.
-//! Module direction: [`error`], [`fsutil`] and [`data::vocab`] are leaves; [`model`] and
-//! [`lstm`] never import [`data`]; [`training`], [`eval`], [`generate`] and [`summary`] use the
+//! Module direction: [`error`], [`fsutil`] and [`data::vocab`] are leaves; [`device`] uses only
+//! [`error`]; [`model`] and [`lstm`] never import [`data`]; [`training`], [`eval`], [`generate`] and [`summary`] use the
 //! layers below them and not each other.
 //!
 //! ```no_run
@@ -14,7 +14,7 @@
 //!     corpus: CorpusSource::Embedded { train_fraction: 0.9 },
 //!     run_dir: "runs/example".into(),
 //!     fresh: true,
-//!     device: Device::flex(),
+//!     devices: vec![Device::flex()],
 //!     progress: ProgressMode::Quiet.into(),
 //!     interrupter: Default::default(),
 //!     checkpoint_every: None,
@@ -31,6 +31,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod fsutil;

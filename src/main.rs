@@ -7,6 +7,7 @@ use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use lstm_lm::bench::BenchConfig;
+use lstm_lm::device;
 
 /// mimalloc keeps freed pages for reuse: glibc's malloc returns the large per-step buffers
 /// (28 MB logits and their gradients) to the OS and page-faults them back in every step.
@@ -271,6 +272,11 @@ struct TrainArgs {
     /// With plain progress, one line every N training batches [default: about ten per epoch].
     #[arg(long, value_name = "N", default_value_t = 0)]
     log_every: usize,
+    /// Train data-parallel on several devices at once, comma-separated: gpu:N (the N-th
+    /// discrete GPU), wgpu, flex (or cpu), ndarray; e.g. gpu:0,gpu:1. burn-train's multi-device
+    /// strategy splits each epoch's batches across them and steps the optimizer on the first.
+    #[arg(long, value_name = "LIST", conflicts_with = "device")]
+    devices: Option<String>,
     /// List the adapters wgpu sees (name, type, graphics API) and exit.
     #[arg(long)]
     list_devices: bool,
@@ -314,6 +320,22 @@ enum DeviceChoice {
     Ndarray,
 }
 
+impl From<DeviceChoice> for device::DeviceChoice {
+    fn from(choice: DeviceChoice) -> Self {
+        match choice {
+            DeviceChoice::Auto => Self::Auto,
+            DeviceChoice::Wgpu => Self::Wgpu,
+            DeviceChoice::Flex => Self::Flex,
+            DeviceChoice::Ndarray => Self::Ndarray,
+        }
+    }
+}
+
+/// The device for `choice`; never panics when no GPU exists.
+fn choose_device(choice: DeviceChoice) -> anyhow::Result<Device> {
+    Ok(device::choose_device(choice.into())?)
+}
+
 fn main() {
     keep_freed_memory();
     let cli = Cli::parse();
@@ -342,7 +364,7 @@ fn main() {
 
 fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     if args.list_devices {
-        let found = adapters();
+        let found = device::adapters();
         if !cfg!(feature = "wgpu") {
             println!("this build has no GPU support (rebuild with `--features wgpu`); CPU: flex");
         } else if found.is_empty() {
@@ -373,7 +395,10 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         .artifact_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("{data_name}-{preset}")));
-    let device = choose_device(args.device)?;
+    let devices = match &args.devices {
+        Some(list) => device::parse_devices(list)?,
+        None => vec![choose_device(args.device)?],
+    };
 
     let interrupter = burn::train::Interrupter::new();
     let on_signal = interrupter.clone();
@@ -393,7 +418,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         corpus,
         run_dir,
         fresh: args.fresh,
-        device,
+        devices,
         progress: Progress {
             mode: args.progress,
             log_every: args.log_every,
@@ -677,105 +702,4 @@ fn corpus(args: &TrainArgs) -> anyhow::Result<(CorpusSource, String)> {
             ))
         }
     }
-}
-
-/// The device for `choice`; never panics when no GPU exists.
-fn choose_device(choice: DeviceChoice) -> anyhow::Result<Device> {
-    match choice {
-        DeviceChoice::Flex => Ok(Device::flex()),
-        DeviceChoice::Ndarray => ndarray_device(),
-        DeviceChoice::Wgpu => gpu_device().map_err(|why| anyhow::anyhow!(why)),
-        DeviceChoice::Auto => {
-            let found = adapters();
-            let why = if !cfg!(feature = "wgpu") {
-                "this build has no GPU support (rebuild with `--features wgpu`)".to_string()
-            } else if found.is_empty() {
-                "wgpu sees no GPU adapter".to_string()
-            } else if !found.iter().any(|a| a.is_gpu) {
-                // A software Vulkan driver (lavapipe) is slower than flex on the same CPU.
-                // One adapter can appear once per graphics API: name each once.
-                let mut names: Vec<&str> = found.iter().map(|a| a.name.as_str()).collect();
-                names.sort_unstable();
-                names.dedup();
-                format!(
-                    "wgpu sees only software adapters ({}); `--device wgpu` uses them anyway",
-                    names.join(", ")
-                )
-            } else {
-                match gpu_device() {
-                    Ok(device) => return Ok(device),
-                    Err(why) => why,
-                }
-            };
-            println!("no GPU: {why}; training on the CPU (flex)");
-            Ok(Device::flex())
-        }
-    }
-}
-
-/// An adapter wgpu can see.
-#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
-struct Adapter {
-    name: String,
-    kind: String,
-    api: String,
-    /// False for software renderers (lavapipe/llvmpipe, WARP).
-    is_gpu: bool,
-}
-
-#[cfg(feature = "wgpu")]
-fn adapters() -> Vec<Adapter> {
-    use burn::tensor::wgpu::wgpu;
-    let infos = std::panic::catch_unwind(|| {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
-            .into_iter()
-            .map(|a| a.get_info())
-            .collect::<Vec<_>>()
-    })
-    .unwrap_or_default();
-    infos
-        .into_iter()
-        .map(|i| Adapter {
-            is_gpu: i.device_type != wgpu::DeviceType::Cpu,
-            kind: format!("{:?}", i.device_type),
-            api: format!("{:?}", i.backend),
-            name: i.name,
-        })
-        .collect()
-}
-
-#[cfg(not(feature = "wgpu"))]
-fn adapters() -> Vec<Adapter> {
-    Vec::new()
-}
-
-#[cfg(feature = "ndarray")]
-#[allow(deprecated)]
-fn ndarray_device() -> anyhow::Result<Device> {
-    Ok(Device::ndarray())
-}
-
-#[cfg(not(feature = "ndarray"))]
-fn ndarray_device() -> anyhow::Result<Device> {
-    anyhow::bail!("this build has no ndarray backend; rebuild with `--features ndarray`")
-}
-
-#[cfg(feature = "wgpu")]
-fn gpu_device() -> Result<Device, String> {
-    // Adapter discovery reports "no adapter" as an error; a driver that panics instead is
-    // caught too, so that no device choice ends in a panic.
-    match std::panic::catch_unwind(|| Device::wgpu_options().init()) {
-        Ok(Ok(device)) => Ok(device),
-        Ok(Err(e)) => Err(format!(
-            "wgpu found no usable adapter ({e}); use --device flex"
-        )),
-        Err(_) => Err("wgpu failed while looking for an adapter; use --device flex".into()),
-    }
-}
-
-#[cfg(not(feature = "wgpu"))]
-fn gpu_device() -> Result<Device, String> {
-    Err("this build has no GPU support (rebuild with `--features wgpu`)".into())
 }

@@ -121,6 +121,7 @@ impl LmConfig {
             dropout: self.dropout,
             loss_per_batch: self.loss_norm == LossNorm::Batch,
             max_grad_norm: 0.0,
+            devices: 1,
         }
     }
 
@@ -190,6 +191,12 @@ pub struct LanguageModel {
     /// Largest global gradient norm in a training step; 0 = no clipping. A training setting
     /// kept here because burn-train's step sees only the model and the batch.
     pub max_grad_norm: f64,
+    /// Devices a training step is spread over (1 = one device). burn-train's multi-device
+    /// strategy sums the devices' gradients, so each device's loss is divided by this, making the
+    /// sum their mean, and each device clips at its share of [`max_grad_norm`](Self::max_grad_norm).
+    /// A training setting, never checkpointed.
+    #[module(skip)]
+    pub devices: usize,
 }
 
 impl LanguageModel {

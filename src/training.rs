@@ -17,8 +17,8 @@ use burn::tensor::{Device, ExecutionError, Tensor};
 use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::metric::Adaptor;
 use burn::train::{
-    InferenceStep, Interrupter, ItemLazy, Learner, SupervisedTraining, TrainOutput, TrainStep,
-    TrainingStrategy,
+    ExecutionStrategy, InferenceStep, Interrupter, ItemLazy, Learner, MultiDeviceOptim,
+    SupervisedTraining, TrainOutput, TrainStep, TrainingStrategy,
 };
 
 use crate::carry::StateCarry;
@@ -85,15 +85,25 @@ impl Adaptor<TokenCountInput> for LmOutput {
 /// A training step: forward from the carried state (stream windows) or zeros, backward, global
 /// gradient clipping. The final state is left for the next window before the backward pass; it
 /// is detached, so the next window's graph stops there (truncated BPTT).
+///
+/// On `n` devices each computes `1 / n` of the gradient of its own batch and clips it at `1 / n`
+/// of the threshold: the sum burn-train forms is the mean of the devices' gradients, and its norm
+/// stays within the threshold.
 impl TrainStep for LanguageModel {
     type Input = LmBatch;
     type Output = LmOutput;
 
     fn step(&self, batch: LmBatch) -> TrainOutput<LmOutput> {
         let loss = self.loss_carried(&batch);
-        let mut grads = GradientsParams::from_grads(loss.loss.backward(), self);
+        let share = 1.0 / self.devices.max(1) as f64;
+        let differentiated = if self.devices > 1 {
+            loss.loss.clone() * share as f32
+        } else {
+            loss.loss.clone()
+        };
+        let mut grads = GradientsParams::from_grads(differentiated.backward(), self);
         if self.max_grad_norm > 0.0 {
-            clip_grad_norm(self, &mut grads, self.max_grad_norm);
+            clip_grad_norm(self, &mut grads, self.max_grad_norm * share);
         }
         TrainOutput {
             grads,
@@ -240,8 +250,9 @@ pub struct TrainRequest {
     pub run_dir: PathBuf,
     /// Start over even if the run folder holds a run.
     pub fresh: bool,
-    /// Where to train.
-    pub device: Device,
+    /// Where to train: one device, or several for data-parallel training through burn-train's
+    /// multi-device strategy (the first device holds the optimizer and runs validation).
+    pub devices: Vec<Device>,
     /// How to show progress.
     pub progress: Progress,
     /// Stops training at the next batch when triggered (Ctrl-C); the last checkpoint is kept.
@@ -273,12 +284,14 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         corpus,
         run_dir,
         fresh,
-        device,
+        devices,
         progress,
         interrupter,
         checkpoint_every,
     } = request;
     config.validate()?;
+    check_devices(&config, &devices)?;
+    let device = devices[0].clone();
     let corpus = corpus.load()?;
     let vocab = Vocab::build(
         corpus.train.iter().map(Vec::as_slice),
@@ -315,10 +328,13 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     let (train_ids, valid_ids) = (encode(&corpus.train), encode(&corpus.valid));
     let first_epoch = resumed_from.unwrap_or(0) + 1;
     let loaders = loaders(&config, &train_ids, &valid_ids, first_epoch, &device)?;
-    let partial = find_partial(&run_dir, first_epoch);
+    let parallel = devices.len() > 1;
+    let partial = find_partial(&run_dir, first_epoch).filter(|_| !parallel);
+    let steps_per_epoch = steps_per_epoch_on(&loaders, &devices, &config);
 
     let mut model = config.model.init(config.seed, &device.clone().autodiff());
     model.max_grad_norm = config.clip;
+    model.devices = devices.len();
     println!(
         "model: {} x {} LSTM, embedding {}, {} parameters; device {device:?}; run folder {}",
         config.model.n_layers,
@@ -327,6 +343,15 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         model.num_params(),
         run_dir.display()
     );
+    if parallel {
+        println!("{}", parallel_summary(&config, &devices, steps_per_epoch));
+        if checkpoint_every.is_some() {
+            println!(
+                "checkpoints at epoch ends only: burn-train's multi-device strategy has no \
+                 checkpoints within an epoch"
+            );
+        }
+    }
     match (&partial, resumed_from) {
         (Some(p), _) => println!(
             "resuming within epoch {}, after batch {} (a checkpoint within the epoch)",
@@ -347,7 +372,7 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     let scheduler = EpochLrScheduler::new(
         config.lr_schedule,
         config.optimizer.lr(),
-        loaders.steps_per_epoch,
+        steps_per_epoch,
         valid_history.clone(),
     );
     let learner = Learner::new(
@@ -412,14 +437,20 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
         .num_epochs(config.epochs)
         .renderer(Box::new(renderer))
-        .with_training_strategy(TrainingStrategy::Custom(Arc::new(ResumableStrategy::new(
-            device.clone().autodiff(),
-            &run_dir,
-            checkpoint_every,
-            sums,
-            loaders.carry.clone(),
-            partial,
-        ))))
+        .with_training_strategy(if parallel {
+            // burn-train's own data-parallel loop: the loaders are split across the devices
+            // (`slice`), gradients are summed on the first device, which steps the optimizer.
+            ExecutionStrategy::multi(devices.clone(), MultiDeviceOptim::OptimMainDevice).into()
+        } else {
+            TrainingStrategy::Custom(Arc::new(ResumableStrategy::new(
+                device.clone().autodiff(),
+                &run_dir,
+                checkpoint_every,
+                sums,
+                loaders.carry.clone(),
+                partial,
+            )))
+        })
         .with_interrupter(interrupter);
     if let Some(epoch) = resumed_from {
         training = training.checkpoint(epoch);
@@ -487,6 +518,62 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         test,
         vocab_size: vocab.len(),
     })
+}
+
+/// Refuses device lists that cannot train `config`: none at all, or a stream whose columns do not
+/// split evenly across the devices (each device's share of the gradient would be off).
+fn check_devices(config: &ExperimentConfig, devices: &[Device]) -> Result<()> {
+    let n = devices.len();
+    if n == 0 {
+        return Err(Error::Config("no device to train on".into()));
+    }
+    if n > 1 && config.data.batching == Batching::Stream && config.data.batch_size % n != 0 {
+        return Err(Error::Config(format!(
+            "stream batching splits each batch's {} columns across the devices, so --batch-size \
+             must be a multiple of the {n} devices; pass --batch-size {}",
+            config.data.batch_size,
+            config.data.batch_size.div_ceil(n) * n
+        )));
+    }
+    Ok(())
+}
+
+/// Optimizer steps per epoch on `devices`. burn-train splits the training loader across them
+/// and each step takes one batch from every device that still has one: a stream slice serves
+/// every window of its columns, a bucket slice its share of the batches.
+fn steps_per_epoch_on(loaders: &Loaders, devices: &[Device], config: &ExperimentConfig) -> usize {
+    if devices.len() < 2 || config.data.batching == Batching::Stream {
+        return loaders.steps_per_epoch;
+    }
+    burn::data::dataloader::split::split_dataloader(loaders.train.clone(), devices)
+        .iter()
+        .map(|part| part.num_items() / config.data.batch_size)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The data-parallel setup in one line.
+fn parallel_summary(config: &ExperimentConfig, devices: &[Device], steps: usize) -> String {
+    let n = devices.len();
+    let b = config.data.batch_size;
+    let per_step = match config.data.batching {
+        Batching::Stream => format!(
+            "each step splits the {b} stream columns, {} per device",
+            b / n
+        ),
+        Batching::Buckets => {
+            format!("each step takes {n} batches of {b} sentences, one per device")
+        }
+    };
+    format!(
+        "data parallel on {n} devices ({}): {per_step}; the gradient is their mean, {steps} steps \
+         per epoch",
+        devices
+            .iter()
+            .map(|d| format!("{d:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Which checkpoint a rerun resumes from, in words.

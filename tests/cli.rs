@@ -274,6 +274,41 @@ fn stream_training_flags_and_eval() {
     assert!(stderr.contains("config.json"), "{stderr}");
 }
 
+/// `--devices flex,flex` trains data-parallel on two CPU workers and says how the work is split
+/// and that checkpoints come at epoch ends only; a list of one, or an unknown name, is an error
+/// that says what to pass.
+#[test]
+fn two_devices_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, valid) = common::tiny_corpus(tmp.path(), 300, 60);
+    let run = tmp.path().join("run");
+    let mut args = train_args(&train, &valid, &run);
+    args[3] = "1".as_ref(); // --epochs 1
+    args[10] = "--devices".as_ref();
+    args[11] = "flex,flex".as_ref();
+    let stdout = stdout_of(lstm_lm().args(&args));
+    assert!(
+        stdout.contains("data parallel on 2 devices")
+            && stdout.contains("each step takes 2 batches of 16 sentences, one per device")
+            && stdout.contains("checkpoints at epoch ends only")
+            && stdout.contains("epoch 1/1"),
+        "{stdout}"
+    );
+    for (list, says) in [
+        ("flex", "two or more"),
+        ("flex,tpu", "unknown device `tpu`"),
+    ] {
+        args[11] = list.as_ref();
+        let out = lstm_lm().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{list}: {stderr}");
+        assert!(
+            stderr.contains(says) && !stderr.contains("panicked"),
+            "{list}: {stderr}"
+        );
+    }
+}
+
 /// From the command line: plain progress every N batches with loss and time left, then
 /// `generate` (deterministic for a seed, sentences on lines), `report` (the history's values and
 /// a redrawn plot) and `runs` (the run, complete); non-run folders get an error naming the fix.

@@ -245,7 +245,7 @@ fn run(config: ExperimentConfig, corpus: &CorpusSource, dir: &Path) -> TrainRepo
         corpus: corpus.clone(),
         run_dir: dir.to_path_buf(),
         fresh: false,
-        device: Device::flex(),
+        devices: vec![Device::flex()],
         progress: ProgressMode::Quiet.into(),
         interrupter: Default::default(),
         checkpoint_every: None,

@@ -12,13 +12,7 @@ use lstm_lm::render::ProgressMode;
 use lstm_lm::training::{load_model, read_history, train, TrainReport, TrainRequest};
 
 fn files(dir: &Path) -> CorpusSource {
-    let (train, valid) = common::tiny_corpus(dir, 1500, 300);
-    CorpusSource::Files {
-        train,
-        valid: Some(valid),
-        test: None,
-        train_fraction: 0.9,
-    }
+    common::tiny_files(dir, 1500, 300)
 }
 
 fn run(
@@ -27,16 +21,7 @@ fn run(
     run_dir: &Path,
     device: &Device,
 ) -> Result<TrainReport, Error> {
-    train(TrainRequest {
-        config,
-        corpus: corpus.clone(),
-        run_dir: run_dir.to_path_buf(),
-        fresh: false,
-        device: device.clone(),
-        progress: ProgressMode::Quiet.into(),
-        interrupter: Default::default(),
-        checkpoint_every: None,
-    })
+    common::train_quietly(config, corpus, run_dir, vec![device.clone()])
 }
 
 #[test]
@@ -176,7 +161,7 @@ fn resuming_with_a_changed_config_or_changed_data_is_refused() {
         corpus: corpus.clone(),
         run_dir: dir.clone(),
         fresh: true,
-        device,
+        devices: vec![device],
         progress: ProgressMode::Quiet.into(),
         interrupter: Default::default(),
         checkpoint_every: None,

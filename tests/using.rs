@@ -30,7 +30,7 @@ fn tiny_run(dir: &Path, epochs: usize, device: &Device) -> TrainReport {
         },
         run_dir: dir.join("run"),
         fresh: false,
-        device: device.clone(),
+        devices: vec![device.clone()],
         progress: ProgressMode::Quiet.into(),
         interrupter,
         checkpoint_every: None,

@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use lstm_lm::config::ExperimentConfig;
 use lstm_lm::config::Preset;
+use lstm_lm::data::corpus::CorpusSource;
 use lstm_lm::data::corpus::EMBEDDED_TINY_SHAKESPEARE;
+use lstm_lm::error::Error;
+use lstm_lm::render::ProgressMode;
+use lstm_lm::training::{train, TrainReport, TrainRequest};
 
 /// The CPU backends every test runs on: flex (the default) and ndarray (deprecated, kept).
 #[allow(deprecated)]
@@ -24,6 +28,38 @@ pub fn tiny_corpus(dir: &Path, train: usize, valid: usize) -> (PathBuf, PathBuf)
     std::fs::write(&t, lines[..train].join("\n")).unwrap();
     std::fs::write(&v, lines[train..train + valid].join("\n")).unwrap();
     (t, v)
+}
+
+/// [`tiny_corpus`] as a training source: `train` lines to train on, the next `valid` to
+/// validate on, no test split.
+pub fn tiny_files(dir: &Path, train: usize, valid: usize) -> CorpusSource {
+    let (train, valid) = tiny_corpus(dir, train, valid);
+    CorpusSource::Files {
+        train,
+        valid: Some(valid),
+        test: None,
+        train_fraction: 0.9,
+    }
+}
+
+/// Trains (or resumes) `config` on `corpus` in `dir` on `devices`, quietly, checkpointing at
+/// epoch ends.
+pub fn train_quietly(
+    config: ExperimentConfig,
+    corpus: &CorpusSource,
+    dir: &Path,
+    devices: Vec<Device>,
+) -> Result<TrainReport, Error> {
+    train(TrainRequest {
+        config,
+        corpus: corpus.clone(),
+        run_dir: dir.to_path_buf(),
+        fresh: false,
+        devices,
+        progress: ProgressMode::Quiet.into(),
+        interrupter: Default::default(),
+        checkpoint_every: None,
+    })
 }
 
 /// A model small enough that an epoch over a few thousand lines takes about a second.
