@@ -329,7 +329,15 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     let first_epoch = resumed_from.unwrap_or(0) + 1;
     let loaders = loaders(&config, &train_ids, &valid_ids, first_epoch, &device)?;
     let parallel = devices.len() > 1;
-    let partial = find_partial(&run_dir, first_epoch).filter(|_| !parallel);
+    let mut partial = find_partial(&run_dir, first_epoch);
+    if let Some(p) = partial.as_ref().filter(|_| parallel) {
+        println!(
+            "not resuming within epoch {} (batch {}): training on several devices resumes from \
+             epoch checkpoints only",
+            p.epoch, p.batches
+        );
+        partial = None;
+    }
     let steps_per_epoch = steps_per_epoch_on(&loaders, &devices, &config);
 
     let mut model = config.model.init(config.seed, &device.clone().autodiff());
