@@ -32,6 +32,10 @@ pub struct Options {
     pub threads: usize,
     /// Cargo features for building lstm-lm (`wgpu` for the GPU).
     pub features: Option<String>,
+    /// A built lstm-lm to run instead of `cargo run` (no build then).
+    pub binary: Option<PathBuf>,
+    /// PyTorch's device: `cpu`, or `cuda` (cuDNN).
+    pub reference_device: String,
 }
 
 /// One measurement.
@@ -104,6 +108,12 @@ pub fn bench(options: &Options) -> Result<()> {
 }
 
 fn build(options: &Options) -> Result<()> {
+    if let Some(binary) = &options.binary {
+        if !binary.is_file() {
+            bail!("--binary {} is not a file", binary.display());
+        }
+        return Ok(());
+    }
     let mut cmd = cargo();
     cmd.args(["build", "--release", "--quiet", "--bin", "lstm-lm"]);
     if let Some(f) = &options.features {
@@ -121,12 +131,19 @@ fn cargo() -> Command {
 }
 
 fn run_ours(options: &Options, config: &str) -> Result<Run> {
-    let mut cmd = cargo();
-    cmd.args(["run", "--release", "--quiet", "--bin", "lstm-lm"]);
-    if let Some(f) = &options.features {
-        cmd.args(["--features", f]);
-    }
-    cmd.args(["--", "bench", "--json", "--config", config, "--device"])
+    let mut cmd = match &options.binary {
+        Some(binary) => Command::new(binary),
+        None => {
+            let mut cmd = cargo();
+            cmd.args(["run", "--release", "--quiet", "--bin", "lstm-lm"]);
+            if let Some(f) = &options.features {
+                cmd.args(["--features", f]);
+            }
+            cmd.arg("--");
+            cmd
+        }
+    };
+    cmd.args(["bench", "--json", "--config", config, "--device"])
         .arg(&options.device)
         .arg("--text")
         .arg(&options.text)
@@ -172,16 +189,39 @@ fn reference_args(config: &str) -> Result<(Vec<String>, usize)> {
     Ok((args, batch))
 }
 
+/// Python that runs the reference script (argv[1]) in-process and prints its peak RSS. On a GPU
+/// every tensor it makes, and its seeded generator, live on `device` (the script itself only
+/// knows the CPU); `.item()` in its loop waits for the GPU every step, so its timing is honest.
+fn reference_wrapper(device: &str) -> String {
+    let on_device = if device == "cpu" {
+        String::new()
+    } else {
+        format!(
+            "import torch\n\
+             torch.set_default_device('{device}')\n\
+             class _OnDevice(torch.Generator):\n\
+             \x20   def __new__(cls, device=None):\n\
+             \x20       return torch._C.Generator(device='{device}')\n\
+             torch.Generator = _OnDevice\n\
+             print('reference on', torch.cuda.get_device_name(0) if torch.cuda.is_available() else '{device}', \
+             'cudnn', torch.backends.cudnn.version())\n"
+        )
+    };
+    format!(
+        "import resource, runpy, sys\n\
+         {on_device}\
+         sys.argv = sys.argv[1:]\n\
+         runpy.run_path(sys.argv[0], run_name='__main__')\n\
+         print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+}
+
 fn run_reference(options: &Options, python: &Path, config: &str) -> Result<Run> {
-    // Run the script in-process under a wrapper that prints its peak RSS.
-    let wrapper = "import resource, runpy, sys\n\
-                   sys.argv = sys.argv[1:]\n\
-                   runpy.run_path(sys.argv[0], run_name='__main__')\n\
-                   print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n";
+    let wrapper = reference_wrapper(&options.reference_device);
     let (args, batch) = reference_args(config)?;
     let out = Command::new(python)
         .arg("-c")
-        .arg(wrapper)
+        .arg(&wrapper)
         .arg(&options.reference)
         .args(args)
         .arg("--train")
@@ -244,10 +284,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>]) {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "\n{} rounds x {} steps, device {}, text {}, load average after: {}",
+        "\n{} rounds x {} steps, lstm-lm on {}, PyTorch on {}, text {}, load average after: {}",
         options.rounds,
         options.steps,
         options.device,
+        options.reference_device,
         options.text.display(),
         load.split_whitespace()
             .take(3)
@@ -289,6 +330,33 @@ fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>]) {
                     Some(r) if !ratios.is_empty() => format!("{r:.2}x"),
                     _ => String::new(),
                 }
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wrapper is Python that parses, on the CPU and with the GPU lines.
+    #[test]
+    fn the_reference_wrappers_parse_as_python() {
+        for device in ["cpu", "cuda"] {
+            let wrapper = reference_wrapper(device);
+            let out = Command::new("python3")
+                .args(["-c", "import ast, sys; ast.parse(sys.argv[1])"])
+                .arg(&wrapper)
+                .output()
+                .expect("python3 runs");
+            assert!(
+                out.status.success(),
+                "{device}:\n{wrapper}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                wrapper.contains("set_default_device('cuda')"),
+                device == "cuda"
             );
         }
     }

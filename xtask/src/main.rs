@@ -80,6 +80,13 @@ enum Task {
         /// Cargo features to build lstm-lm with (e.g. wgpu).
         #[arg(long)]
         features: Option<String>,
+        /// A built lstm-lm binary to time instead of building one with cargo (for a machine
+        /// without the Rust toolchain, such as a lent GPU machine).
+        #[arg(long, value_name = "PATH", conflicts_with = "features")]
+        binary: Option<PathBuf>,
+        /// Where PyTorch runs: cpu, or cuda (cuDNN's LSTM) on a GPU machine.
+        #[arg(long, default_value = "cpu")]
+        reference_device: String,
     },
 }
 
@@ -114,6 +121,8 @@ fn main() {
             no_reference,
             threads,
             features,
+            binary,
+            reference_device,
         } => {
             let options = bench::Options {
                 configs,
@@ -126,6 +135,8 @@ fn main() {
                 reference,
                 threads,
                 features,
+                binary,
+                reference_device,
             };
             if let Err(e) = bench::bench(&options) {
                 eprintln!("error: {e:#}");
