@@ -96,6 +96,34 @@ fn wgpu_trains_like_flex_and_checkpoints_cross_between_them() {
     }
 }
 
+/// burn-train's multi-device strategy on the GPU backend: two workers on the wgpu device (the
+/// path two GPUs take: the model forked to each, gradients moved to the first) train a stream
+/// as one worker does, within [`TOLERANCE`] per epoch.
+#[test]
+fn two_wgpu_workers_train_a_stream_like_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = common::tiny_files(tmp.path(), 300, 60);
+    let mut config = common::tiny_config(2);
+    config.data.batching = lstm_lm::config::Batching::Stream;
+    config.data.batch_size = 8;
+    config.data.bptt = 20;
+    let curve = |devices: Vec<Device>, dir: &str| -> Vec<(f64, f64)> {
+        common::train_quietly(config.clone(), &corpus, &tmp.path().join(dir), devices)
+            .unwrap()
+            .epochs
+            .iter()
+            .map(|e| (e.train_perplexity, e.valid_perplexity))
+            .collect()
+    };
+    let one = curve(vec![wgpu()], "one");
+    let two = curve(vec![wgpu(), wgpu()], "two");
+    println!("one worker {one:?}\ntwo workers {two:?}");
+    assert_eq!(one.len(), 2);
+    for (a, b) in one.iter().zip(&two) {
+        assert!(close(a.0, b.0) && close(a.1, b.1), "{one:?} vs {two:?}");
+    }
+}
+
 fn lstm_lm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lstm-lm"))
 }
