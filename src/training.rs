@@ -535,7 +535,10 @@ fn check_devices(config: &ExperimentConfig, devices: &[Device]) -> Result<()> {
     if n == 0 {
         return Err(Error::Config("no device to train on".into()));
     }
-    if n > 1 && config.data.batching == Batching::Stream && config.data.batch_size % n != 0 {
+    if n > 1
+        && config.data.batching == Batching::Stream
+        && !config.data.batch_size.is_multiple_of(n)
+    {
         return Err(Error::Config(format!(
             "stream batching splits each batch's {} columns across the devices, so --batch-size \
              must be a multiple of the {n} devices; pass --batch-size {}",

@@ -146,7 +146,7 @@ impl Dims {
             "projected must be [rows, 4 * hidden]"
         );
         assert!(
-            batch > 0 && projected.0 % batch == 0,
+            batch > 0 && projected.0.is_multiple_of(batch),
             "projected must be whole steps"
         );
         Self {
