@@ -83,7 +83,9 @@ impl LrSchedule {
 /// them to know the epoch (`iterations_per_epoch` steps each). The validation perplexities come
 /// from the run's epoch history, which the renderer appends to when an epoch ends; burn-train
 /// flushes its event processor before the checkpoint that ends every epoch, so the entry of
-/// epoch `e` is there before the first step of epoch `e + 1`. The record holds the step count.
+/// epoch `e` is there before the first step of epoch `e + 1`. The record holds the step count
+/// and the steps per epoch it was counted in, so a run resumed with another number of steps per
+/// epoch (bucket batches on another number of devices) still starts at the right epoch.
 #[derive(Clone)]
 pub struct EpochLrScheduler {
     schedule: LrSchedule,
@@ -126,13 +128,20 @@ impl LrScheduler for EpochLrScheduler {
     }
 
     fn to_record(&self) -> LrSchedulerRecord {
-        LrSchedulerRecord::new().with_scalar("iteration", self.iteration as u64)
+        LrSchedulerRecord::new()
+            .with_scalar("iteration", self.iteration as u64)
+            .with_scalar("iterations_per_epoch", self.iterations_per_epoch as u64)
     }
 
     fn load_record(&mut self, record: LrSchedulerRecord) {
-        if let Some(i) = record.scalar::<u64>("iteration") {
-            self.iteration = i as usize;
-        }
+        let Some(i) = record.scalar::<u64>("iteration").map(|i| i as usize) else {
+            return;
+        };
+        // Records written before the per-epoch count was saved counted in this run's.
+        let per_epoch = record
+            .scalar::<u64>("iterations_per_epoch")
+            .map_or(self.iterations_per_epoch, |n| (n as usize).max(1));
+        self.iteration = i / per_epoch * self.iterations_per_epoch + i % per_epoch;
     }
 }
 
@@ -206,6 +215,25 @@ mod tests {
         let mut resumed = EpochLrScheduler::new(schedule, 1.0, 3, valid);
         resumed.load_record(s.to_record());
         assert_eq!((resumed.step(), resumed.step()), (0.25, 0.25));
+        assert_eq!(resumed.step(), 0.125);
+    }
+
+    #[test]
+    fn a_run_resumed_with_other_steps_per_epoch_starts_at_the_next_epoch() {
+        let valid = Arc::new(Mutex::new(Vec::new()));
+        let schedule = LrSchedule::StepDecay {
+            constant_epochs: 1,
+            decay: 0.5,
+        };
+        // Two epochs of 3 steps (two devices), then resumed at 6 steps an epoch (one device).
+        let mut s = EpochLrScheduler::new(schedule, 1.0, 3, valid.clone());
+        for _ in 0..6 {
+            s.step();
+        }
+        let mut resumed = EpochLrScheduler::new(schedule, 1.0, 6, valid);
+        resumed.load_record(s.to_record());
+        let epoch3: Vec<f64> = (0..6).map(|_| resumed.step()).collect();
+        assert_eq!(epoch3, vec![0.25; 6]);
         assert_eq!(resumed.step(), 0.125);
     }
 }
