@@ -8,7 +8,7 @@ use burn::tensor::Device;
 use crate::error::{Error, Result};
 
 /// A kind of device, as `--device` names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceChoice {
     /// A GPU when wgpu finds a hardware adapter, else the CPU (flex), saying why in one line.
     Auto,

@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use lstm_lm::bench::BenchConfig;
-use lstm_lm::device;
+use lstm_lm::device::{self, DeviceChoice};
 
 /// mimalloc keeps freed pages for reuse: glibc's malloc returns the large per-step buffers
 /// (28 MB logits and their gradients) to the OS and page-faults them back in every step.
@@ -308,34 +307,6 @@ enum Dataset {
     Ptb,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum DeviceChoice {
-    /// A GPU when wgpu finds an adapter, else the CPU.
-    Auto,
-    /// A GPU through WebGPU (Vulkan, Metal, DX12); needs `--features wgpu`.
-    Wgpu,
-    /// The CPU, Burn's flex backend.
-    Flex,
-    /// The CPU, Burn's deprecated ndarray backend (`--features ndarray`).
-    Ndarray,
-}
-
-impl From<DeviceChoice> for device::DeviceChoice {
-    fn from(choice: DeviceChoice) -> Self {
-        match choice {
-            DeviceChoice::Auto => Self::Auto,
-            DeviceChoice::Wgpu => Self::Wgpu,
-            DeviceChoice::Flex => Self::Flex,
-            DeviceChoice::Ndarray => Self::Ndarray,
-        }
-    }
-}
-
-/// The device for `choice`; never panics when no GPU exists.
-fn choose_device(choice: DeviceChoice) -> anyhow::Result<Device> {
-    Ok(device::choose_device(choice.into())?)
-}
-
 fn main() {
     keep_freed_memory();
     let cli = Cli::parse();
@@ -397,7 +368,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("{data_name}-{preset}")));
     let devices = match &args.devices {
         Some(list) => device::parse_devices(list)?,
-        None => vec![choose_device(args.device)?],
+        None => vec![device::choose_device(args.device)?],
     };
 
     let interrupter = burn::train::Interrupter::new();
@@ -448,7 +419,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             std::path::Path::new("<embedded>"),
         )?,
     };
-    let device = choose_device(args.device)?;
+    let device = device::choose_device(args.device)?;
     let report = lstm_lm::bench::run(&lstm_lm::bench::BenchRequest {
         config: args.config,
         text,
@@ -487,7 +458,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
 
 fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let text = lstm_lm::data::corpus::read_corpus(&args.text)?;
-    let device = choose_device(args.device)?;
+    let device = device::choose_device(args.device)?;
     let r = lstm_lm::eval::evaluate_run(&lstm_lm::eval::EvalRequest {
         run_dir: args.run.clone(),
         text,
@@ -531,7 +502,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     }
     // Also says so when the folder is not a run.
     let batching = lstm_lm::run::load_config(&args.run)?.data.batching;
-    let device = choose_device(args.device)?;
+    let device = device::choose_device(args.device)?;
     let vocab = lstm_lm::data::vocab::Vocab::load(&args.run.join(lstm_lm::run::files::VOCAB))?;
     let model = lstm_lm::run::load_model(&args.run, args.epoch, &device)?;
     let prompt: Vec<String> = args.prompt.split_whitespace().map(String::from).collect();
