@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use burn::tensor::Bytes;
-use burn::train::checkpoint::{Checkpoint, Checkpointer, CheckpointerError};
+use burn::train::checkpoint::{
+    Checkpoint, Checkpointer, CheckpointerError, CheckpointingAction, CheckpointingStrategy,
+};
+use burn::train::metric::store::EventStoreClient;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -176,6 +179,48 @@ pub(crate) fn first_sound(
     })
 }
 
+/// The epochs (or generations) in `dir` older than its newest complete one, newest first: the
+/// ones that may be deleted. Deleting by position instead ("two before the one being saved")
+/// is not safe: burn-train writes the three records from three background threads, so the
+/// previous checkpoint may still be in flight when the next one starts, and a kill at that
+/// moment could leave no complete checkpoint at all.
+pub(crate) fn superseded(dir: &Path) -> Vec<usize> {
+    let candidates = candidate_epochs(dir);
+    match candidates
+        .iter()
+        .position(|&e| check_epoch(dir, e, false).is_ok())
+    {
+        Some(newest) => candidates[newest + 1..].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// A burn-train [`CheckpointingStrategy`]: saves every checkpoint, and deletes those older than
+/// the newest complete one in its folder (see [`superseded`]). In steady state that keeps two:
+/// the newest complete one and the one being written.
+pub struct KeepNewestComplete {
+    dir: PathBuf,
+}
+
+impl KeepNewestComplete {
+    /// For the checkpoints in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+}
+
+impl CheckpointingStrategy for KeepNewestComplete {
+    fn checkpointing(&mut self, _: usize, _: &EventStoreClient) -> Vec<CheckpointingAction> {
+        let mut actions = vec![CheckpointingAction::Save];
+        actions.extend(
+            superseded(&self.dir)
+                .into_iter()
+                .map(CheckpointingAction::Delete),
+        );
+        actions
+    }
+}
+
 /// Checks that epoch `epoch` of `run_dir` is complete and sound; the error says why not.
 pub fn verify_checkpoint(run_dir: &Path, epoch: usize) -> Result<(), String> {
     check_epoch(&checkpoint_dir(run_dir), epoch, true)
@@ -297,6 +342,28 @@ mod tests {
             .unwrap();
         assert_eq!(last_complete_checkpoint(run.path()), Some(2));
         assert_eq!(newest_sound_checkpoint(run.path()), Some(2));
+    }
+
+    #[test]
+    fn only_checkpoints_older_than_the_newest_complete_one_are_deleted() {
+        let run = tempfile::tempdir().unwrap();
+        let dir = checkpoint_dir(run.path());
+        assert!(superseded(&dir).is_empty());
+        save_epoch(&dir, 1, b"one");
+        save_epoch(&dir, 2, b"two");
+        // Epoch 3 still being written (one record of three): 2 is the newest complete, and
+        // stays while 3 is in flight.
+        std::fs::write(record_path(&dir, "model", 3), b"three").unwrap();
+        AtomicFileCheckpointer::new(&dir, "model")
+            .add_to_manifest(3, RecordSum::of(b"three"))
+            .unwrap();
+        assert_eq!(superseded(&dir), vec![1]);
+        std::fs::remove_file(record_path(&dir, "optim", 1)).unwrap();
+        std::fs::remove_file(record_path(&dir, "optim", 2)).unwrap();
+        assert!(
+            superseded(&dir).is_empty(),
+            "nothing is complete: nothing goes"
+        );
     }
 
     #[test]

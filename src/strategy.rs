@@ -7,8 +7,8 @@
 //! scheduler records (atomic files + checksummed manifest, as epoch checkpoints), numbered by a
 //! generation `g`, and `progress-g.json` with the epoch, the batches done, the epoch's running
 //! perplexity sums and the carried LSTM states. A partial checkpoint is usable when its
-//! manifest is complete and sound and its progress file exists; the two newest generations are
-//! kept, so a kill while one is being written leaves the previous one.
+//! manifest is complete and sound and its progress file exists; generations are deleted only
+//! once a newer one is complete, so a kill while one is being written leaves the previous one.
 //!
 //! Resuming from one loads the records, skips the batches already done (the loaders are pure
 //! functions of seed, epoch and batch), restores the carried states and the perplexity sums:
@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
-use burn::train::checkpoint::{AsyncCheckpointer, CheckpointingAction, CheckpointingStrategy};
+use burn::train::checkpoint::AsyncCheckpointer;
 use burn::train::metric::store::EventStoreClient;
 use burn::train::{
     EventProcessorTraining, InferenceStep, Interrupter, Learner, LearnerEvent, LearnerModel,
@@ -30,7 +30,10 @@ use burn::train::{
 use serde::{Deserialize, Serialize};
 
 use crate::carry::{CarrySnapshot, StateCarry};
-use crate::checkpoint::{candidate_epochs, checkpoint_dir, first_sound, AtomicFileCheckpointer};
+use crate::checkpoint::{
+    candidate_epochs, checkpoint_dir, first_sound, superseded, AtomicFileCheckpointer,
+    KeepNewestComplete,
+};
 use crate::metrics::EpochSums;
 
 /// Folder of the partial checkpoints of a run.
@@ -103,23 +106,6 @@ fn next_item<T, E: Into<TrainingError>>(
     }
 }
 
-/// Saves every generation and deletes the one two before it.
-struct KeepTwoGenerations;
-
-impl CheckpointingStrategy for KeepTwoGenerations {
-    fn checkpointing(
-        &mut self,
-        generation: usize,
-        _: &EventStoreClient,
-    ) -> Vec<CheckpointingAction> {
-        let mut actions = vec![CheckpointingAction::Save];
-        if generation >= 2 {
-            actions.push(CheckpointingAction::Delete(generation - 2));
-        }
-        actions
-    }
-}
-
 /// What [`ResumableStrategy`] needs besides burn-train's components.
 pub struct ResumableStrategy {
     device: Device,
@@ -160,7 +146,7 @@ impl ResumableStrategy {
             AsyncCheckpointer::new(AtomicFileCheckpointer::new(&dir, "model")),
             AsyncCheckpointer::new(AtomicFileCheckpointer::new(&dir, "optim")),
             AsyncCheckpointer::new(AtomicFileCheckpointer::new(&dir, "scheduler")),
-            Box::new(KeepTwoGenerations),
+            Box::new(KeepNewestComplete::new(&dir)),
         )
     }
 
@@ -193,8 +179,9 @@ impl ResumableStrategy {
         {
             eprintln!("warning: checkpoint within epoch {epoch} not saved: {e}");
         }
-        if generation >= 2 {
-            let _ = std::fs::remove_file(progress_path(&dir, generation - 2));
+        // Its records go with the checkpointing strategy's deletions.
+        for old in superseded(&dir) {
+            let _ = std::fs::remove_file(progress_path(&dir, old));
         }
     }
 }

@@ -14,7 +14,6 @@ use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, ExecutionError, Tensor};
-use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::metric::Adaptor;
 use burn::train::{
     ExecutionStrategy, InferenceStep, Interrupter, ItemLazy, Learner, MultiDeviceOptim,
@@ -24,6 +23,7 @@ use burn::train::{
 use crate::carry::StateCarry;
 use crate::checkpoint::{
     checkpoint_dir, last_complete_checkpoint, remove_stale_temporaries, AtomicFileCheckpointer,
+    KeepNewestComplete,
 };
 use crate::clip::clip_grad_norm;
 use crate::config::{Batching, ExperimentConfig, OptimizerConfig};
@@ -442,7 +442,7 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
             AtomicFileCheckpointer::new(&ckpt, "optim"),
             AtomicFileCheckpointer::new(&ckpt, "scheduler"),
         )
-        .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
+        .with_checkpointing_strategy(KeepNewestComplete::new(&ckpt))
         .num_epochs(config.epochs)
         .renderer(Box::new(renderer))
         .with_training_strategy(if parallel {
