@@ -3,7 +3,8 @@
 //! A checkpoint of epoch `N` is three files in `<run>/checkpoint/`: `model-N.bpk`,
 //! `optim-N.bpk` and `scheduler-N.bpk`, and `manifest-N.json`, which lists each file's size and
 //! SHA-256. Each file is written to a temporary file, synced and renamed, so a file that exists
-//! is whole; the manifest is updated (the same way) after each record is in place. An epoch is
+//! is whole; the manifest is created (empty) before the first record appears and lists each
+//! record once it is in place. An epoch is
 //! *complete* when its manifest lists all three records and their files have the listed sizes,
 //! and *sound* when their checksums match too. Resuming and loading use the newest sound epoch
 //! and say so when a newer one is damaged. (Checkpoints written before manifests existed count
@@ -262,6 +263,28 @@ impl AtomicFileCheckpointer {
         }
     }
 
+    /// Creates the (empty) manifest of `epoch` unless it exists. Every save does this before
+    /// its record file appears: a checkpoint with records and no manifest counts as one written
+    /// before manifests (complete when its three files exist), so without it a kill after the
+    /// three records were renamed into place, but before their manifest entries, would leave a
+    /// checkpoint that counted as complete while written and as unfinished after the kill; the
+    /// older checkpoints, deleted meanwhile as superseded, would be lost with it.
+    fn open_manifest(&self, epoch: usize) -> crate::error::Result<()> {
+        let _turn = MANIFEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if read_manifest(&self.dir, epoch).is_some() {
+            return Ok(());
+        }
+        let json = serde_json::to_string_pretty(&Manifest::default()).expect("manifest serialises");
+        crate::fsutil::write_atomic(&manifest_path(&self.dir, epoch), json.as_bytes())
+    }
+
+    /// Writes the record file of `epoch`, its manifest opened first; returns its size and checksum.
+    fn place_record(&self, epoch: usize, bytes: &[u8]) -> crate::error::Result<RecordSum> {
+        self.open_manifest(epoch)?;
+        crate::fsutil::write_atomic(&record_path(&self.dir, &self.name, epoch), bytes)?;
+        Ok(RecordSum::of(bytes))
+    }
+
     fn add_to_manifest(&self, epoch: usize, sum: RecordSum) -> crate::error::Result<()> {
         let _turn = MANIFEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let mut manifest = match read_manifest(&self.dir, epoch) {
@@ -279,8 +302,8 @@ impl<R: Checkpoint> Checkpointer<R> for AtomicFileCheckpointer {
         let bytes = record
             .checkpoint_into_bytes()
             .map_err(CheckpointerError::Record)?;
-        crate::fsutil::write_atomic(&record_path(&self.dir, &self.name, epoch), &bytes)
-            .and_then(|()| self.add_to_manifest(epoch, RecordSum::of(&bytes)))
+        self.place_record(epoch, &bytes)
+            .and_then(|sum| self.add_to_manifest(epoch, sum))
             .map_err(|e| CheckpointerError::Unknown(e.to_string()))
     }
 
@@ -292,10 +315,11 @@ impl<R: Checkpoint> Checkpointer<R> for AtomicFileCheckpointer {
     }
 
     fn delete(&self, epoch: usize) -> Result<(), CheckpointerError> {
-        // The manifest goes first: from then on the epoch is incomplete, never half-deleted.
+        // The record goes first: from then on the epoch is incomplete, with its manifest or
+        // without (then it lacks a record, so it is not taken for one from before manifests).
         for path in [
-            manifest_path(&self.dir, epoch),
             record_path(&self.dir, &self.name, epoch),
+            manifest_path(&self.dir, epoch),
         ] {
             match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -316,32 +340,35 @@ mod tests {
     fn save_epoch(dir: &Path, epoch: usize, payload: &[u8]) {
         for name in RECORDS {
             let c = AtomicFileCheckpointer::new(dir, name);
-            crate::fsutil::write_atomic(&record_path(dir, name, epoch), payload).unwrap();
-            c.add_to_manifest(epoch, RecordSum::of(payload)).unwrap();
+            let sum = c.place_record(epoch, payload).unwrap();
+            c.add_to_manifest(epoch, sum).unwrap();
         }
     }
 
+    /// burn-train saves the three records from three threads: all three files may be in place
+    /// before any of them is listed. A kill then must find the previous checkpoint, not this
+    /// one, and the previous one must not have been deleted as superseded meanwhile.
     #[test]
-    fn an_epoch_counts_once_its_manifest_lists_all_three_records() {
+    fn a_checkpoint_is_not_complete_until_its_manifest_lists_every_record() {
         let run = tempfile::tempdir().unwrap();
         let dir = checkpoint_dir(run.path());
-        assert_eq!(last_complete_checkpoint(run.path()), None);
         save_epoch(&dir, 1, b"one");
-        // Epoch 2 killed after two records: no third entry, not complete.
-        for name in ["model", "optim"] {
-            std::fs::write(record_path(&dir, name, 2), b"two").unwrap();
-            AtomicFileCheckpointer::new(&dir, name)
-                .add_to_manifest(2, RecordSum::of(b"two"))
-                .unwrap();
+        let checkpointers = RECORDS.map(|name| AtomicFileCheckpointer::new(&dir, name));
+        let sums: Vec<RecordSum> = checkpointers
+            .iter()
+            .map(|c| c.place_record(2, b"two").unwrap())
+            .collect();
+        for (c, sum) in checkpointers.iter().zip(sums) {
+            assert_eq!(last_complete_checkpoint(run.path()), Some(1));
+            assert_eq!(newest_sound_checkpoint(run.path()), Some(1));
+            assert!(
+                superseded(&dir).is_empty(),
+                "epoch 1 is kept while 2 is written"
+            );
+            c.add_to_manifest(2, sum).unwrap();
         }
-        std::fs::write(record_path(&dir, "scheduler", 2), b"two").unwrap();
-        assert_eq!(last_complete_checkpoint(run.path()), Some(1));
-        assert_eq!(newest_sound_checkpoint(run.path()), Some(1));
-        AtomicFileCheckpointer::new(&dir, "scheduler")
-            .add_to_manifest(2, RecordSum::of(b"two"))
-            .unwrap();
         assert_eq!(last_complete_checkpoint(run.path()), Some(2));
-        assert_eq!(newest_sound_checkpoint(run.path()), Some(2));
+        assert_eq!(superseded(&dir), vec![1]);
     }
 
     #[test]
@@ -401,15 +428,21 @@ mod tests {
     }
 
     #[test]
-    fn deleting_an_epoch_removes_its_manifest_first() {
+    fn an_epoch_being_deleted_is_never_complete() {
         let run = tempfile::tempdir().unwrap();
         let dir = checkpoint_dir(run.path());
         save_epoch(&dir, 1, b"one");
         save_epoch(&dir, 2, b"two");
-        let c = AtomicFileCheckpointer::new(&dir, "model");
-        <AtomicFileCheckpointer as Checkpointer<burn::store::ModuleRecord>>::delete(&c, 1).unwrap();
+        // The three checkpointers delete their records from three threads, in any order.
+        for name in ["optim", "model", "scheduler"] {
+            let c = AtomicFileCheckpointer::new(&dir, name);
+            <AtomicFileCheckpointer as Checkpointer<burn::store::ModuleRecord>>::delete(&c, 1)
+                .unwrap();
+            assert!(!record_path(&dir, name, 1).exists());
+            assert_eq!(last_complete_checkpoint(run.path()), Some(2));
+            assert_eq!(candidate_epochs(&dir).contains(&1), name != "scheduler");
+        }
         assert!(!manifest_path(&dir, 1).exists());
-        assert_eq!(last_complete_checkpoint(run.path()), Some(2));
         std::fs::write(dir.join(".model-3.bpk.tmp-99"), b"partial").unwrap();
         remove_stale_temporaries(run.path());
         assert!(!dir.join(".model-3.bpk.tmp-99").exists());

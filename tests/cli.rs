@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,34 @@ fn spawn_silent(args: &[&std::ffi::OsStr]) -> std::process::Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// The files under `dir` with their sizes, one per line, for failure messages.
+fn listing(dir: &Path) -> String {
+    let mut lines = Vec::new();
+    for entry in walk(dir) {
+        let size = std::fs::metadata(&entry).map_or(0, |m| m.len());
+        lines.push(format!("{} ({size} bytes)", entry.display()));
+    }
+    lines.sort();
+    lines.join("\n")
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
 }
 
 /// Runs `command`, asserts that it succeeded, and returns its standard output.
@@ -795,11 +823,22 @@ fn a_kill_within_an_epoch_resumes_after_the_saved_batch() {
             "{name}: killed within epoch 1"
         );
 
-        let stdout = stdout_of(lstm_lm().args(&args));
+        let left = listing(&run.join("checkpoint"));
+        let out = lstm_lm().args(&args).output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{name}: {stdout}{stderr}");
         let resumed = stdout
             .lines()
             .find(|l| l.starts_with("resuming within epoch 1, after batch "))
-            .unwrap_or_else(|| panic!("{name}: {stdout}"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name}: the kill left {left}\n(saw batch {} of generation {})\n{stdout}{stderr}",
+                    saved.batches, saved.generation
+                )
+            });
         let batch: usize = resumed["resuming within epoch 1, after batch ".len()..]
             .split(' ')
             .next()
