@@ -39,6 +39,7 @@ pub mod fused;
 pub mod generate;
 pub mod guard;
 pub mod lstm;
+pub mod metric_log;
 pub mod metrics;
 pub mod model;
 pub mod plot;

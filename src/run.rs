@@ -1,7 +1,8 @@
 //! A run folder: its files, and reading and writing them.
 //!
 //! A run folder holds `config.json`, `vocab.txt`, `history.jsonl` (one line per finished epoch),
-//! burn-train's metric logs (`train/`, `valid/`, `experiment.log`) and `checkpoint/`.
+//! the per-batch metric logs (`train/`, `valid/`, see [`crate::metric_log`]), burn-train's
+//! `experiment.log` and `checkpoint/`.
 
 use std::io::Write;
 use std::path::Path;

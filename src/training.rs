@@ -34,6 +34,7 @@ use crate::data::vocab::Vocab;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate_bucketed, evaluate_stream, Evaluation};
 use crate::guard::DivergenceGuard;
+use crate::metric_log::MetricLogs;
 use crate::metrics::{EpochSums, NllInput, PerplexityMetric, TokenCountInput, TokensPerSecond};
 use crate::model::{LanguageModel, LmBatch};
 use crate::plot::write_curves;
@@ -437,6 +438,7 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         ))
         .metric_train_numeric(TokensPerSecond::new())
         .metric_valid_numeric(TokensPerSecond::new())
+        .with_metric_logger(MetricLogs::new(&run_dir))
         .with_custom_checkpointers(
             AtomicFileCheckpointer::new(&ckpt, "model"),
             AtomicFileCheckpointer::new(&ckpt, "optim"),
