@@ -95,6 +95,15 @@ fn train_args<'a>(train: &'a Path, valid: &'a Path, run: &'a Path) -> Vec<&'a st
     a
 }
 
+/// Sets the value that follows `flag` in `args` (as made by [`train_args`]).
+fn set_flag<'a>(args: &mut [&'a std::ffi::OsStr], flag: &str, value: &'a str) {
+    let i = args
+        .iter()
+        .position(|a| *a == flag)
+        .unwrap_or_else(|| panic!("{flag} is not among the arguments"));
+    args[i + 1] = value.as_ref();
+}
+
 /// Waits until `run` holds a complete checkpoint, while `child` is still training.
 fn wait_for_first_checkpoint(run: &Path, child: &mut std::process::Child) {
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -240,7 +249,7 @@ fn stream_training_flags_and_eval() {
     let (train, valid) = common::tiny_corpus(tmp.path(), 600, 200);
     let run = tmp.path().join("run");
     let mut args = train_args(&train, &valid, &run);
-    args[3] = "2".as_ref(); // --epochs 2
+    set_flag(&mut args, "--epochs", "2");
     let stdout = stdout_of(
         lstm_lm()
             .args(&args)
@@ -311,9 +320,10 @@ fn two_devices_from_the_command_line() {
     let (train, valid) = common::tiny_corpus(tmp.path(), 300, 60);
     let run = tmp.path().join("run");
     let mut args = train_args(&train, &valid, &run);
-    args[3] = "1".as_ref(); // --epochs 1
-    args[10] = "--devices".as_ref();
-    args[11] = "flex,flex".as_ref();
+    set_flag(&mut args, "--epochs", "1");
+    let device = args.iter().position(|a| *a == "--device").unwrap();
+    args[device] = "--devices".as_ref();
+    set_flag(&mut args, "--devices", "flex,flex");
     let stdout = stdout_of(lstm_lm().args(&args));
     assert!(
         stdout.contains("data parallel on 2 devices")
@@ -326,7 +336,7 @@ fn two_devices_from_the_command_line() {
         ("flex", "two or more"),
         ("flex,tpu", "unknown device `tpu`"),
     ] {
-        args[11] = list.as_ref();
+        set_flag(&mut args, "--devices", list);
         let out = lstm_lm().args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{list}: {stderr}");
@@ -347,7 +357,7 @@ fn generate_report_and_runs() {
     let runs = tmp.path().join("runs");
     let run = runs.join("tiny");
     let mut args = train_args(&train, &valid, &run);
-    args[3] = "2".as_ref(); // --epochs 2
+    set_flag(&mut args, "--epochs", "2");
     let stdout = stdout_of(
         lstm_lm()
             .args(&args)
@@ -483,14 +493,15 @@ fn kill_9_at_many_points_and_the_run_ends_as_if_left_alone() {
     // 8 epochs of a fraction of a second each: long enough that at least 3 of the kills land
     // before the run ends on an idle machine too (with 4 epochs, 4 landed and once only 2).
     let epochs = 8;
+    let epochs_flag = epochs.to_string();
     let alone = tmp.path().join("alone");
     let mut args = train_args(&train, &valid, &alone);
-    args[3] = "8".as_ref();
+    set_flag(&mut args, "--epochs", &epochs_flag);
     stdout_of(lstm_lm().args(&args));
 
     let run = tmp.path().join("killed");
     let mut args = train_args(&train, &valid, &run);
-    args[3] = "8".as_ref();
+    set_flag(&mut args, "--epochs", &epochs_flag);
     let ckpt = run.join("checkpoint");
     let writing = || {
         std::fs::read_dir(&ckpt).is_ok_and(|d| {
@@ -572,7 +583,7 @@ fn a_full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
     // One epoch's checkpoint size, measured on a normal disk.
     let probe = tmp.path().join("probe");
     let mut args = train_args(&train, &valid, &probe);
-    args[3] = "1".as_ref();
+    set_flag(&mut args, "--epochs", "1");
     stdout_of(lstm_lm().args(&args));
     let one_epoch: u64 = std::fs::read_dir(probe.join("checkpoint"))
         .unwrap()
@@ -777,12 +788,12 @@ fn a_kill_within_an_epoch_resumes_after_the_saved_batch() {
     for (name, extra) in [("stream", &stream[..]), ("buckets", &[][..])] {
         let alone = tmp.path().join(format!("{name}-alone"));
         let mut args = train_args(&train, &valid, &alone);
-        args[3] = "2".as_ref();
+        set_flag(&mut args, "--epochs", "2");
         stdout_of(lstm_lm().args(&args).args(extra));
 
         let run = tmp.path().join(format!("{name}-killed"));
         let mut args = train_args(&train, &valid, &run);
-        args[3] = "2".as_ref();
+        set_flag(&mut args, "--epochs", "2");
         let extra: Vec<&std::ffi::OsStr> = extra
             .iter()
             .map(|s| s.as_ref())
