@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Times lstm-lm on wgpu against PyTorch with cuDNN on a GPU machine that has no Rust toolchain
+# (the lent NVIDIA machine), in one call.
+#
+#   scripts/gpu-bench.sh pack [LABEL=BINARY ...]   # here: fill .gpu/ and .gl/
+#   scripts/gpu-bench.sh run                       # there: unpack, list adapters, time
+#
+# `pack` builds the wgpu binary and xtask (or takes built binaries, each under a label, e.g.
+# `nofusion=/tmp/lstm-lm-old` to compare builds in the same call), strips and gzips them into
+# .gpu/ with the reference trainer and the text, and downloads the Vulkan loader's Debian
+# packages into .gl/ (the GPU machine's image has the NVIDIA driver but no loader). Both folders
+# are git-ignored through .git/info/exclude; carry them: `carry: [".gl", ".gpu"]`.
+#
+# `run` unpacks the loader when none is installed, points Vulkan at the NVIDIA driver when its
+# manifest is where the lent machines keep it, shows the adapters wgpu sees, then runs
+# `xtask bench` with every packed binary (PyTorch only with the first, `main` when packed by
+# default) and copies the tables and logs to $OUT. Environment overrides, with their defaults:
+# CONFIGS=seed,small,medium,zaremba-large ROUNDS=2 STEPS=50 WARMUP=5 REFERENCE_DEVICE=cuda
+# PYTHON=python3 THREADS=$(nproc).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pack() {
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lstm-lm-target}"
+    local binaries=("$@")
+    if [ ${#binaries[@]} -eq 0 ]; then
+        cargo build --release --locked --features wgpu --bin lstm-lm
+        binaries=("main=$CARGO_TARGET_DIR/release/lstm-lm")
+    fi
+    cargo build --release --locked -p xtask
+    for ignored in /.gpu/ /.gl/; do
+        grep -qxF "$ignored" .git/info/exclude 2>/dev/null || echo "$ignored" >>.git/info/exclude
+    done
+    rm -rf .gpu && mkdir -p .gpu .gl
+    for entry in "${binaries[@]}"; do
+        local label="${entry%%=*}" path="${entry#*=}"
+        if [ "$label" = "$entry" ] || [ ! -x "$path" ]; then
+            echo "error: '$entry' is not LABEL=PATH to a built lstm-lm" >&2
+            exit 2
+        fi
+        if "$path" --list-devices 2>&1 | grep -q 'no GPU support'; then
+            echo "error: $path sees no Vulkan adapter: build it with --features wgpu" >&2
+            exit 2
+        fi
+        strip -o ".gpu/lstm-lm-$label" "$path"
+        gzip -9 ".gpu/lstm-lm-$label"
+    done
+    strip -o .gpu/xtask "$CARGO_TARGET_DIR/release/xtask"
+    cp ../shared/reference/torch_lm.py ../shared/data/ptb.valid.txt .gpu/
+    if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
+        # Debian packages for amd64 whatever this machine is (the device README's recipe).
+        local apt_opts=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64
+            -oDir::State::Lists=/tmp/amd64)
+        mkdir -p /tmp/amd64/partial
+        apt-get "${apt_opts[@]}" update -qq
+        (cd .gl && apt-get "${apt_opts[@]}" download libvulkan1 libegl1 libglvnd0 libopengl0 \
+            libgl1 libglx0 libgles2)
+    fi
+    local size
+    size=$(du -scm .gpu .gl | tail -1 | cut -f1)
+    echo "packed $(ls .gpu | tr '\n' ' ')and $(ls .gl | wc -l) packages: ${size} MiB (limit 64 with the tree)"
+    [ "$size" -lt 60 ] || { echo "error: too large to carry" >&2; exit 2; }
+}
+
+run() {
+    local out="${OUT:-/tmp/gpu-bench-out}"
+    mkdir -p "$out"
+    if ! ldconfig -p | grep -q 'libvulkan.so.1'; then
+        for deb in .gl/*.deb; do dpkg -x "$deb" /; done
+        ldconfig
+    fi
+    local icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    if [ -z "${VK_DRIVER_FILES:-}" ] && [ -e "$icd" ]; then
+        export VK_DRIVER_FILES="$icd"
+        export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+    fi
+    local dir=/tmp/gpu-bench
+    rm -rf "$dir" && mkdir -p "$dir"
+    # `main` first: it is the one timed beside PyTorch.
+    local labels=()
+    [ -e .gpu/lstm-lm-main.gz ] && labels+=(main)
+    for packed in .gpu/lstm-lm-*.gz; do
+        local label="${packed#.gpu/lstm-lm-}"
+        label="${label%.gz}"
+        [ "$label" = main ] || labels+=("$label")
+    done
+    for label in "${labels[@]}"; do
+        gunzip -c ".gpu/lstm-lm-$label.gz" >"$dir/lstm-lm-$label"
+        chmod +x "$dir/lstm-lm-$label"
+    done
+    {
+        date -u '+%Y-%m-%d %H:%M UTC'
+        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
+        nproc
+        "$dir/lstm-lm-${labels[0]}" --list-devices 2>&1 || true
+    } | tee "$out/machine.txt"
+    local first=1
+    for label in "${labels[@]}"; do
+        local reference=(--python "${PYTHON:-python3}" --reference .gpu/torch_lm.py
+            --reference-device "${REFERENCE_DEVICE:-cuda}")
+        [ $first -eq 1 ] || reference=(--no-reference)
+        first=0
+        echo "== lstm-lm-$label =="
+        .gpu/xtask bench --binary "$dir/lstm-lm-$label" --device wgpu \
+            --configs "${CONFIGS:-seed,small,medium,zaremba-large}" --rounds "${ROUNDS:-2}" \
+            --steps "${STEPS:-50}" --warmup "${WARMUP:-5}" --text .gpu/ptb.valid.txt \
+            --threads "${THREADS:-$(nproc)}" "${reference[@]}" 2>&1 | tee "$out/bench-$label.txt"
+    done
+}
+
+case "${1:-}" in
+    pack) shift; pack "$@" ;;
+    run) run ;;
+    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
