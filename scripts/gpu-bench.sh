@@ -38,8 +38,9 @@ pack() {
             echo "error: '$entry' is not LABEL=PATH to a built lstm-lm" >&2
             exit 2
         fi
-        if "$path" --list-devices 2>&1 | grep -q 'no GPU support'; then
-            echo "error: $path sees no Vulkan adapter: build it with --features wgpu" >&2
+        if "$path" --list-devices 2>&1 | grep 'no GPU support' >/dev/null; then
+            echo "error: $path was built without GPU support: build it with" \
+                "\`cargo build --release --features wgpu --bin lstm-lm\`" >&2
             exit 2
         fi
         strip -o ".gpu/lstm-lm-$label" "$path"
@@ -65,7 +66,7 @@ pack() {
 run() {
     local out="${OUT:-/tmp/gpu-bench-out}"
     mkdir -p "$out"
-    if ! ldconfig -p | grep -q 'libvulkan.so.1'; then
+    if ! ldconfig -p | grep 'libvulkan.so.1' >/dev/null; then
         for deb in .gl/*.deb; do dpkg -x "$deb" /; done
         ldconfig
     fi
