@@ -23,7 +23,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
 use burn::tensor::activation::{sigmoid, tanh};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use super::matmul::{matmul, Mat};
@@ -39,7 +39,7 @@ use super::{has_fused_kernels, host_f32, to_flex, values};
 /// - returns the hidden states `[seq * batch, hidden]` (time-major, as `projected`), and the
 ///   last hidden and cell states `[batch, hidden]`.
 ///
-/// On flex (f32) this is the fused op; elsewhere Burn's ops, step by step.
+/// On flex and wgpu (f32) this is the fused op; elsewhere (ndarray) Burn's ops, step by step.
 pub fn lstm_recurrence(
     projected: Tensor<2>,
     w_h: Tensor<2>,
@@ -52,7 +52,7 @@ pub fn lstm_recurrence(
         batch > 0 && rows > 0 && rows % batch == 0,
         "projected inputs [{rows}, _] are not whole steps of a batch of {batch}"
     );
-    if has_fused_kernels(&projected.device()) && projected.dtype() == DType::F32 {
+    if has_fused_layer(&projected.device()) && projected.dtype() == DType::F32 {
         let packed = Tensor::<2>::from_dispatch(<Dispatch as LstmLayerOps>::lstm_layer(
             projected.into_dispatch(),
             w_h.into_dispatch(),
@@ -64,17 +64,38 @@ pub fn lstm_recurrence(
         let c_last = packed.slice([rows..rows + batch, 0..hidden]);
         (hs, h_last, c_last)
     } else {
-        let g = 4 * hidden;
-        let (mut h, mut c) = (h0, c0);
-        let mut outputs = Vec::with_capacity(rows / batch);
-        for t in 0..rows / batch {
-            let z =
-                projected.clone().slice([t * batch..(t + 1) * batch, 0..g]) + h.matmul(w_h.clone());
-            (h, c) = cell(z, c);
-            outputs.push(h.clone());
-        }
-        (Tensor::cat(outputs, 0), h, c)
+        composed_recurrence(projected, w_h, h0, c0)
     }
+}
+
+/// [`lstm_recurrence`] from Burn's ops, step by step, on any device: what the fused layers are
+/// tested against.
+pub fn composed_recurrence(
+    projected: Tensor<2>,
+    w_h: Tensor<2>,
+    h0: Tensor<2>,
+    c0: Tensor<2>,
+) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
+    let [rows, g] = projected.dims();
+    let batch = h0.dims()[0];
+    let (mut h, mut c) = (h0, c0);
+    let mut outputs = Vec::with_capacity(rows / batch);
+    for t in 0..rows / batch {
+        let z = projected.clone().slice([t * batch..(t + 1) * batch, 0..g]) + h.matmul(w_h.clone());
+        (h, c) = cell(z, c);
+        outputs.push(h.clone());
+    }
+    (Tensor::cat(outputs, 0), h, c)
+}
+
+/// Whether `device` runs the fused layer: flex, and with the `wgpu` feature the cubecl backend.
+pub fn has_fused_layer(device: &Device) -> bool {
+    let device = device.clone().without_autodiff();
+    #[cfg(feature = "wgpu")]
+    if matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {
+        return true;
+    }
+    has_fused_kernels(&device)
 }
 
 /// One step's gate math from Burn's ops: `z` `[batch, 4H]`, `c_prev` `[batch, H]` -> `(h, c)`.
@@ -87,11 +108,18 @@ pub fn cell(z: Tensor<2>, c_prev: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
     (h, c)
 }
 
-/// The fused LSTM layer as a Burn backend extension.
-#[backend_extension(Flex, Autodiff)]
+/// The fused LSTM layer as a Burn backend extension: flex's kernels here, the cubecl backend's
+/// (wgpu) in [`cube`], run lazily inside Burn's kernel fusion.
+#[backend_extension(
+    Flex,
+    Cube: cfg(feature = "wgpu"),
+    Fusion: cfg(feature = "wgpu"),
+    Autodiff
+)]
 pub trait LstmLayerOps: Backend {
     /// `projected` `[T * B, 4H]`, `w_h` `[H, 4H]`, `h0`, `c0` `[B, H]` -> `[(T + 1) * B, H]`:
     /// the hidden states `h_1 .. h_T` (time-major), then `c_T`. Differentiable in all four.
+    #[fusion(dtype = projected, shape = output_shape(projected, h0))]
     fn lstm_layer(
         projected: FloatTensor<Self>,
         w_h: FloatTensor<Self>,
@@ -101,6 +129,7 @@ pub trait LstmLayerOps: Backend {
 
     /// [`lstm_layer`](Self::lstm_layer)'s output and the workspace `[T * B, 7H]` (rows
     /// `h | c | i f g o | tanh c`) that the backward reads.
+    #[fusion(meta = fusion_meta::forward)]
     fn lstm_layer_forward(
         projected: FloatTensor<Self>,
         w_h: FloatTensor<Self>,
@@ -110,6 +139,7 @@ pub trait LstmLayerOps: Backend {
 
     /// Gradients in `projected`, `w_h`, `h0` and `c0`, from the workspace and the gradient of
     /// the output `[(T + 1) * B, H]`.
+    #[fusion(meta = fusion_meta::backward)]
     fn lstm_layer_backward(
         ws: FloatTensor<Self>,
         w_h: FloatTensor<Self>,
@@ -123,6 +153,56 @@ pub trait LstmLayerOps: Backend {
         FloatTensor<Self>,
     );
 }
+
+/// The output shape of [`LstmLayerOps::lstm_layer`]: `[T * B + B, H]` from `projected`
+/// `[T * B, 4H]` and `h0` `[B, H]`.
+#[cfg(feature = "wgpu")]
+fn output_shape(projected: &burn::tensor::Shape, h0: &burn::tensor::Shape) -> burn::tensor::Shape {
+    burn::tensor::Shape::new([projected[0] + h0[0], h0[1]])
+}
+
+/// The outputs that Burn's kernel fusion is told of before the cubecl kernels run.
+#[cfg(feature = "wgpu")]
+mod fusion_meta {
+    use burn::backend::fusion::custom::TensorSpec;
+    use burn::tensor::Shape;
+
+    /// The output `[T * B + B, H]` and the workspace `[T * B, 7H]`.
+    pub fn forward(
+        projected: &TensorSpec,
+        _w_h: &TensorSpec,
+        h0: &TensorSpec,
+        _c0: &TensorSpec,
+    ) -> (TensorSpec, TensorSpec) {
+        let (rows, hidden) = (projected.shape[0], h0.shape[1]);
+        (
+            TensorSpec::new(
+                super::output_shape(&projected.shape, &h0.shape),
+                projected.dtype,
+            ),
+            TensorSpec::new(Shape::new([rows, 7 * hidden]), projected.dtype),
+        )
+    }
+
+    /// Gradients shaped as `projected` `[T * B, 4H]`, `w_h`, `h0` and `c0`.
+    pub fn backward(
+        ws: &TensorSpec,
+        w_h: &TensorSpec,
+        h0: &TensorSpec,
+        c0: &TensorSpec,
+        _grad: &TensorSpec,
+    ) -> (TensorSpec, TensorSpec, TensorSpec, TensorSpec) {
+        (
+            TensorSpec::new(Shape::new([ws.shape[0], 4 * h0.shape[1]]), ws.dtype),
+            w_h.clone(),
+            h0.clone(),
+            c0.clone(),
+        )
+    }
+}
+
+#[cfg(feature = "wgpu")]
+mod cube;
 
 /// Shapes of one call: steps, batch, hidden.
 #[derive(Debug, Clone, Copy)]
@@ -591,19 +671,12 @@ mod tests {
         let run = |fused: bool| {
             let leaf = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &ad).require_grad();
             let (p, w, h0, c0) = (leaf(&p), leaf(&w), leaf(&h0), leaf(&c0));
-            let (hs, h_last, c_last) = if fused {
-                lstm_recurrence(p.clone(), w.clone(), h0.clone(), c0.clone())
+            let recurrence = if fused {
+                lstm_recurrence
             } else {
-                let (mut h, mut c) = (h0.clone(), c0.clone());
-                let mut outs = Vec::new();
-                for t in 0..steps {
-                    let z = p.clone().slice([t * batch..(t + 1) * batch, 0..4 * hidden])
-                        + h.matmul(w.clone());
-                    (h, c) = cell(z, c);
-                    outs.push(h.clone());
-                }
-                (Tensor::cat(outs, 0), h, c)
+                composed_recurrence
             };
+            let (hs, h_last, c_last) = recurrence(p.clone(), w.clone(), h0.clone(), c0.clone());
             let loss = (hs.clone() * Tensor::from_data(wy.to_data(), &ad)).sum()
                 + (c_last.clone() * Tensor::from_data(wc.to_data(), &ad)).sum()
                 + h_last.clone().sum();

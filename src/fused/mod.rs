@@ -7,8 +7,10 @@
 //! step was a small single-core matmul plus ~17 tiny ops, each a separate pass, allocation and
 //! autodiff node.
 //! Each op here is implemented for flex and for autodiff over flex, with a hand-written
-//! backward; on every other device the callers use Burn's own ops, so the model code stays
-//! backend-agnostic. Tests compare values and gradients with Burn's reference ops.
+//! backward; the LSTM layer also for wgpu (`lstm_layer/cube.rs`, GPU kernels, where per-step
+//! kernel launches were the cost). On every other device the callers use Burn's own ops, so the
+//! model code stays backend-agnostic. Tests compare values and gradients with Burn's reference
+//! ops.
 
 pub mod lstm_layer;
 mod matmul;
@@ -49,8 +51,7 @@ fn to_flex(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
 }
 
 /// Largest `|a - b|` relative to the largest `|b|`: how tests compare a fused op with Burn's.
-#[cfg(test)]
-pub(crate) fn max_rel_err(a: burn::tensor::Tensor<2>, b: burn::tensor::Tensor<2>) -> f32 {
+pub fn max_rel_err(a: burn::tensor::Tensor<2>, b: burn::tensor::Tensor<2>) -> f32 {
     let a = a.into_data().try_into_vec::<f32>().unwrap();
     let b = b.into_data().try_into_vec::<f32>().unwrap();
     assert_eq!(a.len(), b.len());
