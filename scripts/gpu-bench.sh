@@ -14,9 +14,11 @@
 # `run` unpacks the loader when none is installed, points Vulkan at the NVIDIA driver when its
 # manifest is where the lent machines keep it, shows the adapters wgpu sees, then runs
 # `xtask bench` with every packed binary (PyTorch only with the first, `main` when packed by
-# default) and copies the tables and logs to $OUT. Environment overrides, with their defaults:
-# CONFIGS=seed,small,medium,zaremba-large ROUNDS=2 STEPS=50 WARMUP=5 REFERENCE_DEVICE=cuda
-# PYTHON=python3 THREADS=$(nproc).
+# default), then the first binary once more with `--composed` (Burn's composed ops instead of
+# the LSTM layer kernels) on COMPOSED_CONFIGS, and copies the tables to $OUT. Environment
+# overrides, with their defaults: CONFIGS=seed,small,medium,zaremba-large ROUNDS=2 STEPS=50
+# WARMUP=5 REFERENCE_DEVICE=cuda PYTHON=python3 THREADS=$(nproc) COMPOSED_CONFIGS=medium (empty:
+# skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,22 +97,30 @@ run() {
         nproc
         "$dir/lstm-lm-${labels[0]}" --list-devices 2>&1 || true
     } | tee "$out/machine.txt"
-    local first=1
-    for label in "${labels[@]}"; do
-        local reference=(--python "${PYTHON:-python3}" --reference .gpu/torch_lm.py
-            --reference-device "${REFERENCE_DEVICE:-cuda}")
-        [ $first -eq 1 ] || reference=(--no-reference)
-        first=0
+    bench() {
+        local binary="$1" configs="$2"
+        shift 2
+        .gpu/xtask bench --binary "$dir/lstm-lm-$binary" --device wgpu --configs "$configs" \
+            --rounds "${ROUNDS:-2}" --steps "${STEPS:-50}" --warmup "${WARMUP:-5}" \
+            --text .gpu/ptb.valid.txt --threads "${THREADS:-$(nproc)}" "$@" 2>&1
+    }
+    local configs="${CONFIGS:-seed,small,medium,zaremba-large}"
+    echo "== lstm-lm-${labels[0]} beside PyTorch =="
+    bench "${labels[0]}" "$configs" --python "${PYTHON:-python3}" --reference .gpu/torch_lm.py \
+        --reference-device "${REFERENCE_DEVICE:-cuda}" | tee "$out/bench-${labels[0]}.txt"
+    for label in "${labels[@]:1}"; do
         echo "== lstm-lm-$label =="
-        .gpu/xtask bench --binary "$dir/lstm-lm-$label" --device wgpu \
-            --configs "${CONFIGS:-seed,small,medium,zaremba-large}" --rounds "${ROUNDS:-2}" \
-            --steps "${STEPS:-50}" --warmup "${WARMUP:-5}" --text .gpu/ptb.valid.txt \
-            --threads "${THREADS:-$(nproc)}" "${reference[@]}" 2>&1 | tee "$out/bench-$label.txt"
+        bench "$label" "$configs" --no-reference | tee "$out/bench-$label.txt"
     done
+    if [ -n "${COMPOSED_CONFIGS-medium}" ]; then
+        echo "== lstm-lm-${labels[0]} --composed =="
+        bench "${labels[0]}" "${COMPOSED_CONFIGS-medium}" --no-reference --composed |
+            tee "$out/bench-${labels[0]}-composed.txt"
+    fi
 }
 
 case "${1:-}" in
     pack) shift; pack "$@" ;;
     run) run ;;
-    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

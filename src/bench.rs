@@ -143,6 +143,8 @@ pub struct BenchReport {
     pub last_loss: f64,
     /// Peak resident memory of the process, MiB (`VmHWM`), when the OS reports it.
     pub peak_rss_mib: Option<f64>,
+    /// Whether the fused ops ran (off: Burn's composed ops, `lstm-lm bench --composed`).
+    pub fused: bool,
 }
 
 /// Runs the benchmark and reports its speed.
@@ -234,6 +236,7 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
     let seconds = start.elapsed().as_secs_f64();
     let per_sec = |n: usize| n as f64 / seconds;
     Ok(BenchReport {
+        fused: crate::fused::enabled(),
         config: request.config.name(),
         device: format!("{:?}", request.device),
         vocab: config.vocab_size,

@@ -161,6 +161,10 @@ struct BenchArgs {
     /// Print the report as one JSON line.
     #[arg(long)]
     json: bool,
+    /// Run Burn's composed ops instead of the fused ones (the LSTM layer, and on the CPU the
+    /// output layer with its loss), to time what the fused ops replace.
+    #[arg(long)]
+    composed: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -420,6 +424,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         )?,
     };
     let device = device::choose_device(args.device)?;
+    lstm_lm::fused::set_enabled(!args.composed);
     let report = lstm_lm::bench::run(&lstm_lm::bench::BenchRequest {
         config: args.config,
         text,
@@ -433,10 +438,11 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} on {}: {:.0} tokens/s, {:.0} positions/s, {:.1} samples/s, {:.1} ms/step \
+            "{} on {}{}: {:.0} tokens/s, {:.0} positions/s, {:.1} samples/s, {:.1} ms/step \
              (forward {:.1}, backward {:.1}, update {:.1}), peak RSS {} ({} steps, V={}, {} params, last loss {:.3})",
             report.config,
             report.device,
+            if report.fused { "" } else { " (composed ops)" },
             report.tokens_per_sec,
             report.positions_per_sec,
             report.samples_per_sec,

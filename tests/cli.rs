@@ -871,3 +871,36 @@ fn a_kill_within_an_epoch_resumes_after_the_saved_batch() {
         assert_same_run(&run, &alone, 2, name);
     }
 }
+
+/// `lstm-lm bench` runs real training steps and reports them as JSON; `--composed` runs the same
+/// steps through Burn's composed ops instead of the fused ones (what the fused ops are measured
+/// against), and they train alike: the same losses within float rounding.
+#[test]
+fn bench_reports_steps_fused_and_composed() {
+    let report = |composed: bool| {
+        let mut cmd = lstm_lm();
+        cmd.args(["bench", "--config", "small", "--steps", "3", "--json"]);
+        if composed {
+            cmd.arg("--composed");
+        }
+        let out = stdout_of(&mut cmd);
+        serde_json::from_str::<serde_json::Value>(out.trim()).expect(&out)
+    };
+    let (fused, composed) = (report(false), report(true));
+    assert_eq!(fused["fused"], true);
+    assert_eq!(composed["fused"], false);
+    for r in [&fused, &composed] {
+        assert_eq!(r["config"], "small");
+        assert_eq!(r["steps"], 3);
+        assert_eq!(r["tokens"], 3 * 20 * 35, "{r}");
+        assert!(r["tokens_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let (a, b) = (
+        fused["last_loss"].as_f64().unwrap(),
+        composed["last_loss"].as_f64().unwrap(),
+    );
+    assert!(
+        a.is_finite() && (a - b).abs() <= 1e-4 * a.abs(),
+        "fused {a}, composed {b}"
+    );
+}

@@ -92,7 +92,7 @@ pub fn composed_recurrence(
 pub fn has_fused_layer(device: &Device) -> bool {
     let device = device.clone().without_autodiff();
     #[cfg(feature = "wgpu")]
-    if matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {
+    if super::enabled() && matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {
         return true;
     }
     has_fused_kernels(&device)

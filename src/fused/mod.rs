@@ -18,12 +18,29 @@ pub mod output;
 mod simd;
 mod xent;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use burn::tensor::{DType, Device, TensorData};
 use burn_flex::FlexTensor;
 
+/// Whether the fused ops run where they exist (the default); see [`set_enabled`].
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused ops on or off for the whole process: off, every device runs Burn's composed
+/// ops, so `lstm-lm bench --composed` times what the fused ops replace on the same build. Set it
+/// before the first op; it is not meant to change during training.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether the fused ops are on (see [`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// Whether `device` (with or without autodiff) runs the fused kernels of this module.
 pub fn has_fused_kernels(device: &Device) -> bool {
-    device.clone().without_autodiff() == Device::flex()
+    enabled() && device.clone().without_autodiff() == Device::flex()
 }
 
 /// `t` as a contiguous f32 tensor (the same buffer when it already is) and its shape; panics,

@@ -36,6 +36,8 @@ pub struct Options {
     pub binary: Option<PathBuf>,
     /// PyTorch's device: `cpu`, or `cuda` (cuDNN).
     pub reference_device: String,
+    /// Time lstm-lm with Burn's composed ops instead of its fused ones (`lstm-lm bench --composed`).
+    pub composed: bool,
 }
 
 /// One measurement.
@@ -149,6 +151,9 @@ fn run_ours(options: &Options, config: &str) -> Result<Run> {
         .arg(&options.text)
         .args(["--steps", &options.steps.to_string()])
         .args(["--warmup", &options.warmup.to_string()]);
+    if options.composed {
+        cmd.arg("--composed");
+    }
     let out = cmd.output().context("cannot run lstm-lm bench")?;
     if !out.status.success() {
         bail!(
@@ -284,10 +289,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>]) {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "\n{} rounds x {} steps, lstm-lm on {}, PyTorch on {}, text {}, load average after: {}",
+        "\n{} rounds x {} steps, lstm-lm on {}{}, PyTorch on {}, text {}, load average after: {}",
         options.rounds,
         options.steps,
         options.device,
+        if options.composed {
+            " (composed ops)"
+        } else {
+            ""
+        },
         options.reference_device,
         options.text.display(),
         load.split_whitespace()

@@ -87,6 +87,9 @@ enum Task {
         /// Where PyTorch runs: cpu, or cuda (cuDNN's LSTM) on a GPU machine.
         #[arg(long, default_value = "cpu")]
         reference_device: String,
+        /// Time lstm-lm with Burn's composed ops instead of its fused ones, to see what they gain.
+        #[arg(long)]
+        composed: bool,
     },
 }
 
@@ -123,6 +126,7 @@ fn main() {
             features,
             binary,
             reference_device,
+            composed,
         } => {
             let options = bench::Options {
                 configs,
@@ -137,6 +141,7 @@ fn main() {
                 features,
                 binary,
                 reference_device,
+                composed,
             };
             if let Err(e) = bench::bench(&options) {
                 eprintln!("error: {e:#}");
