@@ -143,7 +143,8 @@ pub struct BenchReport {
     pub last_loss: f64,
     /// Peak resident memory of the process, MiB (`VmHWM`), when the OS reports it.
     pub peak_rss_mib: Option<f64>,
-    /// Whether the fused ops ran (off: Burn's composed ops, `lstm-lm bench --composed`).
+    /// Whether the fused ops were on, where the device has them (off: Burn's composed ops,
+    /// `lstm-lm bench --composed`).
     pub fused: bool,
 }
 

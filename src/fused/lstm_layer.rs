@@ -23,12 +23,12 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
 use burn::tensor::activation::{sigmoid, tanh};
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Device, Distribution, Tensor};
 use rayon::prelude::*;
 
 use super::matmul::{matmul, Mat};
 use super::simd::{self, multiversion};
-use super::{has_fused_kernels, host_f32, to_flex, values};
+use super::{has_fused_kernels, host_f32, max_rel_err, to_flex, values};
 
 /// The recurrence of one LSTM layer over a sequence, time-major.
 ///
@@ -87,6 +87,75 @@ pub fn composed_recurrence(
     }
     (Tensor::cat(outputs, 0), h, c)
 }
+
+/// How far [`lstm_recurrence`] on `device` is from [`composed_recurrence`] on flex, from the
+/// same random inputs (`projected` `[steps * batch, 4 * hidden]` scaled by `scale`; 4 saturates
+/// the gates): the largest relative error ([`max_rel_err`]) of the hidden states, the last
+/// hidden and cell states and the gradients in all four inputs, through a loss that weights
+/// every output differently; then of the hidden states and the last cell state without autodiff
+/// (evaluation, generation). What the tests of the fused layers (flex, wgpu) assert on.
+pub fn errors_against_composed(
+    device: &Device,
+    steps: usize,
+    batch: usize,
+    hidden: usize,
+    scale: f32,
+) -> Vec<(&'static str, f32)> {
+    let flex = Device::flex();
+    let normal = |shape: [usize; 2], s: f32| {
+        Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), &flex).mul_scalar(s)
+    };
+    let inputs = [
+        normal([steps * batch, 4 * hidden], scale),
+        normal([hidden, 4 * hidden], 0.5),
+        normal([batch, hidden], 0.5),
+        normal([batch, hidden], 1.0),
+    ];
+    let wy = normal([steps * batch, hidden], 1.0);
+    let wc = normal([batch, hidden], 1.0);
+    let on_flex = |t: Tensor<2>| Tensor::<2>::from_data(t.to_data(), &flex);
+    let run = |device: &Device, recurrence: Recurrence| {
+        let ad = device.clone().autodiff();
+        let leaf = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &ad).require_grad();
+        let [p, w, h0, c0] = inputs.each_ref().map(leaf);
+        let (hs, h_last, c_last) = recurrence(p.clone(), w.clone(), h0.clone(), c0.clone());
+        let loss = (hs.clone() * Tensor::from_data(wy.to_data(), &ad)).sum()
+            + (c_last.clone() * Tensor::from_data(wc.to_data(), &ad)).sum()
+            + h_last.clone().sum();
+        let grads = loss.backward();
+        let grad = |t: &Tensor<2>| t.grad(&grads).unwrap();
+        [hs, h_last, c_last]
+            .map(|t| t.inner())
+            .into_iter()
+            .chain([grad(&p), grad(&w), grad(&h0), grad(&c0)])
+            .map(on_flex)
+            .collect::<Vec<_>>()
+    };
+    let fused = run(device, lstm_recurrence);
+    let reference = run(&flex, composed_recurrence);
+    let names = ["h", "h_T", "c_T", "d projected", "d w_h", "d h0", "d c0"];
+    let mut errors: Vec<_> = names
+        .into_iter()
+        .zip(fused.into_iter().zip(reference.iter().cloned()))
+        .map(|(name, (a, b))| (name, max_rel_err(a, b)))
+        .collect();
+
+    let [p, w, h0, c0] = inputs.map(|t| Tensor::<2>::from_data(t.to_data(), device));
+    let (hs, _, c_last) = lstm_recurrence(p, w, h0, c0);
+    errors.push((
+        "h without autodiff",
+        max_rel_err(on_flex(hs), reference[0].clone()),
+    ));
+    errors.push((
+        "c_T without autodiff",
+        max_rel_err(on_flex(c_last), reference[2].clone()),
+    ));
+    errors
+}
+
+/// [`lstm_recurrence`]'s signature.
+type Recurrence =
+    fn(Tensor<2>, Tensor<2>, Tensor<2>, Tensor<2>) -> (Tensor<2>, Tensor<2>, Tensor<2>);
 
 /// Whether `device` runs the fused layer: flex, and with the `wgpu` feature the cubecl backend.
 pub fn has_fused_layer(device: &Device) -> bool {
@@ -651,51 +720,10 @@ mod kernels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::max_rel_err;
-    use burn::tensor::{Device, Distribution};
 
-    /// Values and the gradients in all four inputs against Burn's composed ops, through a loss
-    /// that weights every hidden state and the last cell state differently.
+    /// The fused layer on flex against Burn's composed ops, values and gradients.
     fn check(steps: usize, batch: usize, hidden: usize, scale: f32) {
-        let flex = Device::flex();
-        let normal = |shape: [usize; 2], s: f32| {
-            Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), &flex).mul_scalar(s)
-        };
-        let p = normal([steps * batch, 4 * hidden], scale);
-        let w = normal([hidden, 4 * hidden], 0.5);
-        let h0 = normal([batch, hidden], 0.5);
-        let c0 = normal([batch, hidden], 1.0);
-        let wy = normal([steps * batch, hidden], 1.0);
-        let wc = normal([batch, hidden], 1.0);
-        let ad = Device::flex().autodiff();
-        let run = |fused: bool| {
-            let leaf = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &ad).require_grad();
-            let (p, w, h0, c0) = (leaf(&p), leaf(&w), leaf(&h0), leaf(&c0));
-            let recurrence = if fused {
-                lstm_recurrence
-            } else {
-                composed_recurrence
-            };
-            let (hs, h_last, c_last) = recurrence(p.clone(), w.clone(), h0.clone(), c0.clone());
-            let loss = (hs.clone() * Tensor::from_data(wy.to_data(), &ad)).sum()
-                + (c_last.clone() * Tensor::from_data(wc.to_data(), &ad)).sum()
-                + h_last.clone().sum();
-            let grads = loss.backward();
-            [
-                hs.inner(),
-                h_last.inner(),
-                c_last.inner(),
-                p.grad(&grads).unwrap(),
-                w.grad(&grads).unwrap(),
-                h0.grad(&grads).unwrap(),
-                c0.grad(&grads).unwrap(),
-            ]
-        };
-        let fused = run(true);
-        let reference = run(false);
-        let names = ["h", "h_T", "c_T", "d projected", "d w_h", "d h0", "d c0"];
-        for ((name, a), b) in names.iter().zip(fused).zip(reference) {
-            let e = max_rel_err(a, b);
+        for (name, e) in errors_against_composed(&Device::flex(), steps, batch, hidden, scale) {
             assert!(
                 e < 1e-4,
                 "{name}: relative error {e} ({steps} steps x {batch} x {hidden}, scale {scale})"
