@@ -239,7 +239,7 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
     Ok(BenchReport {
         fused: crate::fused::enabled(),
         config: request.config.name(),
-        device: format!("{:?}", request.device),
+        device: crate::device::describe(&request.device),
         vocab: config.vocab_size,
         params: config.num_params(),
         steps: request.steps,

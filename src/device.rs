@@ -34,6 +34,18 @@ pub struct Adapter {
     pub is_gpu: bool,
 }
 
+/// `device` as logs and reports name it: its Debug form, and for a GPU the runtime with the
+/// compiler that serves it, e.g. `wgpu<spirv>` (the `vulkan` feature on a Vulkan adapter) or
+/// `wgpu<wgsl>`.
+pub fn describe(device: &Device) -> String {
+    let plain = device.clone().without_autodiff();
+    #[cfg(feature = "wgpu")]
+    if let burn::backend::DispatchDevice::Cube(cube) = plain.as_dispatch() {
+        return format!("{plain:?} ({})", cube.client().name());
+    }
+    format!("{plain:?}")
+}
+
 /// The device for `choice`. `Auto` prints one line when it falls back to the CPU.
 pub fn choose_device(choice: DeviceChoice) -> Result<Device> {
     match choice {

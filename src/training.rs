@@ -345,11 +345,12 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     model.max_grad_norm = config.clip;
     model.devices = devices.len();
     println!(
-        "model: {} x {} LSTM, embedding {}, {} parameters; device {device:?}; run folder {}",
+        "model: {} x {} LSTM, embedding {}, {} parameters; device {}; run folder {}",
         config.model.n_layers,
         config.model.d_hidden,
         config.model.d_embed,
         model.num_params(),
+        crate::device::describe(&device),
         run_dir.display()
     );
     if parallel {

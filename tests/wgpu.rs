@@ -14,7 +14,7 @@ use std::process::Command;
 
 use burn::tensor::Device;
 use lstm_lm::data::corpus::{read_corpus, CorpusSource};
-use lstm_lm::device::{adapters, choose_device, DeviceChoice};
+use lstm_lm::device::{adapters, choose_device, describe, DeviceChoice};
 use lstm_lm::eval::{evaluate_run, EvalRequest};
 use lstm_lm::fused::lstm_layer::{errors_against_composed, has_fused_layer};
 use lstm_lm::training::TrainReport;
@@ -159,6 +159,14 @@ fn lstm_lm() -> Command {
 fn device_choice_never_panics() {
     let found = adapters();
     assert!(!found.is_empty(), "CI installs lavapipe");
+    // The training log and bench reports name the kernel compiler next to the device.
+    let named = describe(&wgpu());
+    let compiler = if cfg!(feature = "vulkan") {
+        "(wgpu<spirv>)"
+    } else {
+        "(wgpu<wgsl>)"
+    };
+    assert!(named.ends_with(compiler), "{named}");
     let out = lstm_lm().arg("--list-devices").output().unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());

@@ -48,6 +48,9 @@ struct Run {
     peak_rss_mib: Option<f64>,
     #[serde(default)]
     samples_per_sec: f64,
+    /// Where lstm-lm ran, with the GPU's kernel compiler, e.g. `... (wgpu<spirv>)`.
+    #[serde(default)]
+    device: String,
 }
 
 /// Runs the benchmark and prints the table.
@@ -157,7 +160,8 @@ fn run_ours(options: &Options, config: &str) -> Result<Run> {
     let out = cmd.output().context("cannot run lstm-lm bench")?;
     if !out.status.success() {
         bail!(
-            "lstm-lm bench --config {config} failed:\n{}",
+            "lstm-lm bench --config {config} failed ({}):\n{}",
+            out.status,
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -249,7 +253,8 @@ fn run_reference(options: &Options, python: &Path, config: &str) -> Result<Run> 
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
-            "the PyTorch reference failed:\n{stdout}\n{}",
+            "the PyTorch reference failed ({}):\n{stdout}\n{}",
+            out.status,
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -274,6 +279,7 @@ fn run_reference(options: &Options, python: &Path, config: &str) -> Result<Run> 
         ms_per_step: batch as f64 / samples_per_sec * 1e3,
         peak_rss_mib: peak.map(|k| k / 1024.0),
         samples_per_sec,
+        device: String::new(),
     })
 }
 
@@ -288,11 +294,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>]) {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let device = ours
+        .iter()
+        .flatten()
+        .map(|r| r.device.as_str())
+        .find(|d| !d.is_empty())
+        .unwrap_or(&options.device);
     println!(
         "\n{} rounds x {} steps, lstm-lm on {}{}, PyTorch on {}, text {}, load average after: {}",
         options.rounds,
         options.steps,
-        options.device,
+        device,
         if options.composed {
             " (composed ops)"
         } else {
