@@ -5,20 +5,25 @@
 #   scripts/gpu-bench.sh pack [LABEL=BINARY ...]   # here: fill .gpu/ and .gl/
 #   scripts/gpu-bench.sh run                       # there: unpack, list adapters, time
 #
-# `pack` builds the wgpu binary and xtask (or takes built binaries, each under a label, e.g.
-# `nofusion=/tmp/lstm-lm-old` to compare builds in the same call), strips and gzips them into
+# `pack` builds the two GPU binaries, `main` (`--features wgpu`: WGSL shaders, which wgpu
+# translates for the driver) and `spirv` (`--features vulkan`: CubeCL's own SPIR-V compiler on
+# Vulkan, with subgroup operations and cooperative-matrix matmuls where the driver has them),
+# and xtask (or takes built binaries, each under a label, e.g. `nofusion=/tmp/lstm-lm-old` to
+# compare builds in the same call), strips and gzips them into
 # .gpu/ with the reference trainer and the text, and downloads the Vulkan loader's Debian
 # packages into .gl/ (the GPU machine's image has the NVIDIA driver but no loader). Both folders
 # are git-ignored through .git/info/exclude; carry them: `carry: [".gl", ".gpu"]`.
 #
 # `run` unpacks the loader when none is installed, points Vulkan at the NVIDIA driver when its
 # manifest is where the lent machines keep it, shows the adapters wgpu sees, then runs
-# `xtask bench` with every packed binary (PyTorch only with the first, `main` when packed by
-# default), then the first binary once more with `--composed` (Burn's composed ops instead of
-# the LSTM layer kernels) on COMPOSED_CONFIGS, and copies the tables to $OUT. Environment
-# overrides, with their defaults: CONFIGS=seed,small,medium,zaremba-large ROUNDS=2 STEPS=50
-# WARMUP=5 REFERENCE_DEVICE=cuda PYTHON=python3 THREADS=$(nproc) COMPOSED_CONFIGS=medium (empty:
-# skip).
+# `xtask bench` with the first packed binary (`main` when packed by default) beside PyTorch,
+# then with it once more with `--composed` (Burn's composed ops instead of the LSTM layer
+# kernels) on COMPOSED_CONFIGS, then with each other binary (OTHER_ROUNDS rounds, no PyTorch;
+# one that fails does not stop the others), and copies the tables to $OUT as they are written
+# (a run cut short still returns what it measured).
+# Environment overrides, with their defaults: CONFIGS=seed,small,medium,zaremba-large ROUNDS=2
+# OTHER_ROUNDS=1 STEPS=50 WARMUP=5 REFERENCE_DEVICE=cuda PYTHON=python3 THREADS=$(nproc)
+# COMPOSED_CONFIGS=medium (empty: skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,8 +31,13 @@ pack() {
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lstm-lm-target}"
     local binaries=("$@")
     if [ ${#binaries[@]} -eq 0 ]; then
-        cargo build --release --locked --features wgpu --bin lstm-lm
-        binaries=("main=$CARGO_TARGET_DIR/release/lstm-lm")
+        # Each build overwrites target/release/lstm-lm: keep a copy of each.
+        mkdir -p "$CARGO_TARGET_DIR/gpu-bench"
+        for build in main=wgpu spirv=vulkan; do
+            cargo build --release --locked --features "${build#*=}" --bin lstm-lm
+            cp "$CARGO_TARGET_DIR/release/lstm-lm" "$CARGO_TARGET_DIR/gpu-bench/lstm-lm-${build%%=*}"
+            binaries+=("${build%%=*}=$CARGO_TARGET_DIR/gpu-bench/lstm-lm-${build%%=*}")
+        done
     fi
     cargo build --release --locked -p xtask
     for ignored in /.gpu/ /.gl/; do
@@ -108,19 +118,24 @@ run() {
     echo "== lstm-lm-${labels[0]} beside PyTorch =="
     bench "${labels[0]}" "$configs" --python "${PYTHON:-python3}" --reference .gpu/torch_lm.py \
         --reference-device "${REFERENCE_DEVICE:-cuda}" | tee "$out/bench-${labels[0]}.txt"
-    for label in "${labels[@]:1}"; do
-        echo "== lstm-lm-$label =="
-        bench "$label" "$configs" --no-reference | tee "$out/bench-$label.txt"
-    done
     if [ -n "${COMPOSED_CONFIGS-medium}" ]; then
         echo "== lstm-lm-${labels[0]} --composed =="
         bench "${labels[0]}" "${COMPOSED_CONFIGS-medium}" --no-reference --composed |
             tee "$out/bench-${labels[0]}-composed.txt"
     fi
+    # Last, and allowed to fail: an experimental build that crashes (the SPIR-V one crashes
+    # Mesa's lavapipe) must not cost the tables above.
+    local failed=0
+    for label in "${labels[@]:1}"; do
+        echo "== lstm-lm-$label =="
+        ROUNDS="${OTHER_ROUNDS:-1}" bench "$label" "$configs" --no-reference |
+            tee "$out/bench-$label.txt" || { failed=1; echo "lstm-lm-$label failed"; }
+    done
+    return "$failed"
 }
 
 case "${1:-}" in
     pack) shift; pack "$@" ;;
     run) run ;;
-    *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
