@@ -5,11 +5,8 @@
 #   scripts/gpu-bench.sh pack [LABEL=BINARY ...]   # here: fill .gpu/ and .gl/
 #   scripts/gpu-bench.sh run                       # there: unpack, list adapters, time
 #
-# `pack` builds the two GPU binaries, `main` (`--features wgpu`: WGSL shaders, which wgpu
-# translates for the driver) and `spirv` (`--features vulkan`: CubeCL's own SPIR-V compiler on
-# Vulkan, with subgroup operations and cooperative-matrix matmuls where the driver has them),
-# and xtask (or takes built binaries, each under a label, e.g. `nofusion=/tmp/lstm-lm-old` to
-# compare builds in the same call), strips and gzips them into
+# `pack` builds the wgpu binary and xtask (or takes built binaries, each under a label, e.g.
+# `nofusion=/tmp/lstm-lm-old` to compare builds in the same call), strips and gzips them into
 # .gpu/ with the reference trainer and the text, and downloads the Vulkan loader's Debian
 # packages into .gl/ (the GPU machine's image has the NVIDIA driver but no loader). Both folders
 # are git-ignored through .git/info/exclude; carry them: `carry: [".gl", ".gpu"]`.
@@ -31,13 +28,8 @@ pack() {
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lstm-lm-target}"
     local binaries=("$@")
     if [ ${#binaries[@]} -eq 0 ]; then
-        # Each build overwrites target/release/lstm-lm: keep a copy of each.
-        mkdir -p "$CARGO_TARGET_DIR/gpu-bench"
-        for build in main=wgpu spirv=vulkan; do
-            cargo build --release --locked --features "${build#*=}" --bin lstm-lm
-            cp "$CARGO_TARGET_DIR/release/lstm-lm" "$CARGO_TARGET_DIR/gpu-bench/lstm-lm-${build%%=*}"
-            binaries+=("${build%%=*}=$CARGO_TARGET_DIR/gpu-bench/lstm-lm-${build%%=*}")
-        done
+        cargo build --release --locked --features wgpu --bin lstm-lm
+        binaries=("main=$CARGO_TARGET_DIR/release/lstm-lm")
     fi
     cargo build --release --locked -p xtask
     for ignored in /.gpu/ /.gl/; do
@@ -123,8 +115,8 @@ run() {
         bench "${labels[0]}" "${COMPOSED_CONFIGS-medium}" --no-reference --composed |
             tee "$out/bench-${labels[0]}-composed.txt"
     fi
-    # Last, and allowed to fail: an experimental build that crashes (the SPIR-V one crashes
-    # Mesa's lavapipe) must not cost the tables above.
+    # Last, and allowed to fail: an experimental build that crashes must not cost the tables
+    # above.
     local failed=0
     for label in "${labels[@]:1}"; do
         echo "== lstm-lm-$label =="
@@ -137,5 +129,5 @@ run() {
 case "${1:-}" in
     pack) shift; pack "$@" ;;
     run) run ;;
-    *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

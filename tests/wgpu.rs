@@ -161,12 +161,7 @@ fn device_choice_never_panics() {
     assert!(!found.is_empty(), "CI installs lavapipe");
     // The training log and bench reports name the kernel compiler next to the device.
     let named = describe(&wgpu());
-    let compiler = if cfg!(feature = "vulkan") {
-        "(wgpu<spirv>)"
-    } else {
-        "(wgpu<wgsl>)"
-    };
-    assert!(named.ends_with(compiler), "{named}");
+    assert!(named.ends_with("(wgpu<wgsl>)"), "{named}");
     let out = lstm_lm().arg("--list-devices").output().unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
