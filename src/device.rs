@@ -35,8 +35,8 @@ pub struct Adapter {
 }
 
 /// `device` as logs and reports name it: its Debug form, and for a GPU the runtime with the
-/// compiler that serves it, e.g. `wgpu<spirv>` (the `vulkan` feature on a Vulkan adapter) or
-/// `wgpu<wgsl>`.
+/// compiler that serves it, as CubeCL names it: `wgpu<wgsl>` in this crate's `wgpu` build
+/// (`wgpu<spirv>` or `wgpu<msl>` where Burn's `vulkan` or `metal` feature is on).
 pub fn describe(device: &Device) -> String {
     let plain = device.clone().without_autodiff();
     #[cfg(feature = "wgpu")]

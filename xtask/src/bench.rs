@@ -48,7 +48,7 @@ struct Run {
     peak_rss_mib: Option<f64>,
     #[serde(default)]
     samples_per_sec: f64,
-    /// Where lstm-lm ran, with the GPU's kernel compiler, e.g. `... (wgpu<spirv>)`.
+    /// Where lstm-lm ran, with the GPU's kernel compiler, e.g. `... (wgpu<wgsl>)`.
     #[serde(default)]
     device: String,
 }
