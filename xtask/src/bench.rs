@@ -18,7 +18,7 @@ pub struct Options {
     pub rounds: usize,
     /// Timed training steps per run.
     pub steps: usize,
-    /// Untimed steps before timing (ours only; the reference cannot skip any).
+    /// Untimed steps before timing, on both sides (the reference's from its progress logs).
     pub warmup: usize,
     /// `lstm-lm bench --device`.
     pub device: String,
@@ -228,6 +228,15 @@ fn reference_wrapper(device: &str) -> String {
 fn run_reference(options: &Options, python: &Path, config: &str) -> Result<Run> {
     let wrapper = reference_wrapper(&options.reference_device);
     let (args, batch) = reference_args(config)?;
+    // The script times its whole epoch, first batch included; on a GPU that batch holds cuDNN's
+    // and CUDA's one-time setup, which lstm-lm's `--warmup` leaves out. With a warm-up, the
+    // script logs every `warmup` batches and the timing is taken from the logs after the first.
+    let warmup = options.warmup;
+    let (max_batches, log_interval) = if warmup == 0 {
+        (options.steps, 0)
+    } else {
+        (warmup * (1 + options.steps.div_ceil(warmup)), warmup)
+    };
     let out = Command::new(python)
         .arg("-c")
         .arg(&wrapper)
@@ -237,16 +246,9 @@ fn run_reference(options: &Options, python: &Path, config: &str) -> Result<Run> 
         .arg(&options.text)
         .arg("--valid")
         .arg(&options.text)
-        .args([
-            "--min-vocab",
-            "10000",
-            "--epochs",
-            "1",
-            "--no-eval",
-            "--log-interval",
-            "0",
-        ])
-        .args(["--max-batches", &options.steps.to_string()])
+        .args(["--min-vocab", "10000", "--epochs", "1", "--no-eval"])
+        .args(["--log-interval", &log_interval.to_string()])
+        .args(["--max-batches", &max_batches.to_string()])
         .args(["--threads", &options.threads.to_string()])
         .output()
         .with_context(|| format!("cannot run {}", python.display()))?;
@@ -269,18 +271,56 @@ fn run_reference(options: &Options, python: &Path, config: &str) -> Result<Run> 
             .and_then(|v| v.trim_end_matches('s').parse().ok())
             .with_context(|| format!("no {name} in {epoch}"))
     };
-    let samples_per_sec = field("samples/s=")?;
+    let (tokens_per_sec, samples_per_sec) = if warmup == 0 {
+        (field("tok/s=")?, field("samples/s=")?)
+    } else {
+        after_warmup(&stdout, batch)?
+    };
     let peak = stdout
         .lines()
         .find_map(|l| l.strip_prefix("PEAK_RSS_KIB "))
         .and_then(|v| v.trim().parse::<f64>().ok());
     Ok(Run {
-        tokens_per_sec: field("tok/s=")?,
+        tokens_per_sec,
         ms_per_step: batch as f64 / samples_per_sec * 1e3,
         peak_rss_mib: peak.map(|k| k / 1024.0),
         samples_per_sec,
         device: String::new(),
     })
+}
+
+/// Tokens/s and samples/s of the reference after its first logged interval (the warm-up), from
+/// its progress lines `ep E batch K: ... | R tok/s (last N batches) | C samples/s cum | ...`:
+/// every batch holds `batch` samples, so line j was printed `T_j = K_j * batch / C_j` seconds
+/// into the epoch, and interval j counted `R_j * (T_j - T_{j-1})` tokens.
+fn after_warmup(stdout: &str, batch: usize) -> Result<(f64, f64)> {
+    let mut marks = Vec::new(); // (batches done, seconds since the start, tokens/s since the last)
+    for line in stdout.lines().filter(|l| l.trim_start().starts_with("ep ")) {
+        let number = |after: &str, before: &str| -> Option<f64> {
+            let rest = &line[line.find(after)? + after.len()..];
+            rest[..rest.find(before)?].trim().parse().ok()
+        };
+        let parsed = (|| {
+            let k = number(" batch ", ":")?;
+            let rate = number("| ", " tok/s")?;
+            let cum = number("batches) | ", " samples/s cum")?;
+            Some((k, k * batch as f64 / cum, rate))
+        })();
+        marks.push(parsed.with_context(|| format!("cannot read the reference's line {line:?}"))?);
+    }
+    if marks.len() < 2 {
+        bail!(
+            "the reference logged {} intervals; at least 2 are needed",
+            marks.len()
+        );
+    }
+    let tokens: f64 = marks.windows(2).map(|w| w[1].2 * (w[1].1 - w[0].1)).sum();
+    let (first, last) = (marks[0], marks[marks.len() - 1]);
+    let seconds = last.1 - first.1;
+    Ok((
+        tokens / seconds,
+        (last.0 - first.0) * batch as f64 / seconds,
+    ))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -360,6 +400,22 @@ fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With a warm-up, the reference's rate is read from its logged intervals after the first:
+    /// here 20-sample batches, the first interval 2 s (the warm-up), the next two 1 s each at
+    /// 700 and 1,400 tokens/s, so 2,100 tokens in 2 s and 40 batches of 20 samples.
+    #[test]
+    fn the_reference_rate_leaves_its_warm_up_out() {
+        let log = "vocab: 10000\n\
+            \x20 ep 1 batch 20: train ppl 900.00 | 175 tok/s (last 20 batches) | 200.0 samples/s cum | load 1.0\n\
+            \x20 ep 1 batch 40: train ppl 800.00 | 700 tok/s (last 20 batches) | 266.7 samples/s cum | load 1.0\n\
+            \x20 ep 1 batch 60: train ppl 700.00 | 1400 tok/s (last 20 batches) | 300.0 samples/s cum | load 1.0\n\
+            EPOCH 1: batches=60 time=4.0s tok/s=612 samples/s=300.0\n";
+        let (tokens, samples) = after_warmup(log, 20).unwrap();
+        assert!((tokens - 1050.0).abs() < 1.0, "{tokens}");
+        assert!((samples - 400.0).abs() < 0.5, "{samples}");
+        assert!(after_warmup("EPOCH 1: tok/s=1\n", 20).is_err());
+    }
 
     /// The wrapper is Python that parses, on the CPU and with the GPU lines.
     #[test]

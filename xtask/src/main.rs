@@ -56,7 +56,8 @@ enum Task {
         /// Timed training steps per run.
         #[arg(long, default_value_t = 40)]
         steps: usize,
-        /// Untimed steps before timing lstm-lm (use a few on a GPU: shader compilation).
+        /// Untimed steps before timing, lstm-lm's and PyTorch's (use a few on a GPU: shader
+        /// compilation and autotune; cuDNN's setup).
         #[arg(long, default_value_t = 0)]
         warmup: usize,
         /// `lstm-lm bench --device`: flex, ndarray, wgpu.
