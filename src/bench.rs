@@ -97,7 +97,8 @@ pub struct BenchRequest {
     pub text: Vec<Sentence>,
     /// The output layer has at least this many rows.
     pub min_vocab: usize,
-    /// Untimed steps first (autotuning, allocation).
+    /// Untimed steps first (autotuning, allocation); when above 0, also one untimed step of
+    /// each batch shape the timed steps meet that these did not (see [`schedule`]).
     pub warmup: usize,
     /// Timed steps.
     pub steps: usize,
@@ -193,13 +194,16 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
     let (mut tokens, mut positions, mut samples) = (0, 0, 0);
     let mut last_loss = f64::NAN;
     let mut phases = [0.0f64; 3];
+    let shapes: Vec<(usize, usize)> = batches.iter().map(|b| (b.batch, b.seq)).collect();
     let mut start = Instant::now();
-    for step in 0..request.warmup + request.steps {
-        if step == request.warmup {
+    let mut was_timed = false;
+    for (index, timed) in schedule(&shapes, request.warmup, request.steps) {
+        if timed && !was_timed {
             start = Instant::now();
+            was_timed = true;
         }
-        let host = &batches[step % batches.len()];
-        if step % batches.len() == 0 {
+        let host = &batches[index];
+        if index == 0 {
             state = None; // a new pass over the stream starts from zeros
         }
         let t0 = Instant::now();
@@ -218,7 +222,7 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
         model = optim.step(lr, model, grads);
         // Reading the loss waits for the step, as the trainer's metrics do.
         last_loss = loss.loss.into_scalar::<f32>() as f64;
-        if step >= request.warmup {
+        if timed {
             phases[0] += (t1 - t0).as_secs_f64();
             phases[1] += (t2 - t1).as_secs_f64();
             phases[2] += t2.elapsed().as_secs_f64();
@@ -257,10 +261,64 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
     })
 }
 
+/// The steps to run, as (batch index, timed): `warmup` untimed steps over the first batches,
+/// then, when `warmup > 0`, one untimed step of each batch shape `[batch, seq]` that the timed
+/// steps will meet and the warm-up did not (a GPU compiles, and autotune times, kernels per
+/// shape: a `seed` run meets five bucket lengths, and one tuned inside the timed steps would
+/// swamp them), then the `steps` timed steps, which continue where the warm-up left off and
+/// cycle through the batches.
+fn schedule(shapes: &[(usize, usize)], warmup: usize, steps: usize) -> Vec<(usize, bool)> {
+    let n = shapes.len();
+    let mut plan: Vec<(usize, bool)> = (0..warmup).map(|s| (s % n, false)).collect();
+    let timed: Vec<usize> = (warmup..warmup + steps).map(|s| s % n).collect();
+    if warmup > 0 {
+        let mut seen: Vec<(usize, usize)> = plan.iter().map(|&(i, _)| shapes[i]).collect();
+        for &i in &timed {
+            if !seen.contains(&shapes[i]) {
+                seen.push(shapes[i]);
+                plan.push((i, false));
+            }
+        }
+    }
+    plan.extend(timed.into_iter().map(|i| (i, true)));
+    plan
+}
+
 /// The process's peak resident set size in MiB, from `/proc/self/status` (Linux).
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schedule;
+
+    /// Bucket batches of lengths 10, 20, 10, 40: one warm-up step (length 10), then one of
+    /// each length the timed steps meet (20 at batch 1, 40 at batch 3), then the four timed
+    /// steps from batch 1 on, wrapping to batch 0. Without a warm-up nothing is added.
+    #[test]
+    fn the_warm_up_meets_every_batch_shape_the_timed_steps_will() {
+        let shapes = [(50, 10), (50, 20), (50, 10), (50, 40)];
+        assert_eq!(
+            schedule(&shapes, 1, 4),
+            [
+                (0, false),
+                (1, false),
+                (3, false),
+                (1, true),
+                (2, true),
+                (3, true),
+                (0, true)
+            ]
+        );
+        assert_eq!(schedule(&shapes, 0, 2), [(0, true), (1, true)]);
+        // A stream (one shape): the warm-up is exactly `warmup` steps.
+        assert_eq!(
+            schedule(&[(20, 35); 3], 2, 2),
+            [(0, false), (1, false), (2, true), (0, true)]
+        );
+    }
 }

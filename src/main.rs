@@ -146,7 +146,8 @@ struct BenchArgs {
     /// Pad the output layer to at least this many rows (PTB's vocabulary is 10,000).
     #[arg(long, default_value_t = 10_000)]
     min_vocab: usize,
-    /// Untimed steps before timing (GPU backends compile and autotune here).
+    /// Untimed steps before timing (GPU backends compile and autotune here); above 0, plus one
+    /// untimed step of each batch shape the timed steps meet (`seed`'s five bucket lengths).
     #[arg(long, default_value_t = 0)]
     warmup: usize,
     /// Timed training steps.
