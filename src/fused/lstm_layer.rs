@@ -188,13 +188,17 @@ pub fn cell(z: Tensor<2>, c_prev: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
 pub trait LstmLayerOps: Backend {
     /// `projected` `[T * B, 4H]`, `w_h` `[H, 4H]`, `h0`, `c0` `[B, H]` -> `[(T + 1) * B, H]`:
     /// the hidden states `h_1 .. h_T` (time-major), then `c_T`. Differentiable in all four.
+    /// By default [`lstm_layer_forward`](Self::lstm_layer_forward)'s output, its workspace
+    /// dropped; autodiff overrides it to keep the workspace for the backward.
     #[fusion(dtype = projected, shape = output_shape(projected, h0))]
     fn lstm_layer(
         projected: FloatTensor<Self>,
         w_h: FloatTensor<Self>,
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
-    ) -> FloatTensor<Self>;
+    ) -> FloatTensor<Self> {
+        Self::lstm_layer_forward(projected, w_h, h0, c0).0
+    }
 
     /// [`lstm_layer`](Self::lstm_layer)'s output and the workspace `[T * B, 7H]` (rows
     /// `h | c | i f g o | tanh c`) that the backward reads.
@@ -343,15 +347,6 @@ impl Rows {
 }
 
 impl LstmLayerOps for Flex {
-    fn lstm_layer(
-        projected: FloatTensor<Self>,
-        w_h: FloatTensor<Self>,
-        h0: FloatTensor<Self>,
-        c0: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        Self::lstm_layer_forward(projected, w_h, h0, c0).0
-    }
-
     fn lstm_layer_forward(
         projected: FloatTensor<Self>,
         w_h: FloatTensor<Self>,

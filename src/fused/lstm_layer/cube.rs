@@ -188,15 +188,6 @@ fn grid(t: &CubeTensor, d: Dims) -> (CubeCount, CubeDim) {
 }
 
 impl LstmLayerOps for CubeBackend {
-    fn lstm_layer(
-        projected: FloatTensor<Self>,
-        w_h: FloatTensor<Self>,
-        h0: FloatTensor<Self>,
-        c0: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        Self::lstm_layer_forward(projected, w_h, h0, c0).0
-    }
-
     fn lstm_layer_forward(
         projected: FloatTensor<Self>,
         w_h: FloatTensor<Self>,
