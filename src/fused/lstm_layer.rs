@@ -286,7 +286,14 @@ struct Dims {
 }
 
 impl Dims {
-    fn check(projected: (usize, usize), w_h: (usize, usize), h0: (usize, usize)) -> Self {
+    /// The shapes of a forward call, checked: `projected` `[T * B, 4H]`, `w_h` `[H, 4H]`, `h0`
+    /// and `c0` `[B, H]`.
+    fn forward(
+        projected: (usize, usize),
+        w_h: (usize, usize),
+        h0: (usize, usize),
+        c0: (usize, usize),
+    ) -> Self {
         let (batch, hidden) = h0;
         assert_eq!(
             w_h,
@@ -298,6 +305,7 @@ impl Dims {
             4 * hidden,
             "projected must be [rows, 4 * hidden]"
         );
+        assert_eq!(c0, h0, "c0 must be [batch, hidden]");
         assert!(
             batch > 0 && projected.0.is_multiple_of(batch),
             "projected must be whole steps"
@@ -307,6 +315,27 @@ impl Dims {
             batch,
             hidden,
         }
+    }
+
+    /// The shapes of a backward call, checked: the workspace `[T * B, 7H]`, the output's
+    /// gradient `[T * B + B, H]`, the rest as in [`forward`](Self::forward).
+    fn backward(
+        ws: (usize, usize),
+        w_h: (usize, usize),
+        h0: (usize, usize),
+        c0: (usize, usize),
+        grad: (usize, usize),
+    ) -> Self {
+        let (rows, width) = ws;
+        let (batch, hidden) = h0;
+        assert_eq!(
+            width,
+            7 * hidden,
+            "the workspace must be [rows, 7 * hidden]"
+        );
+        let d = Self::forward((rows, 4 * hidden), w_h, h0, c0);
+        assert_eq!(grad, (rows + batch, hidden), "gradient shape");
+        d
     }
 
     /// The batch rows cut into one block per core (at least 8 rows a block).
@@ -356,8 +385,8 @@ impl LstmLayerOps for Flex {
         let (projected, [pr, pc]) = host_f32(projected, "projected inputs");
         let (w_h, [wr, wc]) = host_f32(w_h, "recurrent weights");
         let (h0, [b, h]) = host_f32(h0, "h0");
-        let (c0, [_, _]) = host_f32(c0, "c0");
-        let d = Dims::check((pr, pc), (wr, wc), (b, h));
+        let (c0, [cr, cc]) = host_f32(c0, "c0");
+        let d = Dims::forward((pr, pc), (wr, wc), (b, h), (cr, cc));
         let ws = forward(
             d,
             values(&projected),
@@ -391,12 +420,12 @@ impl LstmLayerOps for Flex {
         FloatTensor<Self>,
         FloatTensor<Self>,
     ) {
-        let (ws, [rows, _]) = host_f32(ws, "workspace");
+        let (ws, [rows, wsc]) = host_f32(ws, "workspace");
         let (w_h, [wr, wc]) = host_f32(w_h, "recurrent weights");
         let (h0, [b, h]) = host_f32(h0, "h0");
-        let (c0, [_, _]) = host_f32(c0, "c0");
-        let (grad, [_, _]) = host_f32(grad, "output gradient");
-        let d = Dims::check((rows, 4 * h), (wr, wc), (b, h));
+        let (c0, [cr, cc]) = host_f32(c0, "c0");
+        let (grad, [gr, gc]) = host_f32(grad, "output gradient");
+        let d = Dims::backward((rows, wsc), (wr, wc), (b, h), (cr, cc), (gr, gc));
         let g = backward(
             d,
             values(&ws),
@@ -755,5 +784,23 @@ mod tests {
                 .all(|w| w[0].1 == w[1].0 && w[0].0 < w[0].1));
             assert!(blocks.len() <= rayon::current_num_threads());
         }
+    }
+
+    /// Every backend's layer checks its shapes here: 4 steps of a batch of 2, hidden 5.
+    #[test]
+    fn shapes_are_checked_for_every_backend() {
+        let (w_h, h0) = ((5, 20), (2, 5));
+        let d = Dims::backward((8, 35), w_h, h0, h0, (10, 5));
+        assert_eq!((d.steps, d.batch, d.hidden), (4, 2, 5));
+        let refused = |f: fn()| std::panic::catch_unwind(f).is_err();
+        assert!(refused(|| {
+            Dims::forward((8, 20), (5, 20), (2, 5), (3, 5));
+        }));
+        assert!(refused(|| {
+            Dims::backward((8, 35), (5, 20), (2, 5), (2, 5), (8, 5));
+        }));
+        assert!(refused(|| {
+            Dims::backward((8, 20), (5, 20), (2, 5), (2, 5), (10, 5));
+        }));
     }
 }

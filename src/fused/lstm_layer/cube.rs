@@ -194,15 +194,11 @@ impl LstmLayerOps for CubeBackend {
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let d = Dims::check(
+        let d = Dims::forward(
             dims2(&projected, "projected inputs"),
             dims2(&w_h, "recurrent weights"),
             dims2(&h0, "h0"),
-        );
-        assert_eq!(
             dims2(&c0, "c0"),
-            (d.batch, d.hidden),
-            "c0 must be [batch, hidden]"
         );
         let rows = d.steps * d.batch;
         let out = empty(&projected, [rows + d.batch, d.hidden]);
@@ -242,23 +238,14 @@ impl LstmLayerOps for CubeBackend {
         FloatTensor<Self>,
         FloatTensor<Self>,
     ) {
-        let (rows, width) = dims2(&ws, "workspace");
-        let (batch, hidden) = dims2(&h0, "h0");
-        assert_eq!(
-            width,
-            7 * hidden,
-            "the workspace must be [rows, 7 * hidden]"
-        );
-        let d = Dims::check(
-            (rows, 4 * hidden),
+        let d = Dims::backward(
+            dims2(&ws, "workspace"),
             dims2(&w_h, "recurrent weights"),
-            (batch, hidden),
-        );
-        assert_eq!(
+            dims2(&h0, "h0"),
+            dims2(&c0, "c0"),
             dims2(&grad, "gradient"),
-            (rows + batch, hidden),
-            "gradient shape"
         );
+        let (rows, batch, hidden) = (d.steps * d.batch, d.batch, d.hidden);
 
         let dz = empty(&ws, [rows, 4 * hidden]);
         let dc_bufs = [empty(&ws, [batch, hidden]), empty(&ws, [batch, hidden])];
