@@ -31,7 +31,7 @@ pack() {
         cargo build --release --locked --features wgpu --bin lstm-lm
         binaries=("main=$CARGO_TARGET_DIR/release/lstm-lm")
     fi
-    cargo build --release --locked -p xtask
+    cargo build --release --locked --manifest-path xtask/Cargo.toml
     for ignored in /.gpu/ /.gl/; do
         grep -qxF "$ignored" .git/info/exclude 2>/dev/null || echo "$ignored" >>.git/info/exclude
     done
@@ -51,7 +51,16 @@ pack() {
         gzip -9 ".gpu/lstm-lm-$label"
     done
     strip -o .gpu/xtask "$CARGO_TARGET_DIR/release/xtask"
-    cp ../shared/reference/torch_lm.py ../shared/data/ptb.valid.txt .gpu/
+    # The benchmark text: PTB's validation split (`cargo xtask fetch-data --dataset ptb`), or
+    # any PTB-format file named by BENCH_TEXT.
+    local text="${BENCH_TEXT:-data/ptb/ptb.valid.txt}"
+    if [ ! -f "$text" ]; then
+        echo "error: no benchmark text at $text: run \`cargo xtask fetch-data --dataset ptb\`" \
+            "or set BENCH_TEXT=FILE" >&2
+        exit 2
+    fi
+    cp reference/torch_lm.py .gpu/
+    cp "$text" .gpu/ptb.valid.txt
     if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
         # Debian packages for amd64 whatever this machine is (the device README's recipe).
         local apt_opts=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64

@@ -46,12 +46,31 @@ pub fn describe(device: &Device) -> String {
     format!("{plain:?}")
 }
 
-/// The device for `choice`. `Auto` prints one line when it falls back to the CPU.
+/// The device for `choice` (see [`choose`] for why `Auto` fell back to the CPU).
 pub fn choose_device(choice: DeviceChoice) -> Result<Device> {
+    choose(choice).map(|c| c.device)
+}
+
+/// A chosen device, and why `Auto` took the CPU when it did.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    /// The device.
+    pub device: Device,
+    /// For `Auto` on the CPU: the line that says why no GPU was taken, e.g. `no GPU: wgpu sees
+    /// no GPU adapter; training on the CPU (flex)`.
+    pub fallback: Option<String>,
+}
+
+/// The device for `choice`; `Auto` says why when it falls back to the CPU.
+pub fn choose(choice: DeviceChoice) -> Result<Chosen> {
+    let chosen = |device| Chosen {
+        device,
+        fallback: None,
+    };
     match choice {
-        DeviceChoice::Flex => Ok(Device::flex()),
-        DeviceChoice::Ndarray => ndarray_device(),
-        DeviceChoice::Wgpu => gpu_device(None),
+        DeviceChoice::Flex => Ok(chosen(Device::flex())),
+        DeviceChoice::Ndarray => ndarray_device().map(chosen),
+        DeviceChoice::Wgpu => gpu_device(None).map(chosen),
         DeviceChoice::Auto => {
             let found = adapters();
             let why = if !cfg!(feature = "wgpu") {
@@ -70,14 +89,44 @@ pub fn choose_device(choice: DeviceChoice) -> Result<Device> {
                 )
             } else {
                 match gpu_device(None) {
-                    Ok(device) => return Ok(device),
+                    Ok(device) => return Ok(chosen(device)),
                     Err(why) => why.to_string(),
                 }
             };
-            println!("no GPU: {why}; training on the CPU (flex)");
-            Ok(Device::flex())
+            Ok(Chosen {
+                device: Device::flex(),
+                fallback: Some(format!("no GPU: {why}; training on the CPU (flex)")),
+            })
         }
     }
+}
+
+/// What `--list-devices` prints: one line per adapter wgpu sees, `name (type, API)`, software
+/// ones marked; a line saying so when there is none or the build has no GPU support.
+pub fn adapter_lines() -> Vec<String> {
+    let found = adapters();
+    let mut lines = Vec::new();
+    if !cfg!(feature = "wgpu") {
+        lines.push(
+            "this build has no GPU support (rebuild with `--features wgpu`); CPU: flex".into(),
+        );
+    } else if found.is_empty() {
+        lines.push("wgpu sees no adapter; CPU: flex".into());
+    }
+    lines.extend(found.into_iter().map(|a| {
+        format!(
+            "{} ({}, {}){}",
+            a.name,
+            a.kind,
+            a.api,
+            if a.is_gpu {
+                ""
+            } else {
+                ": software, not used by --device auto"
+            }
+        )
+    }));
+    lines
 }
 
 /// The devices of a `--devices` list: comma-separated `flex` (or `cpu`), `ndarray`, `wgpu` (the

@@ -1,21 +1,37 @@
 //! Train word-level LSTM language models with [Burn](https://burn.dev), on a GPU (wgpu) or a CPU.
 //!
-//! The library holds everything; the `lstm-lm` binary only parses flags and picks a device.
-//! Module direction: [`error`], [`fsutil`] and [`data::vocab`] are leaves; [`device`] uses only
-//! [`error`]; [`model`] and [`lstm`] never import [`data`]; [`training`], [`eval`], [`generate`] and [`summary`] use the
-//! layers below them and not each other.
+//! The library holds everything; the `lstm-lm` binary only parses flags, picks devices and
+//! prints what the library returns or reports ([`train::events`]). The modules are layers, each importing only the ones listed before it
+//! (`tests/layers.rs` reads `src/` and fails on an import against this order or a cycle):
+//!
+//! | layer | what it holds |
+//! |---|---|
+//! | [`error`], [`format`] | the error type; how rates and durations read |
+//! | [`fsutil`], [`device`] | atomic file writes; device choice |
+//! | [`model`] | init, the LSTM stack, state carry, the fused CPU and GPU kernels, the language model |
+//! | [`data`] | corpus, vocabulary, bucket and stream batching |
+//! | [`config`] | the experiment config saved with a run, presets, learning-rate schedules |
+//! | [`run`] | the run folder: lock, config and vocabulary, checkpoints, history, curves, summary |
+//! | [`train`] | the training step, loop, metrics, checkpoints within an epoch, evaluation |
+//! | [`commands`] | `bench`, `eval`, `generate` |
 //!
 //! ```no_run
-//! use lstm_lm::{config::Preset, data::corpus::CorpusSource, render::ProgressMode, training};
+//! use lstm_lm::config::presets::Preset;
+//! use lstm_lm::data::corpus::CorpusSource;
+//! use lstm_lm::train::{self, events::{EventSink, TrainEvent}};
 //! use burn::tensor::Device;
 //!
-//! let report = training::train(training::TrainRequest {
+//! let report = train::train(train::TrainRequest {
 //!     config: Preset::Tiny.config(),
 //!     corpus: CorpusSource::Embedded { train_fraction: 0.9 },
 //!     run_dir: "runs/example".into(),
 //!     fresh: true,
 //!     devices: vec![Device::flex()],
-//!     progress: ProgressMode::Quiet.into(),
+//!     events: EventSink::new(|event| {
+//!         if let TrainEvent::EpochEnded { stats, .. } = event {
+//!             println!("epoch {}: valid perplexity {:.2}", stats.epoch, stats.valid_perplexity);
+//!         }
+//!     }),
 //!     interrupter: Default::default(),
 //!     checkpoint_every: None,
 //! })?;
@@ -25,27 +41,20 @@
 
 #![warn(missing_docs)]
 
-pub mod bench;
-pub mod carry;
-pub mod checkpoint;
-pub mod clip;
-pub mod config;
-pub mod data;
-pub mod device;
 pub mod error;
-pub mod eval;
+pub mod format;
+
+pub mod device;
 pub mod fsutil;
-pub mod fused;
-pub mod generate;
-pub mod guard;
-pub mod lstm;
-pub mod metric_log;
-pub mod metrics;
+
 pub mod model;
-pub mod plot;
-pub mod render;
+
+pub mod data;
+
+pub mod config;
+
 pub mod run;
-pub mod schedule;
-pub mod strategy;
-pub mod summary;
-pub mod training;
+
+pub mod train;
+
+pub mod commands;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lstm_lm::checkpoint::last_complete_checkpoint;
+use lstm_lm::run::checkpoint::last_complete_checkpoint;
 
 fn lstm_lm() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lstm-lm"));
@@ -148,7 +148,7 @@ fn kill_9_during_training_then_the_same_command_resumes() {
         "finished epochs are not redone"
     );
     assert!(stdout.contains("epoch 4/4: train ppl"), "{stdout}");
-    let epochs: Vec<usize> = lstm_lm::training::read_history(&run)
+    let epochs: Vec<usize> = lstm_lm::run::history::read_history(&run)
         .iter()
         .map(|e| e.epoch)
         .collect();
@@ -420,7 +420,7 @@ fn generate_report_and_runs() {
     assert_eq!(generate("4").0, text);
     assert_ne!(generate("5").0, text);
 
-    let history = lstm_lm::training::read_history(&run);
+    let history = lstm_lm::run::history::read_history(&run);
     let best = history
         .iter()
         .map(|s| s.valid_perplexity)
@@ -471,7 +471,7 @@ fn model_tensors(run: &Path, epoch: usize) -> Vec<Vec<f32>> {
 /// weights at `epoch`, bit for bit.
 fn assert_same_run(run: &Path, alone: &Path, epoch: usize, name: &str) {
     let ppl = |dir: &Path| -> Vec<(u64, u64)> {
-        lstm_lm::training::read_history(dir)
+        lstm_lm::run::history::read_history(dir)
             .iter()
             .map(|e| (e.train_perplexity.to_bits(), e.valid_perplexity.to_bits()))
             .collect()
@@ -545,7 +545,7 @@ fn kill_9_at_many_points_and_the_run_ends_as_if_left_alone() {
     eprintln!("{kills} kills, {during_writes} while a checkpoint file was being written");
     assert!(kills >= 3, "only {kills} kills landed");
 
-    let recorded: Vec<usize> = lstm_lm::training::read_history(&run)
+    let recorded: Vec<usize> = lstm_lm::run::history::read_history(&run)
         .iter()
         .map(|e| e.epoch)
         .collect();
@@ -569,15 +569,17 @@ impl Drop for Mounted {
 
 /// A disk that fills up while epoch 2 is being checkpointed: the run stops with an error that
 /// says so and how to continue, the checkpoint of epoch 1 is intact, and once there is room
-/// the same command continues from it. Needs a small tmpfs, so root (CI runs as root); skipped
-/// where mounting is not allowed.
+/// the same command continues from it. Mounts a small tmpfs, which needs root: ignored by a
+/// plain `cargo test`, run by `.ci/run` (as root) with `--include-ignored`.
 #[test]
+#[ignore = "mounts a tmpfs, which needs root: run as root with --include-ignored (CI does)"]
 fn a_full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
     let root = Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
+    assert_eq!(
+        String::from_utf8_lossy(&root.stdout).trim(),
+        "0",
+        "mounting a small tmpfs needs root"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let (train, valid) = common::tiny_corpus(tmp.path(), 1500, 200);
     // One epoch's checkpoint size, measured on a normal disk.
@@ -600,11 +602,10 @@ fn a_full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
         .arg(&disk)
         .status()
         .unwrap();
-    if !status.success() {
-        // A container without CAP_SYS_ADMIN: nothing to fill.
-        eprintln!("skipped: cannot mount a tmpfs here");
-        return;
-    }
+    assert!(
+        status.success(),
+        "cannot mount a tmpfs here (a container without CAP_SYS_ADMIN?)"
+    );
     let _mounted = Mounted(disk.clone());
 
     let run = disk.join("run");
@@ -621,7 +622,7 @@ fn a_full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
         assert!(stderr.contains(part), "{part:?} in {stderr}");
     }
     assert_eq!(last_complete_checkpoint(&run), Some(1));
-    assert!(lstm_lm::checkpoint::verify_checkpoint(&run, 1).is_ok());
+    assert!(lstm_lm::run::checkpoint::verify_checkpoint(&run, 1).is_ok());
 
     // Room again: the same command continues from epoch 1 to the end.
     let status = Command::new("mount")
@@ -817,14 +818,14 @@ fn a_kill_within_an_epoch_resumes_after_the_saved_batch() {
                     Instant::now() < deadline,
                     "{name}: no checkpoint within the epoch"
                 );
-                match lstm_lm::strategy::find_partial(&run, 1) {
+                match lstm_lm::train::strategy::find_partial(&run, 1) {
                     Some(p) if p.batches >= 5 => break p,
                     _ => std::thread::sleep(Duration::from_millis(2)),
                 }
             };
             child.kill().unwrap();
             child.wait().unwrap();
-            let past_epoch_1 = lstm_lm::strategy::find_partial(&run, 2).is_some()
+            let past_epoch_1 = lstm_lm::train::strategy::find_partial(&run, 2).is_some()
                 || [
                     "manifest-1.json",
                     "model-1.bpk",

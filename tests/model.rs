@@ -4,7 +4,7 @@ mod common;
 
 use burn::module::Param;
 use burn::tensor::{Int, Tensor, TensorData};
-use lstm_lm::lstm::{LstmLayer, LstmState};
+use lstm_lm::model::lstm::{LstmLayer, LstmState};
 use lstm_lm::model::{InitScheme, LmConfig, LossNorm};
 
 #[test]

@@ -7,10 +7,11 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::Device;
+use lstm_lm::config::schedule::LrSchedule;
 use lstm_lm::config::{Batching, ExperimentConfig, OptimizerConfig};
 use lstm_lm::data::corpus::CorpusSource;
-use lstm_lm::schedule::LrSchedule;
-use lstm_lm::training::{load_model, TrainReport};
+use lstm_lm::run::load_model;
+use lstm_lm::train::TrainReport;
 
 fn corpus(dir: &Path) -> CorpusSource {
     common::tiny_files(dir, 1200, 200)
@@ -88,6 +89,43 @@ fn two_cpu_devices_follow_the_one_device_curve_on_a_stream_and_resume_either_way
     assert_eq!(
         model.devices, 1,
         "the device count is not part of the checkpoint"
+    );
+}
+
+/// Clipping that is active on every step (`--clip 0.05`): the devices' gradients are summed
+/// first and the global norm of the sum, the mean gradient, is clipped, as one device clips its
+/// own. Two devices follow one device's clipped curve (0.2% per epoch), which is far from the
+/// unclipped one, so the clipping did act.
+#[test]
+fn two_cpu_devices_clip_the_summed_gradient_as_one_device_clips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = corpus(tmp.path());
+    let clipped = || ExperimentConfig {
+        clip: 0.05,
+        ..stream_config(2)
+    };
+    let one_dev = vec![Device::flex()];
+    let one = run(clipped(), &corpus, &tmp.path().join("one"), one_dev.clone()).unwrap();
+    let two = run(
+        clipped(),
+        &corpus,
+        &tmp.path().join("two"),
+        vec![Device::flex(), Device::flex()],
+    )
+    .unwrap();
+    let free = run(stream_config(2), &corpus, &tmp.path().join("free"), one_dev).unwrap();
+    let (one, two, free) = (curve(&one), curve(&two), curve(&free));
+    for (epoch, (a, b)) in one.iter().zip(&two).enumerate() {
+        let close = |x: f64, y: f64| (x - y).abs() <= 2e-3 * x;
+        assert!(
+            close(a.0, b.0) && close(a.1, b.1),
+            "epoch {}: one device {a:?}, two devices {b:?}",
+            epoch + 1
+        );
+    }
+    assert!(
+        (one[1].1 - free[1].1).abs() > 0.05 * free[1].1,
+        "clipping acted: clipped {one:?}, unclipped {free:?}"
     );
 }
 

@@ -9,14 +9,17 @@ use burn::data::dataloader::DataLoader;
 use burn::module::Param;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn::train::{InferenceStep, TrainStep};
+use lstm_lm::commands::eval::{evaluate_run, EvalRequest};
+use lstm_lm::config::schedule::LrSchedule;
 use lstm_lm::config::{Batching, ExperimentConfig};
 use lstm_lm::data::corpus::CorpusSource;
 use lstm_lm::data::stream::{Stream, StreamLoader};
-use lstm_lm::eval::{evaluate_run, evaluate_stream, EvalRequest};
 use lstm_lm::model::{InitScheme, LmConfig, LossNorm};
-use lstm_lm::render::ProgressMode;
-use lstm_lm::schedule::LrSchedule;
-use lstm_lm::training::{load_model, read_history, train, TrainReport, TrainRequest};
+use lstm_lm::run::history::read_history;
+use lstm_lm::run::load_model;
+use lstm_lm::train::evaluate::evaluate_stream;
+use lstm_lm::train::events::EventSink;
+use lstm_lm::train::{train, TrainReport, TrainRequest};
 
 fn lm(vocab: usize, dropout: f64, tied: bool) -> LmConfig {
     LmConfig {
@@ -112,15 +115,23 @@ fn steps_carry_the_state_from_window_to_window() {
     );
 }
 
-/// Clipping inside the training step: the gradients it returns have global norm at most the
-/// limit (PyTorch's clip_grad_norm_), and unclipped they are larger.
+/// Clipping in the update (`TrainStep::optimize`, which burn-train calls with the step's
+/// gradient, summed over the devices): with plain SGD at rate 1 the parameters move by the
+/// clipped gradient, whose global norm is the limit (PyTorch's clip_grad_norm_); below the limit
+/// they move by the gradient itself, and the step's own gradient is never clipped.
 #[test]
-fn the_training_step_clips_the_global_gradient_norm() {
+fn the_update_clips_the_global_gradient_norm() {
     let device = Device::flex().autodiff();
     let sentences: Vec<Vec<usize>> = (0..6)
         .map(|s| (0..9).map(|w| 3 + (s + w * 5) % 14).collect())
         .collect();
-    let norm = |max: f64| -> f64 {
+    let sgd = lstm_lm::config::OptimizerConfig::Sgd {
+        lr: 1.0,
+        momentum: 0.0,
+        weight_decay: 0.0,
+    };
+    // (global norm of the step's gradient, global norm of the parameters' move)
+    let norms = |max: f64| -> (f64, f64) {
         let mut model = lm(17, 0.0, false).init(2, &device);
         model.max_grad_norm = max;
         let loader = StreamLoader::training(Stream::new(&sentences, 2), 5, 1, 1, device.clone());
@@ -132,16 +143,47 @@ fn the_training_step_clips_the_global_gradient_norm() {
             sum: &mut sum,
         };
         burn::module::Module::visit(&model, &mut visit);
-        sum.sqrt()
+        let before = values(&model);
+        let mut optim = lstm_lm::train::step::optimizer(&sgd);
+        let after = values(&model.clone().optimize(&mut optim, 1.0.into(), out.grads));
+        let moved: f64 = before
+            .iter()
+            .zip(&after)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum();
+        (sum.sqrt(), moved.sqrt())
     };
-    let free = norm(0.0);
+    let (free, moved) = norms(0.0);
     assert!(free > 0.1, "{free}");
-    let clipped = norm(0.05);
-    assert!((clipped - 0.05).abs() < 1e-4, "clipped to {clipped}");
     assert!(
-        (norm(free * 2.0) - free).abs() / free < 1e-5,
+        (moved - free).abs() / free < 1e-4,
+        "moved {moved}, gradient {free}"
+    );
+    let (gradient, clipped) = norms(0.05);
+    assert!(
+        (gradient - free).abs() / free < 1e-6,
+        "the step's gradient is not clipped"
+    );
+    assert!((clipped - 0.05).abs() < 1e-4, "clipped to {clipped}");
+    let (_, below) = norms(free * 2.0);
+    assert!(
+        (below - free).abs() / free < 1e-4,
         "below the limit nothing changes"
     );
+}
+
+/// Every parameter value of `model`, in visiting order.
+fn values(model: &lstm_lm::model::LanguageModel) -> Vec<f32> {
+    struct Values(Vec<f32>);
+    impl burn::module::ModuleVisitor for Values {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let v = param.val().into_data().try_to_vec::<f32>().unwrap();
+            self.0.extend(v);
+        }
+    }
+    let mut out = Values(Vec::new());
+    burn::module::Module::visit(model, &mut out);
+    out.0
 }
 
 struct GradNorm<'a> {
@@ -246,7 +288,7 @@ fn run(config: ExperimentConfig, corpus: &CorpusSource, dir: &Path) -> TrainRepo
         run_dir: dir.to_path_buf(),
         fresh: false,
         devices: vec![Device::flex()],
-        progress: ProgressMode::Quiet.into(),
+        events: EventSink::quiet(),
         interrupter: Default::default(),
         checkpoint_every: None,
     })
@@ -379,8 +421,9 @@ fn gradients_match_finite_differences() {
                 .try_to_vec::<f32>()
                 .unwrap()[index]
         }
-        // Embedding of a token in the windows (id 3 + ...), an LSTM weight of each kind in both
-        // layers, and the output layer.
+        // Embedding of a token in the windows (id 3 + ...); in both LSTM layers an element of
+        // each gate (i, f, g, o: column blocks of 8 = d_hidden) of the input weights, the
+        // recurrent weights and the bias; and the output layer's weight and bias.
         let emb_index = 8 * 8 + 2;
         check(
             "embedding",
@@ -391,27 +434,38 @@ fn gradients_match_finite_differences() {
                 m
             },
         );
+        let (h, gates) = (8, 4 * 8);
         for layer in 0..2 {
-            for (kind, index) in [("input_weight", 37), ("hidden_weight", 70), ("bias", 9)] {
-                let l = &model.lstm.layers[layer];
-                let analytic = match kind {
-                    "input_weight" => grad_at(&l.input_weight, &grads, index),
-                    "hidden_weight" => grad_at(&l.hidden_weight, &grads, index),
-                    _ => grad_at(&l.bias, &grads, index),
-                };
-                check(&format!("layer {layer} {kind}"), analytic, &|e| {
-                    let mut m = base.clone();
-                    let b = &base.lstm.layers[layer];
-                    let t = &mut m.lstm.layers[layer];
-                    match kind {
-                        "input_weight" => t.input_weight = bumped(&b.input_weight, index, e),
-                        "hidden_weight" => t.hidden_weight = bumped(&b.hidden_weight, index, e),
-                        _ => t.bias = bumped(&b.bias, index, e),
-                    }
-                    m
-                });
+            for (gate, gate_name) in ["i", "f", "g", "o"].into_iter().enumerate() {
+                let column = gate * h + (3 * gate + 1) % h;
+                for (kind, index) in [
+                    ("input_weight", gates + column),
+                    ("hidden_weight", 2 * gates + column),
+                    ("bias", column),
+                ] {
+                    let l = &model.lstm.layers[layer];
+                    let analytic = match kind {
+                        "input_weight" => grad_at(&l.input_weight, &grads, index),
+                        "hidden_weight" => grad_at(&l.hidden_weight, &grads, index),
+                        _ => grad_at(&l.bias, &grads, index),
+                    };
+                    let name = format!("layer {layer} {kind}, gate {gate_name}");
+                    check(&name, analytic, &|e| {
+                        let mut m = base.clone();
+                        let b = &base.lstm.layers[layer];
+                        let t = &mut m.lstm.layers[layer];
+                        match kind {
+                            "input_weight" => t.input_weight = bumped(&b.input_weight, index, e),
+                            "hidden_weight" => t.hidden_weight = bumped(&b.hidden_weight, index, e),
+                            _ => t.bias = bumped(&b.bias, index, e),
+                        }
+                        m
+                    });
+                }
             }
         }
+        // Token 5 is a target in the windows; the bias of a target row has a large gradient.
+        let bias_index = 5;
         if let Some(out) = &model.output {
             check("output weight", grad_at(&out.weight, &grads, 20), &|e| {
                 let mut m = base.clone();
@@ -419,7 +473,29 @@ fn gradients_match_finite_differences() {
                 o.weight = bumped(&base.output.as_ref().unwrap().weight, 20, e);
                 m
             });
+            let bias = out.bias.as_ref().expect("the output layer has a bias");
+            check("output bias", grad_at(bias, &grads, bias_index), &|e| {
+                let mut m = base.clone();
+                let o = m.output.as_mut().unwrap();
+                let b = base.output.as_ref().unwrap().bias.as_ref().unwrap();
+                o.bias = Some(bumped(b, bias_index, e));
+                m
+            });
+        } else {
+            let bias = model
+                .tied_bias
+                .as_ref()
+                .expect("a tied model has its own bias");
+            check(
+                "tied output bias",
+                grad_at(bias, &grads, bias_index),
+                &|e| {
+                    let mut m = base.clone();
+                    m.tied_bias = Some(bumped(base.tied_bias.as_ref().unwrap(), bias_index, e));
+                    m
+                },
+            );
         }
-        assert!(checked >= 7);
+        assert_eq!(checked, 1 + 2 * 4 * 3 + if tied { 1 } else { 2 });
     }
 }

@@ -8,8 +8,10 @@ use burn::tensor::Device;
 use lstm_lm::config::ExperimentConfig;
 use lstm_lm::data::corpus::CorpusSource;
 use lstm_lm::error::Error;
-use lstm_lm::render::ProgressMode;
-use lstm_lm::training::{load_model, read_history, train, TrainReport, TrainRequest};
+use lstm_lm::run::history::read_history;
+use lstm_lm::run::load_model;
+use lstm_lm::train::events::EventSink;
+use lstm_lm::train::{train, TrainReport, TrainRequest};
 
 fn files(dir: &Path) -> CorpusSource {
     common::tiny_files(dir, 1500, 300)
@@ -162,7 +164,7 @@ fn resuming_with_a_changed_config_or_changed_data_is_refused() {
         run_dir: dir.clone(),
         fresh: true,
         devices: vec![device],
-        progress: ProgressMode::Quiet.into(),
+        events: EventSink::quiet(),
         interrupter: Default::default(),
         checkpoint_every: None,
     })
@@ -214,7 +216,10 @@ fn a_blown_up_loss_stops_the_run_before_any_checkpoint_of_it() {
     ] {
         assert!(message.contains(part), "{part:?} in {message}");
     }
-    assert_eq!(lstm_lm::checkpoint::last_complete_checkpoint(&dir), Some(1));
+    assert_eq!(
+        lstm_lm::run::checkpoint::last_complete_checkpoint(&dir),
+        Some(1)
+    );
     assert_eq!(
         read_history(&dir).len(),
         1,
@@ -243,7 +248,7 @@ fn a_damaged_newest_checkpoint_is_skipped() {
     let device = Device::flex();
     let dir = tmp.path().join("run");
     run(common::tiny_config(2), &corpus, &dir, &device).unwrap();
-    let path = lstm_lm::checkpoint::record_path(&dir.join("checkpoint"), "model", 2);
+    let path = lstm_lm::run::checkpoint::record_path(&dir.join("checkpoint"), "model", 2);
     let mut bytes = std::fs::read(&path).unwrap();
     let n = bytes.len();
     bytes[n - 3] ^= 0x40;
@@ -258,5 +263,5 @@ fn a_damaged_newest_checkpoint_is_skipped() {
     let epochs: Vec<usize> = report.epochs.iter().map(|e| e.epoch).collect();
     assert_eq!(epochs, [2, 3]);
     assert_eq!(read_history(&dir).len(), 3);
-    assert!(lstm_lm::checkpoint::verify_checkpoint(&dir, 3).is_ok());
+    assert!(lstm_lm::run::checkpoint::verify_checkpoint(&dir, 3).is_ok());
 }

@@ -6,15 +6,15 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use lstm_lm::commands::generate::{generate, GenerateRequest};
 use lstm_lm::data::corpus::CorpusSource;
 use lstm_lm::data::vocab::{Vocab, EOS_ID, PAD_ID, UNK_ID};
 use lstm_lm::error::Error;
-use lstm_lm::generate::{generate, GenerateRequest};
 use lstm_lm::model::LanguageModel;
-use lstm_lm::render::ProgressMode;
-use lstm_lm::run::{files, load_model, RunLock};
-use lstm_lm::summary::{list_runs, summarize, RunStatus};
-use lstm_lm::training::{train, TrainReport, TrainRequest};
+use lstm_lm::run::summary::{list_runs, summarize, RunStatus};
+use lstm_lm::run::{files, load_model, Run, RunLock};
+use lstm_lm::train::events::EventSink;
+use lstm_lm::train::{train, TrainReport, TrainRequest};
 
 /// Trains a tiny run of `epochs` (of `total` asked for, when interrupted) with a test split.
 fn tiny_run(dir: &Path, epochs: usize, device: &Device) -> TrainReport {
@@ -31,7 +31,7 @@ fn tiny_run(dir: &Path, epochs: usize, device: &Device) -> TrainReport {
         run_dir: dir.join("run"),
         fresh: false,
         devices: vec![device.clone()],
-        progress: ProgressMode::Quiet.into(),
+        events: EventSink::quiet(),
         interrupter,
         checkpoint_every: None,
     })
@@ -190,7 +190,7 @@ fn summary_plot_and_status_of_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let report = tiny_run(tmp.path(), 2, &Device::flex());
     let run = tmp.path().join("run");
-    let s = summarize(&run).unwrap();
+    let s = summarize(&Run::open(&run).unwrap());
     assert_eq!(s.status, RunStatus::Complete);
     assert_eq!(s.epochs_done, 2);
     assert_eq!(s.history, report.epochs);
@@ -225,7 +225,7 @@ fn summary_plot_and_status_of_runs() {
         "{text}"
     );
 
-    let svg = std::fs::read_to_string(run.join(lstm_lm::plot::CURVES)).unwrap();
+    let svg = std::fs::read_to_string(run.join(lstm_lm::run::plot::CURVES)).unwrap();
     assert!(svg.len() > 1000);
     assert!(svg.contains("train perplexity") && svg.contains("valid perplexity"));
     // The train, valid and rate lines, each through the two epochs' points.
@@ -243,7 +243,10 @@ fn summary_plot_and_status_of_runs() {
     // While a process holds the lock the run is running, and a second trainer is refused.
     {
         let _lock = RunLock::acquire(&run).unwrap();
-        assert_eq!(summarize(&run).unwrap().status, RunStatus::Running);
+        assert_eq!(
+            summarize(&Run::open(&run).unwrap()).status,
+            RunStatus::Running
+        );
         let err = RunLock::acquire(&run).unwrap_err();
         assert!(matches!(err, Error::RunInUse { .. }), "{err}");
         let message = err.to_string();
@@ -261,12 +264,12 @@ fn summary_plot_and_status_of_runs() {
         serde_json::to_string(&config).unwrap(),
     )
     .unwrap();
-    let listed = list_runs(tmp.path()).unwrap();
+    let listed = list_runs(tmp.path()).unwrap().runs;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].dir, run);
     assert_eq!(listed[0].status, RunStatus::Interrupted);
     assert_eq!(listed[0].epochs_done, 2);
 
-    let err = summarize(tmp.path()).unwrap_err().to_string();
+    let err = Run::open(tmp.path()).unwrap_err().to_string();
     assert!(err.contains("not a run folder"), "{err}");
 }

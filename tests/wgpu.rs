@@ -13,11 +13,11 @@ use std::path::Path;
 use std::process::Command;
 
 use burn::tensor::Device;
+use lstm_lm::commands::eval::{evaluate_run, EvalRequest};
 use lstm_lm::data::corpus::{read_corpus, CorpusSource};
 use lstm_lm::device::{adapters, choose_device, describe, DeviceChoice};
-use lstm_lm::eval::{evaluate_run, EvalRequest};
-use lstm_lm::fused::lstm_layer::{errors_against_composed, has_fused_layer};
-use lstm_lm::training::TrainReport;
+use lstm_lm::model::fused::lstm_layer::{errors_against_composed, has_fused_layer};
+use lstm_lm::train::TrainReport;
 
 /// Relative tolerance between wgpu and flex: both compute in f32, in different orders of
 /// summation and with different `exp`/`tanh`, over a few dozen optimizer steps. On lavapipe the

@@ -1,7 +1,10 @@
 //! Reading corpora in PTB format: one sentence per line, whitespace-separated tokens, UTF-8.
 
-use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
+
+use datasets::{Dataset, Split};
+
+use crate::error::{Error, Result};
 
 /// Tiny Shakespeare (public domain), embedded so that training works with no download.
 pub const EMBEDDED_TINY_SHAKESPEARE: &str = include_str!("../../assets/tinyshakespeare.txt");
@@ -43,6 +46,64 @@ pub enum CorpusSource {
 }
 
 impl CorpusSource {
+    /// The named `dataset` under `data_dir` (the folder `cargo xtask fetch-data` writes):
+    /// Tiny Shakespeare is the embedded copy, split by lines at `train_fraction`; PTB is its three
+    /// fetched splits, each checked to exist.
+    pub fn dataset(dataset: Dataset, data_dir: &Path, train_fraction: f64) -> Result<Self> {
+        match dataset {
+            Dataset::TinyShakespeare => Ok(CorpusSource::Embedded { train_fraction }),
+            Dataset::Ptb => {
+                let split = |s: Split| -> Result<PathBuf> {
+                    let path = dataset
+                        .split_path(data_dir, s)
+                        .expect("PTB has train, valid and test splits");
+                    if path.is_file() {
+                        return Ok(path);
+                    }
+                    Err(Error::MissingData {
+                        what: format!("the PTB {} split", s.name()),
+                        path,
+                        remedy: "download it with `cargo xtask fetch-data --dataset ptb` (or pass \
+                                 --data-dir)"
+                            .into(),
+                    })
+                };
+                Ok(CorpusSource::Files {
+                    train: split(Split::Train)?,
+                    valid: Some(split(Split::Valid)?),
+                    test: Some(split(Split::Test)?),
+                    train_fraction,
+                })
+            }
+        }
+    }
+
+    /// The text a `train` command names, and its short name for default run folders: the
+    /// files when `train` is given (named by the training file's stem), else `dataset` (named
+    /// as the dataset).
+    pub fn from_flags(
+        files: Option<(PathBuf, Option<PathBuf>, Option<PathBuf>)>,
+        dataset: Dataset,
+        data_dir: &Path,
+        train_fraction: f64,
+    ) -> Result<(Self, String)> {
+        let Some((train, valid, test)) = files else {
+            let source = Self::dataset(dataset, data_dir, train_fraction)?;
+            return Ok((source, dataset.name().to_string()));
+        };
+        let name = train
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "corpus".into());
+        let source = CorpusSource::Files {
+            train,
+            valid,
+            test,
+            train_fraction,
+        };
+        Ok((source, name))
+    }
+
     /// Reads every split.
     pub fn load(&self) -> Result<Corpus> {
         match self {

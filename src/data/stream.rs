@@ -13,8 +13,8 @@ use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::DatasetError;
 use burn::tensor::Device;
 
-use crate::carry::StateCarry;
 use crate::data::batcher::HostBatch;
+use crate::model::carry::StateCarry;
 use crate::model::LmBatch;
 
 /// A token stream laid out as `batch` columns.
@@ -78,8 +78,8 @@ impl Stream {
 }
 
 /// A [`DataLoader`] over the windows of a [`Stream`], in order, each batch carrying the
-/// [`CarryKey`](crate::carry::CarryKey) that hands the LSTM state from window to window (see
-/// [`crate::carry`]).
+/// [`CarryKey`](crate::model::carry::CarryKey) that hands the LSTM state from window to window (see
+/// [`crate::model::carry`]).
 ///
 /// Items are column-windows (one column over one window), `columns x windows` per epoch;
 /// [`slice`](DataLoader::slice) splits by whole columns, so a device that gets a slice owns its

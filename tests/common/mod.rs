@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
+use lstm_lm::config::presets::Preset;
 use lstm_lm::config::ExperimentConfig;
-use lstm_lm::config::Preset;
 use lstm_lm::data::corpus::CorpusSource;
 use lstm_lm::data::corpus::EMBEDDED_TINY_SHAKESPEARE;
 use lstm_lm::error::Error;
-use lstm_lm::render::ProgressMode;
-use lstm_lm::training::{train, TrainReport, TrainRequest};
+use lstm_lm::train::events::EventSink;
+use lstm_lm::train::{train, TrainReport, TrainRequest};
 
 /// The CPU backends every test runs on: flex (the default) and ndarray (deprecated, kept).
 #[allow(deprecated)]
@@ -56,7 +56,7 @@ pub fn train_quietly(
         run_dir: dir.to_path_buf(),
         fresh: false,
         devices,
-        progress: ProgressMode::Quiet.into(),
+        events: EventSink::quiet(),
         interrupter: Default::default(),
         checkpoint_every: None,
     })

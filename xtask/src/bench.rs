@@ -65,7 +65,7 @@ pub fn bench(options: &Options) -> Result<()> {
     if let Some(python) = &options.python {
         if !python.exists() || !options.reference.is_file() {
             bail!(
-                "PyTorch reference not found ({} / {}): run ../shared/reference/setup.sh, pass \
+                "PyTorch reference not found ({} / {}): run reference/setup.sh, pass \
                  --python and --reference, or --no-reference to time lstm-lm alone",
                 python.display(),
                 options.reference.display()
@@ -131,8 +131,11 @@ fn build(options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Cargo, for the lstm-lm package (xtask is a workspace of its own).
 fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    cmd
 }
 
 fn run_ours(options: &Options, config: &str) -> Result<Run> {

@@ -10,8 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
-/// The reference's download addresses (MXNet's example data).
-pub const DEFAULT_BASE_URL: &str = "https://raw.githubusercontent.com/dmlc/web-data/master/mxnet";
+pub use datasets::DEFAULT_BASE_URL;
 
 /// The expected digest of a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,33 +76,20 @@ pub struct FileSpec {
     pub checksum: Checksum,
 }
 
-/// Every file `fetch-data` knows, with the checksums of ../shared/REFERENCE.md.
+/// Every file `fetch-data` knows: the datasets crate's list, with the checksums of the
+/// reference's data.
 pub fn catalogue() -> Vec<FileSpec> {
-    let md5 = |s: &str| Checksum::Md5(s.into());
-    vec![
-        FileSpec {
-            dataset: "ptb",
-            path: "ptb/ptb.train.txt".into(),
-            checksum: md5("f26c4b92c5fdc7b3f8c7cdcb991d8420"),
-        },
-        FileSpec {
-            dataset: "ptb",
-            path: "ptb/ptb.valid.txt".into(),
-            checksum: md5("aa0affc06ff7c36e977d7cd49e3839bf"),
-        },
-        FileSpec {
-            dataset: "ptb",
-            path: "ptb/ptb.test.txt".into(),
-            checksum: md5("8b80168b89c18661a38ef683c0dc3721"),
-        },
-        FileSpec {
-            dataset: "tinyshakespeare",
-            path: "tinyshakespeare/input.txt".into(),
-            checksum: Checksum::Sha256(
-                "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed".into(),
-            ),
-        },
-    ]
+    datasets::FILES
+        .iter()
+        .map(|f| FileSpec {
+            dataset: f.dataset.name(),
+            path: f.path.into(),
+            checksum: match f.checksum {
+                datasets::Checksum::Md5(h) => Checksum::Md5(h.into()),
+                datasets::Checksum::Sha256(h) => Checksum::Sha256(h.into()),
+            },
+        })
+        .collect()
 }
 
 /// How downloads behave.
@@ -590,27 +576,16 @@ mod tests {
     }
 
     #[test]
-    fn catalogue_matches_the_shared_copies() {
-        // ../shared/data holds PTB valid/test and Tiny Shakespeare; their digests must be the
-        // ones fetch-data checks.
-        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-        for (spec, local) in catalogue().iter().zip([
-            None,
-            Some("ptb.valid.txt"),
-            Some("ptb.test.txt"),
-            Some("tinyshakespeare.txt"),
-        ]) {
-            let Some(local) = local else { continue };
-            let path = shared.join(local);
-            if !path.exists() {
-                eprintln!("skipping {}: not present", path.display());
-                continue;
-            }
-            assert_eq!(
-                digest_of(&path, &spec.checksum).as_deref(),
-                Some(spec.checksum.expected()),
-                "{local}"
-            );
-        }
+    fn the_embedded_tiny_shakespeare_is_the_catalogued_file() {
+        // The trainer embeds assets/tinyshakespeare.txt; it must be the file fetch-data checks.
+        let embedded = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/tinyshakespeare.txt");
+        let spec = catalogue()
+            .into_iter()
+            .find(|f| f.dataset == "tinyshakespeare")
+            .expect("catalogued");
+        assert_eq!(
+            digest_of(&embedded, &spec.checksum).as_deref(),
+            Some(spec.checksum.expected())
+        );
     }
 }

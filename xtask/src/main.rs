@@ -43,7 +43,7 @@ enum Task {
     /// Time training steps of lstm-lm and of the PyTorch reference, alternating, on one machine.
     ///
     /// Builds `lstm-lm` in release mode, then runs `lstm-lm bench` and
-    /// `../shared/reference/torch_lm.py` for each config, every run in its own process, and
+    /// `reference/torch_lm.py` for each config, every run in its own process, and
     /// prints a table: tokens/s, samples/s, ms/step, peak RSS, and the ratio to PyTorch.
     /// Benchmark on a quiet machine: a second busy process skews both sides.
     Bench {
@@ -63,14 +63,15 @@ enum Task {
         /// `lstm-lm bench --device`: flex, ndarray, wgpu.
         #[arg(long, default_value = "flex")]
         device: String,
-        /// Text the batches are made of (PTB-format).
-        #[arg(long, default_value = "../shared/data/ptb.valid.txt")]
+        /// Text the batches are made of (PTB-format; `cargo xtask fetch-data --dataset ptb`
+        /// writes this one).
+        #[arg(long, default_value = "data/ptb/ptb.valid.txt")]
         text: PathBuf,
-        /// Python with PyTorch (made by ../shared/reference/setup.sh).
+        /// Python with PyTorch (made by reference/setup.sh).
         #[arg(long, default_value = "/tmp/lstm-lm-ref/bin/python")]
         python: PathBuf,
         /// The PyTorch reference trainer.
-        #[arg(long, default_value = "../shared/reference/torch_lm.py")]
+        #[arg(long, default_value = "reference/torch_lm.py")]
         reference: PathBuf,
         /// Run lstm-lm only.
         #[arg(long)]

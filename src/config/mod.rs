@@ -1,11 +1,15 @@
 //! The experiment config: everything a run depends on, saved as `config.json` in the run folder
-//! and compared on resume.
+//! and compared on resume; the [`presets`] it starts from and the command line's [`overrides`].
 
 use serde::{Deserialize, Serialize};
 
+pub mod overrides;
+pub mod presets;
+pub mod schedule;
+
 use crate::error::{Error, Result};
-use crate::model::{InitScheme, LmConfig, LossNorm};
-use crate::schedule::LrSchedule;
+use crate::model::LmConfig;
+use schedule::LrSchedule;
 
 /// The reference's sentence buckets (MXNet `lstm_bucketing.py`).
 pub const REFERENCE_BUCKETS: [usize; 5] = [10, 20, 40, 60, 80];
@@ -68,7 +72,7 @@ pub enum OptimizerConfig {
 
 impl std::fmt::Display for OptimizerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let rate = crate::schedule::format_rate;
+        let rate = crate::format::format_rate;
         match *self {
             Self::Sgd {
                 lr,
@@ -122,119 +126,6 @@ pub struct ExperimentConfig {
     /// How the learning rate changes from epoch to epoch.
     #[serde(default)]
     pub lr_schedule: LrSchedule,
-}
-
-/// Named starting points for a config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Preset {
-    /// A good general default: 2 x 256 LSTM, Adam, 10,000-word vocabulary, 3 epochs.
-    Default,
-    /// The reference, MXNet's bucketing PTB example: 2 x 256 LSTM, embed 256, batch 50,
-    /// SGD lr 0.01, weight decay 1e-5, Xavier(in, 2.34) init, forget bias 1, 2 epochs.
-    Seed,
-    /// Zaremba et al. 2014, small: 2 x 200, stream batch 20, bptt 20, uniform init 0.1, SGD lr 1
-    /// for 4 epochs then x0.5 per epoch, 13 epochs, clip 5, no dropout (114.5 test ppl on PTB).
-    ZarembaSmall,
-    /// Zaremba et al. 2014, medium: 2 x 650, bptt 35, uniform 0.05, dropout 0.5, SGD lr 1 for
-    /// 6 epochs then x0.8 per epoch, 39 epochs, clip 5 (82.7 test ppl on PTB).
-    ZarembaMedium,
-    /// Zaremba et al. 2014, large: 2 x 1500, bptt 35, uniform 0.04, dropout 0.65, SGD lr 1 for
-    /// 14 epochs then /1.15 per epoch, 55 epochs, clip 10 (78.4 test ppl on PTB).
-    ZarembaLarge,
-    /// A tiny model for smoke tests: 1 x 32 LSTM, 2,000-word vocabulary, 1 epoch.
-    Tiny,
-}
-
-impl Preset {
-    /// The config of this preset.
-    pub fn config(self) -> ExperimentConfig {
-        let xavier = InitScheme::MxXavier {
-            magnitude: 2.34,
-            forget_bias: 1.0,
-        };
-        let model = |e, h, l, init, loss_norm| LmConfig {
-            vocab_size: 0,
-            d_embed: e,
-            d_hidden: h,
-            n_layers: l,
-            init,
-            loss_norm,
-            dropout: 0.0,
-            tied: false,
-        };
-        let data = |batching, bptt, batch_size, max_vocab| DataConfig {
-            batching,
-            buckets: REFERENCE_BUCKETS.to_vec(),
-            bptt,
-            batch_size,
-            max_vocab,
-        };
-        let sgd = |lr| OptimizerConfig::Sgd {
-            lr,
-            momentum: 0.0,
-            weight_decay: 0.0,
-        };
-        // Zaremba et al. (and TensorFlow's ptb_word_lm that reproduces them): a stream of batch
-        // 20, loss summed over time and averaged over the batch, SGD lr 1 with a step decay.
-        let zaremba = |h, bptt, range, dropout, epochs, constant_epochs, decay, clip| {
-            let mut m = model(h, h, 2, InitScheme::Uniform { range }, LossNorm::Batch);
-            m.dropout = dropout;
-            ExperimentConfig {
-                model: m,
-                data: data(Batching::Stream, bptt, 20, 0),
-                optimizer: sgd(1.0),
-                epochs,
-                seed: 1,
-                clip,
-                lr_schedule: LrSchedule::StepDecay {
-                    constant_epochs,
-                    decay,
-                },
-            }
-        };
-        match self {
-            Preset::Default => ExperimentConfig {
-                model: model(256, 256, 2, xavier, LossNorm::Token),
-                data: data(Batching::Buckets, 35, 32, 10_000),
-                optimizer: OptimizerConfig::Adam {
-                    lr: 2e-3,
-                    weight_decay: 0.0,
-                },
-                epochs: 3,
-                seed: 1,
-                clip: 0.0,
-                lr_schedule: LrSchedule::Constant,
-            },
-            Preset::Seed => ExperimentConfig {
-                model: model(256, 256, 2, xavier, LossNorm::Batch),
-                data: data(Batching::Buckets, 35, 50, 0),
-                optimizer: OptimizerConfig::Sgd {
-                    lr: 0.01,
-                    momentum: 0.0,
-                    weight_decay: 1e-5,
-                },
-                epochs: 2,
-                seed: 1,
-                clip: 0.0,
-                lr_schedule: LrSchedule::Constant,
-            },
-            Preset::ZarembaSmall => zaremba(200, 20, 0.1, 0.0, 13, 4, 0.5, 5.0),
-            Preset::ZarembaMedium => zaremba(650, 35, 0.05, 0.5, 39, 6, 0.8, 5.0),
-            Preset::ZarembaLarge => zaremba(1500, 35, 0.04, 0.65, 55, 14, 1.0 / 1.15, 10.0),
-            Preset::Tiny => ExperimentConfig {
-                model: model(32, 32, 1, xavier, LossNorm::Token),
-                data: data(Batching::Buckets, 35, 16, 2_000),
-                optimizer: OptimizerConfig::Adam {
-                    lr: 1e-2,
-                    weight_decay: 0.0,
-                },
-                epochs: 1,
-                seed: 1,
-                clip: 0.0,
-                lr_schedule: LrSchedule::Constant,
-            },
-        }
-    }
 }
 
 impl ExperimentConfig {
@@ -324,27 +215,7 @@ fn diff(path: &str, run: &serde_json::Value, now: &serde_json::Value, out: &mut 
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn seed_preset_is_the_reference() {
-        let c = Preset::Seed.config();
-        assert_eq!(
-            (c.model.d_embed, c.model.d_hidden, c.model.n_layers),
-            (256, 256, 2)
-        );
-        assert_eq!(c.data.batch_size, 50);
-        assert_eq!(c.data.buckets, vec![10, 20, 40, 60, 80]);
-        assert_eq!(
-            c.optimizer,
-            OptimizerConfig::Sgd {
-                lr: 0.01,
-                momentum: 0.0,
-                weight_decay: 1e-5
-            }
-        );
-        assert_eq!(c.epochs, 2);
-    }
+    use super::presets::Preset;
 
     #[test]
     fn resume_allows_more_epochs_but_names_other_changes() {

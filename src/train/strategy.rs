@@ -29,12 +29,13 @@ use burn::train::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::carry::{CarrySnapshot, StateCarry};
-use crate::checkpoint::{
+use super::events::EventSink;
+use super::metrics::EpochSums;
+use crate::model::carry::{CarrySnapshot, StateCarry};
+use crate::run::checkpoint::{
     candidate_epochs, checkpoint_dir, first_sound, superseded, AtomicFileCheckpointer,
     KeepNewestComplete,
 };
-use crate::metrics::EpochSums;
 
 /// Folder of the partial checkpoints of a run.
 pub fn partial_dir(run_dir: &Path) -> PathBuf {
@@ -106,6 +107,34 @@ fn next_item<T, E: Into<TrainingError>>(
     }
 }
 
+/// The validation split of `epoch`, as burn-train's single-device loop runs it.
+fn validate<M: LearnerModel>(
+    learner: &Learner<M>,
+    loader: &ValidLoader<M>,
+    processor: &mut SupervisedTrainingEventProcessor<M>,
+    interrupter: &Interrupter,
+    epoch: usize,
+) {
+    interrupter.fail_on_error(processor.process_valid(LearnerEvent::StartSplit {
+        epoch_number: epoch,
+        total_items: loader.num_items(),
+    }));
+    let model = learner.model().valid();
+    let mut iterator = loader.iter();
+    let mut iteration = 0;
+    while let Some(item) = next_item(&mut *iterator, interrupter) {
+        let progress = iterator.progress();
+        iteration += 1;
+        let item = InferenceStep::step(&model, item);
+        let item = TrainingItem::new(item, progress, Some(iteration), None);
+        interrupter.fail_on_error(processor.process_valid(LearnerEvent::ProcessedItem(item)));
+        if interrupter.should_stop() {
+            break;
+        }
+    }
+    interrupter.fail_on_error(processor.process_valid(LearnerEvent::EndSplit(epoch)));
+}
+
 /// What [`ResumableStrategy`] needs besides burn-train's components.
 pub struct ResumableStrategy {
     device: Device,
@@ -115,12 +144,14 @@ pub struct ResumableStrategy {
     carry: Option<StateCarry>,
     resume: Mutex<Option<PartialProgress>>,
     generation: AtomicUsize,
+    events: EventSink,
 }
 
 impl ResumableStrategy {
     /// Trains on `device`; saves a partial checkpoint of `run_dir` every `every` (never when
     /// `None`), reading the training perplexity's running sums from `sums` and the carried
-    /// states from `carry`; starts inside an epoch when `resume` is given.
+    /// states from `carry`; starts inside an epoch when `resume` is given. A partial checkpoint
+    /// that cannot be saved is reported to `events` (training goes on).
     pub fn new(
         device: Device,
         run_dir: &Path,
@@ -128,6 +159,7 @@ impl ResumableStrategy {
         sums: Arc<Mutex<EpochSums>>,
         carry: Option<StateCarry>,
         resume: Option<PartialProgress>,
+        events: EventSink,
     ) -> Self {
         Self {
             generation: AtomicUsize::new(next_generation(&partial_dir(run_dir))),
@@ -137,6 +169,7 @@ impl ResumableStrategy {
             sums,
             carry,
             resume: Mutex::new(resume),
+            events,
         }
     }
 
@@ -177,7 +210,8 @@ impl ResumableStrategy {
         if let Err(e) =
             crate::fsutil::write_atomic(&progress_path(&dir, generation), json.as_bytes())
         {
-            eprintln!("warning: checkpoint within epoch {epoch} not saved: {e}");
+            self.events
+                .warn(format!("checkpoint within epoch {epoch} not saved: {e}"));
         }
         // Its records go with the checkpointing strategy's deletions.
         for old in superseded(&dir) {
@@ -198,7 +232,6 @@ impl<M: LearnerModel> SupervisedLearningStrategy<M> for ResumableStrategy {
         let dataloader_train = dataloader_train.to_device(&self.device);
         let train_total_items = dataloader_train.num_items();
         let dataloader_valid = dataloader_valid.to_device(&self.device.clone().inner());
-        let valid_total_items = dataloader_valid.num_items();
         learner.fork(&self.device);
         let mut processor = components.event_processor;
         let mut checkpointer = components.checkpointer;
@@ -264,25 +297,13 @@ impl<M: LearnerModel> SupervisedLearningStrategy<M> for ResumableStrategy {
                 break;
             }
 
-            interrupter.fail_on_error(processor.process_valid(LearnerEvent::StartSplit {
-                epoch_number: epoch,
-                total_items: valid_total_items,
-            }));
-            let model = learner.model().valid();
-            let mut iterator = dataloader_valid.iter();
-            let mut iteration = 0;
-            while let Some(item) = next_item(&mut *iterator, &interrupter) {
-                let progress = iterator.progress();
-                iteration += 1;
-                let item = InferenceStep::step(&model, item);
-                let item = TrainingItem::new(item, progress, Some(iteration), None);
-                interrupter
-                    .fail_on_error(processor.process_valid(LearnerEvent::ProcessedItem(item)));
-                if interrupter.should_stop() {
-                    break;
-                }
-            }
-            interrupter.fail_on_error(processor.process_valid(LearnerEvent::EndSplit(epoch)));
+            validate(
+                &learner,
+                &dataloader_valid,
+                &mut processor,
+                &interrupter,
+                epoch,
+            );
             interrupter.fail_on_error(processor.process_train(LearnerEvent::EndEpoch(epoch)));
             interrupter.fail_on_error(processor.flush());
             if interrupter.should_stop() {

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use super::history::EpochStats;
 use crate::error::{Error, Result};
-use crate::render::EpochStats;
 
 /// File name of the plot inside a run folder.
 pub const CURVES: &str = "curves.svg";
@@ -26,6 +26,14 @@ pub fn write_curves(
     let svg = curves_svg(title, history).map_err(|e| Error::Plot(e.to_string()))?;
     crate::fsutil::write_atomic(&path, svg.as_bytes())?;
     Ok(path)
+}
+
+/// The title of a run's plot: its folder name.
+pub fn run_title(run_dir: &std::path::Path) -> String {
+    run_dir.file_name().map_or_else(
+        || run_dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// The plot of `history` as SVG text. Non-finite values (a diverged epoch) and learning rates

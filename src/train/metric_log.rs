@@ -17,22 +17,26 @@ use burn::train::logger::MetricLogger;
 use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
 use burn::train::metric::{MetricDefinition, MetricId, NumericEntry};
 
+use super::events::EventSink;
+
 /// A burn-train [`MetricLogger`] writing the metric logs of a run folder; see the module docs.
 pub struct MetricLogs {
     dir: PathBuf,
     names: HashMap<MetricId, String>,
     open: HashMap<PathBuf, BufWriter<File>>,
     failed: bool,
+    events: EventSink,
 }
 
 impl MetricLogs {
-    /// Logs under the run folder `run_dir`.
-    pub fn new(run_dir: &Path) -> Self {
+    /// Logs under the run folder `run_dir`; a write that fails is reported to `events`.
+    pub fn new(run_dir: &Path, events: EventSink) -> Self {
         Self {
             dir: run_dir.to_path_buf(),
             names: HashMap::new(),
             open: HashMap::new(),
             failed: false,
+            events,
         }
     }
 
@@ -76,11 +80,11 @@ impl MetricLogs {
 
     /// Says once that the logs stop, and drops the open files without writing more.
     fn fail(&mut self, error: std::io::Error) {
-        eprintln!(
-            "warning: the metric logs under {} stop here ({error}); training goes on, and its \
+        self.events.warn(format!(
+            "the metric logs under {} stop here ({error}); training goes on, and its \
              checkpoints need disk space too",
             self.dir.display()
-        );
+        ));
         self.failed = true;
         for (_, file) in self.open.drain() {
             // Dropping a BufWriter flushes it, which would fail again; its buffer is discarded.
@@ -156,12 +160,13 @@ impl MetricLogger for MetricLogs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::events::TrainEvent;
     use burn::train::metric::store::NumericMetricUpdate;
     use burn::train::metric::{MetricAttributes, MetricEntry, SerializedEntry};
     use std::sync::Arc;
 
-    fn logs_with_perplexity(run_dir: &Path) -> (MetricLogs, MetricId) {
-        let mut logs = MetricLogs::new(run_dir);
+    fn logs_with_perplexity(run_dir: &Path, events: EventSink) -> (MetricLogs, MetricId) {
+        let mut logs = MetricLogs::new(run_dir, events);
         let id = MetricId::new(Arc::new("ppl".to_string()));
         logs.log_metric_definition(MetricDefinition {
             metric_id: id.clone(),
@@ -190,7 +195,7 @@ mod tests {
     #[test]
     fn values_are_written_per_split_and_epoch_and_read_back() {
         let run = tempfile::tempdir().unwrap();
-        let (mut logs, id) = logs_with_perplexity(run.path());
+        let (mut logs, id) = logs_with_perplexity(run.path(), EventSink::quiet());
         for v in [300.0, 250.5] {
             logs.log(update(&id, v), 1, &Split::Train);
         }
@@ -209,7 +214,14 @@ mod tests {
     #[test]
     fn a_full_disk_stops_the_logs_without_a_panic() {
         let run = tempfile::tempdir().unwrap();
-        let (mut logs, id) = logs_with_perplexity(run.path());
+        let warnings = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = warnings.clone();
+        let events = EventSink::new(move |e| {
+            if let TrainEvent::Warning(w) = e {
+                seen.lock().unwrap().push(w);
+            }
+        });
+        let (mut logs, id) = logs_with_perplexity(run.path(), events);
         let path = logs.path("Perplexity", 1, &Split::Train);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink("/dev/full", &path).unwrap();
@@ -221,5 +233,8 @@ mod tests {
         assert!(logs.failed());
         logs.log(update(&id, 1.0), 2, &Split::Train);
         assert!(!logs.path("Perplexity", 2, &Split::Train).exists());
+        let warnings = warnings.lock().unwrap();
+        assert_eq!(warnings.len(), 1, "said once: {warnings:?}");
+        assert!(warnings[0].contains("No space left"), "{warnings:?}");
     }
 }

@@ -3,11 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::last_complete_checkpoint;
 use crate::config::{Batching, ExperimentConfig};
 use crate::error::{Error, Result};
-use crate::render::EpochStats;
-use crate::run::{files, load_config, read_history, read_test_score, RunLock, TestScore};
+use crate::format::format_duration;
+
+use super::files;
+use super::history::EpochStats;
+use super::{Run, TestScore};
 
 /// Where a run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,11 +56,12 @@ pub struct RunSummary {
     pub wall_seconds: f64,
 }
 
-/// Reads the run in `run_dir`.
-pub fn summarize(run_dir: &Path) -> Result<RunSummary> {
-    let config = load_config(run_dir)?;
-    let epochs_done = last_complete_checkpoint(run_dir).unwrap_or(0);
-    let history: Vec<EpochStats> = read_history(run_dir)
+/// What `run` says about itself.
+pub fn summarize(run: &Run) -> RunSummary {
+    let config = run.config().clone();
+    let epochs_done = run.epochs_done();
+    let history: Vec<EpochStats> = run
+        .history()
         .into_iter()
         .filter(|s| s.epoch <= epochs_done)
         .collect();
@@ -76,29 +79,38 @@ pub fn summarize(run_dir: &Path) -> Result<RunSummary> {
     // harmonic mean of the epochs' rates.
     let tokens_per_second = (!timed.is_empty())
         .then(|| timed.len() as f64 / timed.iter().map(|s| 1.0 / s.tokens_per_second).sum::<f64>());
-    let status = if RunLock::is_held(run_dir) {
+    let status = if run.is_training() {
         RunStatus::Running
     } else if epochs_done >= config.epochs {
         RunStatus::Complete
     } else {
         RunStatus::Interrupted
     };
-    Ok(RunSummary {
-        dir: run_dir.to_path_buf(),
+    RunSummary {
+        dir: run.dir().to_path_buf(),
         status,
-        test: read_test_score(run_dir).filter(|t| t.epoch <= epochs_done),
+        test: run.test_score().filter(|t| t.epoch <= epochs_done),
         config,
         epochs_done,
         history,
         best_valid,
         tokens_per_second,
         wall_seconds,
-    })
+    }
+}
+
+/// The runs found under a folder, and the folders that look like runs but cannot be read.
+#[derive(Debug)]
+pub struct RunList {
+    /// The readable runs, sorted by path.
+    pub runs: Vec<RunSummary>,
+    /// Folders holding a `config.json` that could not be opened, with the reason.
+    pub skipped: Vec<(PathBuf, Error)>,
 }
 
 /// The runs in `root`: `root` itself when it is a run folder, and every sub-folder (at any
-/// depth) holding a `config.json`, sorted by path. Unreadable runs are skipped with a warning.
-pub fn list_runs(root: &Path) -> Result<Vec<RunSummary>> {
+/// depth) holding a `config.json`, sorted by path; unreadable ones are listed as skipped.
+pub fn list_runs(root: &Path) -> Result<RunList> {
     if !root.is_dir() {
         return Err(Error::BadRun {
             dir: root.to_path_buf(),
@@ -107,12 +119,13 @@ pub fn list_runs(root: &Path) -> Result<Vec<RunSummary>> {
         });
     }
     let mut found = Vec::new();
+    let mut skipped = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
         if dir.join(files::CONFIG).is_file() {
-            match summarize(&dir) {
-                Ok(s) => found.push(s),
-                Err(e) => eprintln!("warning: skipping {}: {e}", dir.display()),
+            match Run::open(&dir) {
+                Ok(run) => found.push(summarize(&run)),
+                Err(e) => skipped.push((dir, e)),
             }
             continue;
         }
@@ -124,13 +137,11 @@ pub fn list_runs(root: &Path) -> Result<Vec<RunSummary>> {
         }
     }
     found.sort_by(|a, b| a.dir.cmp(&b.dir));
-    Ok(found)
-}
-
-/// `h:mm:ss` for a duration in seconds.
-pub fn format_duration(seconds: f64) -> String {
-    let s = seconds.max(0.0).round() as u64;
-    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    skipped.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(RunList {
+        runs: found,
+        skipped,
+    })
 }
 
 impl RunSummary {

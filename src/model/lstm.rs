@@ -8,8 +8,8 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 
-use crate::fused::lstm_layer::lstm_recurrence;
-use crate::model::{uniform, InitScheme};
+use crate::model::fused::lstm_layer::lstm_recurrence;
+use crate::model::init::{uniform, InitScheme};
 
 /// The recurrent state of one layer.
 #[derive(Debug, Clone)]

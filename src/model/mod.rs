@@ -9,28 +9,17 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::carry::CarryKey;
-use crate::fused::output::linear_nll;
-use crate::lstm::{LstmLayer, LstmStack, LstmState};
+pub mod carry;
+pub mod fused;
+pub mod init;
+pub mod lstm;
 
-/// How parameters are initialised.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum InitScheme {
-    /// MXNet's `Xavier(factor_type="in", magnitude)`: every weight matrix `U(-s, s)` with
-    /// `s = sqrt(magnitude / fan_in)`, biases zero but the forget gate's, set to `forget_bias`.
-    MxXavier {
-        /// 2.34 in the reference.
-        magnitude: f64,
-        /// 1.0 in the reference (mx.rnn.LSTMCell).
-        forget_bias: f64,
-    },
-    /// Every parameter `U(-range, range)` (Zaremba et al.).
-    Uniform {
-        /// 0.1 in Zaremba et al.
-        range: f64,
-    },
-}
+pub use init::InitScheme;
+
+use carry::CarryKey;
+use fused::output::linear_nll;
+use init::uniform;
+use lstm::{LstmLayer, LstmStack, LstmState};
 
 /// How the per-token cross-entropy is reduced to the loss that is differentiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -135,12 +124,6 @@ impl LmConfig {
     }
 }
 
-/// `n` values drawn uniformly from `[-range, range)`.
-pub(crate) fn uniform(rng: &mut StdRng, n: usize, range: f64) -> Vec<f32> {
-    let r = range as f32;
-    (0..n).map(|_| rng.random_range(-r..r)).collect()
-}
-
 /// One batch of sentences for the model.
 #[derive(Debug, Clone)]
 pub struct LmBatch {
@@ -155,7 +138,7 @@ pub struct LmBatch {
     /// Number of real target tokens (the ones in the perplexity).
     pub tokens: usize,
     /// For a window of a stream: where to take the starting state from and leave the final one
-    /// (see [`crate::carry`]); `None` starts from zeros.
+    /// (see [`crate::model::carry`]); `None` starts from zeros.
     pub carry: Option<CarryKey>,
     /// Seed of this batch's dropout masks; `None` (evaluation) applies no dropout.
     pub dropout_seed: Option<u64>,

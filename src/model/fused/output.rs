@@ -307,7 +307,7 @@ impl<B: Backend + OutputOps, C: CheckpointStrategy> OutputOps for Autodiff<B, C>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::max_rel_err;
+    use crate::model::fused::max_rel_err;
     use burn::tensor::{Device, Distribution, TensorData};
 
     /// Values and the gradients in x, weight and bias against Burn's matmul + log_softmax +

@@ -1,14 +1,18 @@
-//! Text generation from a trained model: a seeded [`Sampler`] (temperature, top-k) and
+//! Text generation from a trained model: a seeded [`Sampler`] (temperature, top-k),
 //! [`generate`], which feeds a prompt and then samples one token at a time, carrying the LSTM
-//! state, so each new token costs one step of the network.
+//! state, so each new token costs one step of the network, and [`generate_run`], which does it
+//! for a saved run the way the run was trained (`lstm-lm generate`).
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::config::Batching;
 use crate::data::vocab::{Vocab, EOS, EOS_ID, PAD_ID, UNK_ID};
-use crate::lstm::LstmState;
+use crate::error::{Error, Result};
+use crate::model::lstm::LstmState;
 use crate::model::LanguageModel;
+use crate::run::Run;
 
 /// Draws the next token from a vector of logits: greedy at temperature 0, otherwise from the
 /// softmax of `logits / temperature` restricted to the `top_k` most likely tokens.
@@ -184,6 +188,30 @@ pub fn generate(model: &LanguageModel, vocab: &Vocab, request: &GenerateRequest)
     }
 }
 
+/// Generates from checkpoint `epoch` (the newest sound one when `None`) of `run` on `device`.
+/// A bucket-trained run starts every sentence from the zero state, as it was trained
+/// ([`GenerateRequest::fresh_sentences`] is set from the run's config); the temperature must be
+/// 0 (greedy) or positive.
+pub fn generate_run(
+    run: &Run,
+    epoch: Option<usize>,
+    device: &Device,
+    request: &GenerateRequest,
+) -> Result<Generation> {
+    if !(request.temperature >= 0.0 && request.temperature.is_finite()) {
+        return Err(Error::Config(format!(
+            "--temperature {} is not allowed: pass 0 (greedy) or a positive number such as 0.8",
+            request.temperature
+        )));
+    }
+    let (model, _) = run.load_model(epoch, device)?;
+    let request = GenerateRequest {
+        fresh_sentences: run.config().data.batching == Batching::Buckets,
+        ..request.clone()
+    };
+    Ok(generate(&model, run.vocab(), &request))
+}
+
 /// Runs `ids` as one sequence from `state` and returns the logits `[vocab]` of its last step and
 /// the state after it.
 fn last_logits(
@@ -293,5 +321,33 @@ mod tests {
         };
         assert_eq!(g.text(&words("hello")), "hello world\nthe end\nmore\n");
         assert_eq!(g.text(&[]), "world\nthe end\nmore\n");
+    }
+
+    #[test]
+    fn a_negative_temperature_is_refused_before_the_run_is_loaded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::config::presets::Preset::Tiny.config();
+        let text: Vec<String> = ["a", "b"].map(String::from).to_vec();
+        let vocab = Vocab::build([text.as_slice()], 0);
+        crate::run::save_run(tmp.path(), &config, &vocab, 0).unwrap();
+        let run = Run::open(tmp.path()).unwrap();
+        let request = |temperature| GenerateRequest {
+            prompt: Vec::new(),
+            length: 3,
+            temperature,
+            top_k: 0,
+            seed: 1,
+            no_unk: false,
+            fresh_sentences: false,
+        };
+        let e = generate_run(&run, None, &Device::flex(), &request(-1.0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--temperature -1 is not allowed"), "{e}");
+        // A valid temperature gets as far as the checkpoint, which this run does not have.
+        let e = generate_run(&run, None, &Device::flex(), &request(0.8))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no complete checkpoint yet"), "{e}");
     }
 }

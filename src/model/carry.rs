@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::lstm::LstmState;
+use crate::model::lstm::LstmState;
 
 /// The state each group of stream columns ended its last window in.
 #[derive(Clone, Default)]

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use burn::tensor::{Tensor, TensorReadError};
 
-use crate::guard::DivergenceGuard;
+use crate::train::guard::DivergenceGuard;
 use burn::train::metric::{
     format_float, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes,
     NumericEntry, SerializedEntry,

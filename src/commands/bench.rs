@@ -1,0 +1,377 @@
+//! Training-speed benchmark: the trainer's own training step and update ([`TrainStep::step`]:
+//! forward, loss, backward; [`TrainStep::optimize`]: clipping, optimizer), called as burn-train's
+//! Learner calls them, timed on named configs, with tokens counted the way the reference
+//! measurements count them.
+//!
+//! Each config is a preset with overrides ([`BenchConfig::experiment`]); the names are kept
+//! from earlier measurements so figures stay comparable:
+//! - `seed`: `--preset seed` (buckets `[10,20,40,60,80]`, batch 50, SGD 0.01, weight decay
+//!   1e-5); tokens are the targets that enter the reference's perplexity, i.e. neither padding
+//!   nor end of sentence (the reference gives both id 0).
+//! - `small`, `medium`, `zaremba-large`: `--preset zaremba-small` (stream batch 20, SGD lr 1,
+//!   clip 5, uniform init 0.1, no dropout) with `--embed` = `--hidden` 256, 650 or 1500 and
+//!   `--bptt 35`; the state is carried (detached) from window to window; every position is a
+//!   token. `small` is not the preset `zaremba-small` (2 x 200, bptt 20), and `medium` and
+//!   `zaremba-large` have neither the dropout nor the init range of `zaremba-medium` and
+//!   `zaremba-large`: they time the sizes.
+//!
+//! The vocabulary is built from the text and the output layer padded to `min_vocab` rows
+//! (10,000 by default, PTB's size), as the PyTorch reference does with `--min-vocab`.
+
+use std::time::Instant;
+
+use burn::tensor::Device;
+use burn::train::TrainStep;
+use serde::Serialize;
+
+use crate::config::overrides::Overrides;
+use crate::config::presets::Preset;
+use crate::config::{Batching, ExperimentConfig};
+use crate::data::batcher::{BucketLoader, Buckets, HostBatch};
+use crate::data::corpus::Sentence;
+use crate::data::stream::{Stream, StreamLoader};
+use crate::data::vocab::{Vocab, EOS_ID, PAD_ID};
+use crate::error::{Error, Result};
+use crate::model::LmBatch;
+use crate::train::step::optimizer;
+
+/// A named benchmark configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchConfig {
+    /// `--preset seed`: 2 x 256, buckets [10,20,40,60,80], batch 50, SGD 0.01.
+    Seed,
+    /// `--preset zaremba-small --embed 256 --hidden 256 --bptt 35`: 2 x 256, stream batch 20.
+    Small,
+    /// `--preset zaremba-small --embed 650 --hidden 650 --bptt 35` (Zaremba medium's sizes).
+    Medium,
+    /// `--preset zaremba-small --embed 1500 --hidden 1500 --bptt 35` (Zaremba large's sizes).
+    ZarembaLarge,
+}
+
+impl BenchConfig {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Seed => "seed",
+            Self::Small => "small",
+            Self::Medium => "medium",
+            Self::ZarembaLarge => "zaremba-large",
+        }
+    }
+
+    /// The experiment config it times: a preset with overrides.
+    pub fn experiment(self) -> ExperimentConfig {
+        let sizes = |width: usize| Overrides {
+            embed: Some(width),
+            hidden: Some(width),
+            bptt: Some(35),
+            ..Default::default()
+        };
+        match self {
+            Self::Seed => Preset::Seed.config(),
+            Self::Small => sizes(256).apply(Preset::ZarembaSmall.config()),
+            Self::Medium => sizes(650).apply(Preset::ZarembaSmall.config()),
+            Self::ZarembaLarge => sizes(1500).apply(Preset::ZarembaSmall.config()),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchRequest {
+    /// The config.
+    pub config: BenchConfig,
+    /// Sentences the batches are made of (cycled when `steps` exceeds one epoch).
+    pub text: Vec<Sentence>,
+    /// The output layer has at least this many rows.
+    pub min_vocab: usize,
+    /// Untimed steps first (autotuning, allocation); when above 0, also one untimed step of
+    /// each batch shape the timed steps meet that these did not (see [`schedule`]).
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Where to train (a non-autodiff device; autodiff is added here).
+    pub device: Device,
+    /// Seed of initialisation (and of the bucket order).
+    pub seed: u64,
+    /// Run Burn's composed ops instead of the fused ones, to time what the fused ops replace.
+    pub composed: bool,
+}
+
+/// The measurement of one benchmark run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Config name.
+    pub config: &'static str,
+    /// Device, as Burn prints it.
+    pub device: String,
+    /// Output rows (vocabulary padded to `min_vocab`).
+    pub vocab: usize,
+    /// Number of parameters.
+    pub params: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Wall time of the timed steps, seconds.
+    pub seconds: f64,
+    /// Tokens counted as the reference counts them (see the module docs).
+    pub tokens: usize,
+    /// All computed positions, padding included (`batch * seq` per step).
+    pub positions: usize,
+    /// Sequences processed.
+    pub samples: usize,
+    /// `tokens / seconds`.
+    pub tokens_per_sec: f64,
+    /// `positions / seconds`.
+    pub positions_per_sec: f64,
+    /// `samples / seconds`.
+    pub samples_per_sec: f64,
+    /// Mean wall time per timed step, milliseconds.
+    pub ms_per_step: f64,
+    /// Mean milliseconds per step in the training step (forward, loss, backward) and in the
+    /// update (clipping, optimizer). On an asynchronous device (wgpu) the first is the time to
+    /// queue the work.
+    pub phase_ms: [f64; 2],
+    /// Loss of the last step (a sanity check that training happened).
+    pub last_loss: f64,
+    /// Peak resident memory of the process, MiB (`VmHWM`), when the OS reports it.
+    pub peak_rss_mib: Option<f64>,
+    /// Whether the fused ops were on, where the device has them (off: Burn's composed ops,
+    /// `lstm-lm bench --composed`).
+    pub fused: bool,
+}
+
+/// The batches of one pass over the text, for `config`.
+enum Batches {
+    /// Bucket batches in the training order of epoch 1.
+    Buckets(Vec<HostBatch>),
+    /// The stream's windows, served with the carry keys that hand the state on, and their
+    /// shapes.
+    Stream(StreamLoader, Vec<(usize, usize)>),
+}
+
+impl Batches {
+    fn new(config: &ExperimentConfig, ids: &[Vec<usize>], seed: u64, device: &Device) -> Self {
+        let data = &config.data;
+        match data.batching {
+            Batching::Buckets => {
+                let buckets = Buckets::new(ids, &data.buckets);
+                // Shuffled as in training, so a short run samples every bucket length.
+                Self::Buckets(
+                    BucketLoader::training(buckets, data.batch_size, seed, 1, device.clone())
+                        .epoch_batches(1),
+                )
+            }
+            Batching::Stream => {
+                let stream = Stream::new(ids, data.batch_size);
+                let shapes = (0..stream.num_windows(data.bptt))
+                    .map(|k| {
+                        let w = stream.window(k, data.bptt);
+                        (w.batch, w.seq)
+                    })
+                    .collect();
+                let loader = StreamLoader::training(stream, data.bptt, seed, 1, device.clone());
+                Self::Stream(loader, shapes)
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Buckets(b) => b.len(),
+            Self::Stream(_, shapes) => shapes.len(),
+        }
+    }
+
+    /// `[batch, seq]` of batch `k`.
+    fn shape(&self, k: usize) -> (usize, usize) {
+        match self {
+            Self::Buckets(b) => (b[k].batch, b[k].seq),
+            Self::Stream(_, shapes) => shapes[k],
+        }
+    }
+
+    /// Batch `k` of pass `pass` on `device`, and its tokens as the reference counts them.
+    fn get(&self, pass: usize, k: usize, device: &Device) -> (LmBatch, usize) {
+        match self {
+            Self::Buckets(b) => {
+                let counted = b[k]
+                    .targets
+                    .iter()
+                    .filter(|&&t| t != PAD_ID as i64 && t != EOS_ID as i64)
+                    .count();
+                (b[k].to_device(device), counted)
+            }
+            Self::Stream(s, _) => {
+                // A new pass is a new epoch: its first window starts from zeros.
+                let batch = s.batch(pass, k);
+                let [rows, seq] = batch.inputs.dims();
+                (batch, rows * seq)
+            }
+        }
+    }
+}
+
+/// Runs the benchmark and reports its speed.
+pub fn run(request: &BenchRequest) -> Result<BenchReport> {
+    crate::model::fused::set_enabled(!request.composed);
+    let mut config = request.config.experiment();
+    let vocab = Vocab::build(request.text.iter().map(Vec::as_slice), 0);
+    let ids: Vec<Vec<usize>> = request.text.iter().map(|s| vocab.encode(s)).collect();
+    let device = request.device.clone().autodiff();
+    let batches = Batches::new(&config, &ids, request.seed, &device);
+    let n = batches.len();
+    if n == 0 {
+        return Err(Error::Config(format!(
+            "the benchmark text is too short for one batch of {} ({} sentences)",
+            config.data.batch_size,
+            request.text.len()
+        )));
+    }
+    config.model.vocab_size = vocab.len().max(request.min_vocab);
+    let mut model = config.model.init(request.seed, &device);
+    model.max_grad_norm = config.clip;
+    let mut optim = optimizer(&config.optimizer);
+    let lr = config.optimizer.lr();
+
+    let (mut tokens, mut positions, mut samples) = (0, 0, 0);
+    let mut last_loss = f64::NAN;
+    let mut phases = [0.0f64; 2];
+    let shapes: Vec<(usize, usize)> = (0..n).map(|k| batches.shape(k)).collect();
+    let mut start = Instant::now();
+    let mut was_timed = false;
+    // Passes over the text, counted as epochs: each starts the stream from zeros again.
+    let mut pass = 0;
+    for (index, timed) in schedule(&shapes, request.warmup, request.steps) {
+        if timed && !was_timed {
+            start = Instant::now();
+            was_timed = true;
+        }
+        if index == 0 || pass == 0 {
+            pass += 1;
+        }
+        let t0 = Instant::now();
+        let (batch, counted) = batches.get(pass, index, &device);
+        let (rows, seq) = shapes[index];
+        let output = TrainStep::step(&model, batch);
+        let t1 = Instant::now();
+        model = model.optimize(&mut optim, lr.into(), output.grads);
+        // Reading the loss waits for the step, as the trainer's metrics do.
+        last_loss = output.item.loss.into_scalar::<f32>() as f64;
+        if timed {
+            phases[0] += (t1 - t0).as_secs_f64();
+            phases[1] += t1.elapsed().as_secs_f64();
+            positions += rows * seq;
+            samples += rows;
+            tokens += counted;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let per_sec = |n: usize| n as f64 / seconds;
+    Ok(BenchReport {
+        fused: crate::model::fused::enabled(),
+        config: request.config.name(),
+        device: crate::device::describe(&request.device),
+        vocab: config.model.vocab_size,
+        params: config.model.num_params(),
+        steps: request.steps,
+        seconds,
+        tokens,
+        positions,
+        samples,
+        tokens_per_sec: per_sec(tokens),
+        positions_per_sec: per_sec(positions),
+        samples_per_sec: per_sec(samples),
+        ms_per_step: seconds * 1e3 / request.steps.max(1) as f64,
+        phase_ms: phases.map(|p| p * 1e3 / request.steps.max(1) as f64),
+        last_loss,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} on {}{}: {:.0} tokens/s, {:.0} positions/s, {:.1} samples/s, {:.1} ms/step \
+             (step {:.1}, update {:.1}), peak RSS {} ({} steps, V={}, {} params, last loss {:.3})",
+            self.config,
+            self.device,
+            if self.fused { "" } else { " (composed ops)" },
+            self.tokens_per_sec,
+            self.positions_per_sec,
+            self.samples_per_sec,
+            self.ms_per_step,
+            self.phase_ms[0],
+            self.phase_ms[1],
+            self.peak_rss_mib
+                .map_or("unknown".into(), |m| format!("{m:.0} MiB")),
+            self.steps,
+            self.vocab,
+            self.params,
+            self.last_loss,
+        )
+    }
+}
+
+/// The steps to run, as (batch index, timed): `warmup` untimed steps over the first batches,
+/// then, when `warmup > 0`, one untimed step of each batch shape `[batch, seq]` that the timed
+/// steps will meet and the warm-up did not (a GPU compiles, and autotune times, kernels per
+/// shape: a `seed` run meets five bucket lengths, and one tuned inside the timed steps would
+/// swamp them), then the `steps` timed steps, which continue where the warm-up left off and
+/// cycle through the batches.
+fn schedule(shapes: &[(usize, usize)], warmup: usize, steps: usize) -> Vec<(usize, bool)> {
+    let n = shapes.len();
+    let mut plan: Vec<(usize, bool)> = (0..warmup).map(|s| (s % n, false)).collect();
+    let timed: Vec<usize> = (warmup..warmup + steps).map(|s| s % n).collect();
+    if warmup > 0 {
+        let mut seen: Vec<(usize, usize)> = plan.iter().map(|&(i, _)| shapes[i]).collect();
+        for &i in &timed {
+            if !seen.contains(&shapes[i]) {
+                seen.push(shapes[i]);
+                plan.push((i, false));
+            }
+        }
+    }
+    plan.extend(timed.into_iter().map(|i| (i, true)));
+    plan
+}
+
+/// The process's peak resident set size in MiB, from `/proc/self/status` (Linux).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schedule;
+
+    /// Bucket batches of lengths 10, 20, 10, 40: one warm-up step (length 10), then one of
+    /// each length the timed steps meet (20 at batch 1, 40 at batch 3), then the four timed
+    /// steps from batch 1 on, wrapping to batch 0. Without a warm-up nothing is added.
+    #[test]
+    fn the_warm_up_meets_every_batch_shape_the_timed_steps_will() {
+        let shapes = [(50, 10), (50, 20), (50, 10), (50, 40)];
+        assert_eq!(
+            schedule(&shapes, 1, 4),
+            [
+                (0, false),
+                (1, false),
+                (3, false),
+                (1, true),
+                (2, true),
+                (3, true),
+                (0, true)
+            ]
+        );
+        assert_eq!(schedule(&shapes, 0, 2), [(0, true), (1, true)]);
+        // A stream (one shape): the warm-up is exactly `warmup` steps.
+        assert_eq!(
+            schedule(&[(20, 35); 3], 2, 2),
+            [(0, false), (1, false), (2, true), (0, true)]
+        );
+    }
+}

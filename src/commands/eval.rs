@@ -1,0 +1,105 @@
+//! Perplexity of a saved run on any text (`lstm-lm eval`).
+
+use std::path::PathBuf;
+
+use burn::tensor::Device;
+
+use crate::data::corpus::Sentence;
+use crate::error::{Error, Result};
+use crate::run::Run;
+use crate::train::evaluate::{evaluate_bucketed, evaluate_stream, Evaluation};
+
+/// What `lstm-lm eval` scores and how.
+#[derive(Debug, Clone)]
+pub struct EvalRequest {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// The text, as sentences of tokens; words outside the run's vocabulary count as `<unk>`.
+    pub text: Vec<Sentence>,
+    /// The checkpoint's epoch (the newest complete one when `None`).
+    pub epoch: Option<usize>,
+    /// Score each sentence from a zero state in the run's buckets instead of one stream.
+    pub sentences: bool,
+    /// Parallel columns of the stream; 1 scores the whole text as one sequence.
+    pub columns: usize,
+    /// Window length (the run's `bptt` when `None`); the state is carried across windows, so
+    /// it changes speed, not the context.
+    pub bptt: Option<usize>,
+    /// Where to run.
+    pub device: Device,
+}
+
+/// The result of [`evaluate_run`].
+#[derive(Debug, Clone, Copy)]
+pub struct RunEvaluation {
+    /// Tokens, loss and perplexity.
+    pub evaluation: Evaluation,
+    /// The checkpoint's epoch.
+    pub epoch: usize,
+    /// Tokens of the text not in the vocabulary (scored as `<unk>`).
+    pub unknown_tokens: usize,
+}
+
+/// Perplexity of a saved run on `request.text`; the checkpoint may come from any backend.
+pub fn evaluate_run(request: &EvalRequest) -> Result<RunEvaluation> {
+    let run = Run::open(&request.run_dir)?;
+    let (config, vocab) = (run.config(), run.vocab());
+    let (model, epoch) = run.load_model(request.epoch, &request.device)?;
+    let unknown_tokens = request
+        .text
+        .iter()
+        .flatten()
+        .filter(|w| !vocab.contains(w))
+        .count();
+    let ids: Vec<Vec<usize>> = request.text.iter().map(|s| vocab.encode(s)).collect();
+    let evaluation = if request.sentences {
+        evaluate_bucketed(
+            &model,
+            &ids,
+            &config.data.buckets,
+            config.data.batch_size,
+            &request.device,
+        )
+    } else {
+        let bptt = request.bptt.unwrap_or(config.data.bptt).max(1);
+        evaluate_stream(&model, &ids, request.columns.max(1), bptt, &request.device)
+    };
+    if evaluation.tokens == 0 {
+        return Err(Error::Config(format!(
+            "the text gives no token to score with {} columns; pass --columns 1 or a longer text",
+            request.columns
+        )));
+    }
+    Ok(RunEvaluation {
+        evaluation,
+        epoch,
+        unknown_tokens,
+    })
+}
+
+impl RunEvaluation {
+    /// The result in one line, for the text called `text_name`, scored as `request` asked.
+    pub fn describe(&self, request: &EvalRequest, text_name: &str) -> String {
+        let e = &self.evaluation;
+        let how = if request.sentences {
+            format!(
+                "sentence by sentence, {} longer than the largest bucket not scored",
+                e.dropped_sentences
+            )
+        } else if request.columns <= 1 {
+            "full context".to_string()
+        } else {
+            format!("{} columns", request.columns)
+        };
+        format!(
+            "{} (epoch {}) on {text_name} ({how}): {} tokens ({} not in the vocabulary, scored \
+             as <unk>), loss {:.4}, perplexity {:.2}",
+            request.run_dir.display(),
+            self.epoch,
+            e.tokens,
+            self.unknown_tokens,
+            e.loss,
+            e.perplexity
+        )
+    }
+}

@@ -1,0 +1,61 @@
+//! The run's record of finished epochs, `history.jsonl`: one JSON [`EpochStats`] per line.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+use super::files;
+
+/// What one epoch measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochStats {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Training perplexity over the epoch (padding excluded).
+    pub train_perplexity: f64,
+    /// Validation perplexity after the epoch (padding excluded).
+    pub valid_perplexity: f64,
+    /// Real training tokens per second.
+    pub tokens_per_second: f64,
+    /// Wall time of the epoch, training and validation, in seconds.
+    pub seconds: f64,
+    /// Learning rate the epoch trained at (0 in histories written before it was recorded).
+    #[serde(default)]
+    pub lr: f64,
+}
+
+/// The finished epochs recorded in a run folder (unreadable lines are skipped).
+pub fn read_history(run_dir: &Path) -> Vec<EpochStats> {
+    std::fs::read_to_string(run_dir.join(files::HISTORY))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Writes `history` as the run's whole `history.jsonl`, atomically.
+pub(crate) fn write_history(run_dir: &Path, history: &[EpochStats]) -> Result<()> {
+    let mut text = String::new();
+    for s in history {
+        text += &serde_json::to_string(s).expect("stats serialise");
+        text.push('\n');
+    }
+    crate::fsutil::write_atomic(&run_dir.join(files::HISTORY), text.as_bytes())
+}
+
+/// Appends one epoch to the history file at `path` and syncs it.
+pub(crate) fn append_history(path: &Path, stats: &EpochStats) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(
+        f,
+        "{}",
+        serde_json::to_string(stats).expect("stats serialise")
+    )?;
+    f.sync_data()
+}

@@ -1,0 +1,192 @@
+//! The training and validation loaders of a run, and how they split across devices.
+
+use std::sync::Arc;
+
+use burn::data::dataloader::DataLoader;
+use burn::tensor::Device;
+
+use crate::config::{Batching, ExperimentConfig};
+use crate::data::batcher::{BucketLoader, Buckets};
+use crate::data::stream::{Stream, StreamLoader};
+use crate::error::{Error, Result};
+use crate::model::carry::StateCarry;
+use crate::model::LmBatch;
+
+use super::events::EventSink;
+
+/// The training and validation loaders of a run, and the optimizer steps per epoch.
+pub(crate) struct Loaders {
+    pub train: Arc<dyn DataLoader<LmBatch>>,
+    pub valid: Arc<dyn DataLoader<LmBatch>>,
+    pub steps_per_epoch: usize,
+    /// The training windows' carried states (stream batching).
+    pub carry: Option<StateCarry>,
+}
+
+/// Makes the loaders `config` asks for, and says what the data gives.
+pub(crate) fn loaders(
+    config: &ExperimentConfig,
+    train_ids: &[Vec<usize>],
+    valid_ids: &[Vec<usize>],
+    first_epoch: usize,
+    device: &Device,
+    events: &EventSink,
+) -> Result<Loaders> {
+    let data = &config.data;
+    let train_tokens: usize = train_ids.iter().map(Vec::len).sum();
+    match data.batching {
+        Batching::Buckets => {
+            let train_buckets = Buckets::new(train_ids, &data.buckets);
+            let valid_buckets = Buckets::new(valid_ids, &data.buckets);
+            let largest = data.buckets.iter().max().copied().unwrap_or(0);
+            events.info(format!(
+                "data: {} train sentences ({} tokens), {} valid; buckets {:?}; dropped {} train and \
+                 {} valid sentences longer than {largest} tokens",
+                train_ids.len(),
+                train_tokens - train_ids.len(),
+                valid_ids.len(),
+                data.buckets,
+                train_buckets.dropped,
+                valid_buckets.dropped,
+            ));
+            let steps_per_epoch = train_buckets.num_batches(data.batch_size);
+            if train_buckets.dropped == train_ids.len() {
+                return Err(Error::Config(format!(
+                    "every training sentence is longer than the largest bucket ({largest} \
+                     tokens); pass --batching stream (no length limit) or larger --buckets"
+                )));
+            }
+            if steps_per_epoch == 0 {
+                return Err(Error::Config(format!(
+                    "no bucket holds {} training sentences, so there is no full batch; lower \
+                     --batch-size or add training text",
+                    data.batch_size
+                )));
+            }
+            Ok(Loaders {
+                train: Arc::new(BucketLoader::training(
+                    train_buckets,
+                    data.batch_size,
+                    config.seed,
+                    first_epoch,
+                    device.clone(),
+                )),
+                valid: Arc::new(BucketLoader::evaluation(
+                    valid_buckets,
+                    data.batch_size,
+                    device.clone(),
+                )),
+                steps_per_epoch,
+                carry: None,
+            })
+        }
+        Batching::Stream => {
+            let train = StreamLoader::training(
+                Stream::new(train_ids, data.batch_size),
+                data.bptt,
+                config.seed,
+                first_epoch,
+                device.clone(),
+            );
+            let valid = StreamLoader::evaluation(
+                Stream::new(valid_ids, data.batch_size),
+                data.bptt,
+                device.clone(),
+            );
+            events.info(format!(
+                "data: a stream of {train_tokens} train tokens in {} columns, {} windows of {} \
+                 steps per epoch; valid {} tokens in {} windows",
+                data.batch_size,
+                train.num_windows(),
+                data.bptt,
+                valid_ids.iter().map(Vec::len).sum::<usize>(),
+                valid.num_windows(),
+            ));
+            if train.num_windows() == 0 || valid.num_windows() == 0 {
+                return Err(Error::Config(format!(
+                    "the {} split is too short for {} columns of at least 2 tokens; lower \
+                     --batch-size or add text",
+                    if train.num_windows() == 0 {
+                        "training"
+                    } else {
+                        "validation"
+                    },
+                    data.batch_size
+                )));
+            }
+            Ok(Loaders {
+                steps_per_epoch: train.num_windows(),
+                carry: Some(train.carry()),
+                train: Arc::new(train),
+                valid: Arc::new(valid),
+            })
+        }
+    }
+}
+
+/// Refuses device lists that cannot train `config`: none at all, or a stream whose columns do not
+/// split evenly across the devices (each device's share of the gradient would be off).
+pub(crate) fn check_devices(config: &ExperimentConfig, devices: &[Device]) -> Result<()> {
+    let n = devices.len();
+    if n == 0 {
+        return Err(Error::Config("no device to train on".into()));
+    }
+    if n > 1
+        && config.data.batching == Batching::Stream
+        && !config.data.batch_size.is_multiple_of(n)
+    {
+        return Err(Error::Config(format!(
+            "stream batching splits each batch's {} columns across the devices, so --batch-size \
+             must be a multiple of the {n} devices; pass --batch-size {}",
+            config.data.batch_size,
+            config.data.batch_size.div_ceil(n) * n
+        )));
+    }
+    Ok(())
+}
+
+/// Optimizer steps per epoch on `devices`. burn-train splits the training loader across them
+/// and each step takes one batch from every device that still has one: a stream slice serves
+/// every window of its columns, a bucket slice its share of the batches.
+pub(crate) fn steps_per_epoch_on(
+    loaders: &Loaders,
+    devices: &[Device],
+    config: &ExperimentConfig,
+) -> usize {
+    if devices.len() < 2 || config.data.batching == Batching::Stream {
+        return loaders.steps_per_epoch;
+    }
+    burn::data::dataloader::split::split_dataloader(loaders.train.clone(), devices)
+        .iter()
+        .map(|part| part.num_items() / config.data.batch_size)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The data-parallel setup in one line.
+pub(crate) fn parallel_summary(
+    config: &ExperimentConfig,
+    devices: &[Device],
+    steps: usize,
+) -> String {
+    let n = devices.len();
+    let b = config.data.batch_size;
+    let per_step = match config.data.batching {
+        Batching::Stream => format!(
+            "each step splits the {b} stream columns, {} per device",
+            b / n
+        ),
+        Batching::Buckets => {
+            format!("each step takes {n} batches of {b} sentences, one per device")
+        }
+    };
+    format!(
+        "data parallel on {n} devices ({}): {per_step}; the gradient is their mean, {steps} steps \
+         per epoch",
+        devices
+            .iter()
+            .map(|d| format!("{d:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}

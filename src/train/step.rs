@@ -1,0 +1,144 @@
+//! The training and validation steps burn-train runs (and `lstm-lm bench` times), and the
+//! optimizer of a config.
+
+use burn::module::ParamGroup;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::{ExecutionError, Tensor};
+use burn::train::metric::Adaptor;
+use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
+
+use crate::config::OptimizerConfig;
+use crate::model::{LanguageModel, LmBatch};
+
+use super::clip::clip_grad_norm;
+use super::metrics::{NllInput, TokenCountInput};
+
+/// What one step reports to the metrics.
+pub struct LmOutput {
+    /// The differentiated loss `[1]`.
+    pub loss: Tensor<1>,
+    /// Summed negative log-likelihood over real tokens `[1]`.
+    pub nll_sum: Tensor<1>,
+    /// Number of real tokens.
+    pub tokens: usize,
+}
+
+impl ItemLazy for LmOutput {
+    fn sync(self) -> std::result::Result<Self, ExecutionError> {
+        Ok(Self {
+            loss: self.loss.without_autodiff(),
+            nll_sum: self.nll_sum.without_autodiff(),
+            tokens: self.tokens,
+        })
+    }
+}
+
+impl Adaptor<NllInput> for LmOutput {
+    fn adapt(&self) -> NllInput {
+        NllInput {
+            nll_sum: self.nll_sum.clone(),
+            tokens: self.tokens,
+        }
+    }
+}
+
+impl Adaptor<TokenCountInput> for LmOutput {
+    fn adapt(&self) -> TokenCountInput {
+        TokenCountInput {
+            tokens: self.tokens,
+        }
+    }
+}
+
+/// A training step: forward from the carried state (stream windows) or zeros, backward. The
+/// final state is left for the next window before the backward pass; it is detached, so the
+/// next window's graph stops there (truncated BPTT).
+///
+/// On `n` devices each computes `1 / n` of the gradient of its own batch: the sum burn-train
+/// forms on the first device is the mean of the devices' gradients. Clipping happens in
+/// [`optimize`](TrainStep::optimize), on that sum, so several devices clip the global norm
+/// of the same gradient one device would clip.
+impl TrainStep for LanguageModel {
+    type Input = LmBatch;
+    type Output = LmOutput;
+
+    fn step(&self, batch: LmBatch) -> TrainOutput<LmOutput> {
+        let loss = self.loss_carried(&batch);
+        let share = 1.0 / self.devices.max(1) as f64;
+        let differentiated = if self.devices > 1 {
+            loss.loss.clone() * share as f32
+        } else {
+            loss.loss.clone()
+        };
+        let grads = GradientsParams::from_grads(differentiated.backward(), self);
+        TrainOutput {
+            grads,
+            item: LmOutput {
+                loss: loss.loss.detach(),
+                nll_sum: loss.nll_sum.detach(),
+                tokens: loss.tokens,
+            },
+        }
+    }
+
+    /// Clips the global gradient norm (PyTorch's `clip_grad_norm_`) of the step's gradient,
+    /// summed over the devices, then steps the optimizer.
+    fn optimize(
+        self,
+        optim: &mut ModuleOptimizer,
+        lr: ModuleLearningRate,
+        mut grads: GradientsParams,
+    ) -> Self {
+        if self.max_grad_norm > 0.0 {
+            clip_grad_norm(&self, &mut grads, self.max_grad_norm);
+        }
+        optim.step(lr, self, grads)
+    }
+}
+
+/// A validation step: the same loss, carrying the state between windows of a stream.
+impl InferenceStep for LanguageModel {
+    type Input = LmBatch;
+    type Output = LmOutput;
+
+    fn step(&self, batch: LmBatch) -> LmOutput {
+        let loss = self.loss_carried(&batch);
+        LmOutput {
+            loss: loss.loss,
+            nll_sum: loss.nll_sum,
+            tokens: loss.tokens,
+        }
+    }
+}
+
+/// The optimizer of `config`; biases are never weight-decayed (MXNet's `wd_mult` is 0 on
+/// biases).
+pub fn optimizer(config: &OptimizerConfig) -> ModuleOptimizer {
+    let decay = |wd: f64| (wd > 0.0).then(|| WeightDecayConfig::new(wd as f32));
+    let biases = ParamGroup::from_predicate("bias");
+    match *config {
+        OptimizerConfig::Sgd {
+            momentum,
+            weight_decay,
+            ..
+        } => {
+            let momentum = (momentum > 0.0).then(|| {
+                MomentumConfig::new()
+                    .with_momentum(momentum)
+                    .with_dampening(0.0)
+            });
+            let sgd = SgdConfig::new().with_momentum(momentum);
+            sgd.clone()
+                .with_weight_decay(decay(weight_decay))
+                .init()
+                .with_group(biases, sgd.build(), None)
+        }
+        OptimizerConfig::Adam { weight_decay, .. } => AdamConfig::new()
+            .with_weight_decay(decay(weight_decay))
+            .init()
+            .with_group(biases, AdamConfig::new().build(), None),
+    }
+}
