@@ -139,6 +139,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         device: choose_device(args.device)?,
         seed: args.seed,
         composed: args.composed,
+        ceiling: !args.no_ceiling,
     })?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

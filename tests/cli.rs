@@ -875,14 +875,16 @@ fn a_kill_within_an_epoch_resumes_after_the_saved_batch() {
 
 /// `lstm-lm bench` runs real training steps and reports them as JSON; `--composed` runs the same
 /// steps through Burn's composed ops instead of the fused ones (what the fused ops are measured
-/// against), and they train alike: the same losses within float rounding.
+/// against), and they train alike: the same losses within float rounding. The report counts the
+/// step's matrix-product FLOPs by the documented formula and puts their rate against the
+/// machine's sgemm ceiling (skipped with `--no-ceiling`).
 #[test]
 fn bench_reports_steps_fused_and_composed() {
     let report = |composed: bool| {
         let mut cmd = lstm_lm();
         cmd.args(["bench", "--config", "small", "--steps", "3", "--json"]);
         if composed {
-            cmd.arg("--composed");
+            cmd.args(["--composed", "--no-ceiling"]);
         }
         let out = stdout_of(&mut cmd);
         serde_json::from_str::<serde_json::Value>(out.trim()).expect(&out)
@@ -895,7 +897,19 @@ fn bench_reports_steps_fused_and_composed() {
         assert_eq!(r["steps"], 3);
         assert_eq!(r["tokens"], 3 * 20 * 35, "{r}");
         assert!(r["tokens_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        // 2 x 256 LSTM on 700 positions, and the output layer on all of them, times 3.
+        let v = r["vocab"].as_f64().unwrap();
+        let want = 3.0 * (2.0 * 2.0 * 700.0 * 512.0 * 1024.0 + 2.0 * 700.0 * 256.0 * v) / 1e9;
+        let got = r["gflop_per_step"].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-9 * want, "{got} vs {want}");
     }
+    let ceiling = fused["ceiling"]["gflops"].as_f64().unwrap();
+    let paths = fused["ceiling"]["paths"].as_array().unwrap();
+    assert!(paths.len() >= 2 && ceiling > 1.0, "{}", fused["ceiling"]);
+    let share = fused["share_of_ceiling"].as_f64().unwrap();
+    let rate = fused["gflops"].as_f64().unwrap();
+    assert!((share - rate / ceiling).abs() < 1e-9, "{share}");
+    assert!(composed["ceiling"].is_null() && composed["share_of_ceiling"].is_null());
     let (a, b) = (
         fused["last_loss"].as_f64().unwrap(),
         composed["last_loss"].as_f64().unwrap(),

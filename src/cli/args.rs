@@ -148,6 +148,10 @@ pub struct BenchArgs {
     /// output layer with its loss), to time what the fused ops replace.
     #[arg(long)]
     pub composed: bool,
+    /// Skip measuring this machine's sgemm ceiling (a [2048, 2048] product on every core, by
+    /// each path this build has, about 3 s), against which the report puts the step's GFLOP/s.
+    #[arg(long)]
+    pub no_ceiling: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -32,7 +32,7 @@ use crate::data::corpus::Sentence;
 use crate::data::stream::{Stream, StreamLoader};
 use crate::data::vocab::{Vocab, EOS_ID, PAD_ID};
 use crate::error::{Error, Result};
-use crate::model::LmBatch;
+use crate::model::{LmBatch, LmConfig};
 use crate::train::step::optimizer;
 
 /// A named benchmark configuration.
@@ -97,6 +97,8 @@ pub struct BenchRequest {
     pub seed: u64,
     /// Run Burn's composed ops instead of the fused ones, to time what the fused ops replace.
     pub composed: bool,
+    /// Measure this machine's sgemm ceiling too (about 3 s; see [`sgemm_ceiling`]).
+    pub ceiling: bool,
 }
 
 /// The measurement of one benchmark run.
@@ -139,6 +141,81 @@ pub struct BenchReport {
     /// Whether the fused ops were on, where the device has them (off: Burn's composed ops,
     /// `lstm-lm bench --composed`).
     pub fused: bool,
+    /// Mean GFLOP of a timed step's matrix products ([`step_flops`]).
+    pub gflop_per_step: f64,
+    /// `gflop_per_step` over the mean step time: the products' rate the step achieves.
+    pub gflops: f64,
+    /// This machine's f32 sgemm ceiling, when measured ([`sgemm_ceiling`]).
+    pub ceiling: Option<Ceiling>,
+    /// `gflops` as a share of the ceiling (0.8 = 80%).
+    pub share_of_ceiling: Option<f64>,
+}
+
+/// The best f32 matrix-product rate measured on this machine: a `[2048, 2048] x [2048, 2048]`
+/// product on every core, by each path available, the fastest kept.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    /// GFLOP/s of the fastest path.
+    pub gflops: f64,
+    /// Which path it was.
+    pub path: String,
+    /// Every path measured, `(path, GFLOP/s)`.
+    pub paths: Vec<(String, f64)>,
+}
+
+/// FLOPs of one training step's matrix products, `2·m·k·n` each: forward, every LSTM layer's
+/// input and recurrent products on all `positions` (`batch × seq`; `2·P·(in + H)·4H` a layer,
+/// `in` = `d_embed` for the first layer, `H` above), and the output layer on the `scored`
+/// positions it sees (`2·S·H·V`: every position of a stream, the real targets of a bucket
+/// batch); backward twice the forward (the gradients of the inputs and of the weights).
+/// Element-wise work (gates, softmax, the optimizer) is left out.
+pub fn step_flops(model: &LmConfig, positions: usize, scored: usize) -> f64 {
+    let (e, h, v) = (
+        model.d_embed as f64,
+        model.d_hidden as f64,
+        model.vocab_size as f64,
+    );
+    let p = positions as f64;
+    let lstm: f64 = (0..model.n_layers)
+        .map(|l| {
+            let input = if l == 0 { e } else { h };
+            2.0 * p * (input + h) * 4.0 * h
+        })
+        .sum();
+    3.0 * (lstm + 2.0 * scored as f64 * h * v)
+}
+
+/// Measures [`Ceiling`]: the `n x n x n` product (2048 in the bench) through the `gemm` crate cut
+/// into one block per core (the fused ops' path), through `gemm`'s own threads, and through
+/// every other backend compiled in, each run until `seconds` have passed after a warm-up.
+pub fn sgemm_ceiling(n: usize, seconds: f64) -> Ceiling {
+    let paths: Vec<(String, f64)> = crate::model::fused::matmul::ceiling_paths()
+        .into_iter()
+        .map(|(name, product)| {
+            let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
+            let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
+            let mut c = vec![0.0f32; n * n];
+            product(&mut c, &a, &b, n);
+            let (start, mut reps) = (Instant::now(), 0u32);
+            while reps == 0 || start.elapsed().as_secs_f64() < seconds {
+                product(&mut c, &a, &b, n);
+                reps += 1;
+            }
+            let rate =
+                2.0 * (n as f64).powi(3) * f64::from(reps) / start.elapsed().as_secs_f64() / 1e9;
+            (name.to_string(), rate)
+        })
+        .collect();
+    let (path, gflops) = paths
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .cloned()
+        .expect("at least the gemm crate");
+    Ceiling {
+        gflops,
+        path,
+        paths,
+    }
 }
 
 /// The batches of one pass over the text, for `config`.
@@ -234,7 +311,7 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
     let mut optim = optimizer(&config.optimizer);
     let lr = config.optimizer.lr();
 
-    let (mut tokens, mut positions, mut samples) = (0, 0, 0);
+    let (mut tokens, mut positions, mut samples, mut flops) = (0, 0, 0, 0.0);
     let mut last_loss = f64::NAN;
     let mut phases = [0.0f64; 2];
     let shapes: Vec<(usize, usize)> = (0..n).map(|k| batches.shape(k)).collect();
@@ -253,6 +330,7 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
         let t0 = Instant::now();
         let (batch, counted) = batches.get(pass, index, &device);
         let (rows, seq) = shapes[index];
+        let scored = batch.real_rows.as_ref().map_or(rows * seq, |r| r.dims()[0]);
         let output = TrainStep::step(&model, batch);
         let t1 = Instant::now();
         model = model.optimize(&mut optim, lr.into(), output.grads);
@@ -264,10 +342,13 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
             positions += rows * seq;
             samples += rows;
             tokens += counted;
+            flops += step_flops(&config.model, rows * seq, scored);
         }
     }
     let seconds = start.elapsed().as_secs_f64();
     let per_sec = |n: usize| n as f64 / seconds;
+    let gflops = flops / seconds / 1e9;
+    let ceiling = request.ceiling.then(|| sgemm_ceiling(2048, 1.0));
     Ok(BenchReport {
         fused: crate::model::fused::enabled(),
         config: request.config.name(),
@@ -286,6 +367,10 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
         phase_ms: phases.map(|p| p * 1e3 / request.steps.max(1) as f64),
         last_loss,
         peak_rss_mib: peak_rss_mib(),
+        gflop_per_step: flops / 1e9 / request.steps.max(1) as f64,
+        gflops,
+        share_of_ceiling: ceiling.as_ref().map(|c| gflops / c.gflops),
+        ceiling,
     })
 }
 
@@ -310,7 +395,22 @@ impl std::fmt::Display for BenchReport {
             self.vocab,
             self.params,
             self.last_loss,
-        )
+        )?;
+        write!(
+            f,
+            "; {:.1} GFLOP/step, {:.1} GFLOP/s",
+            self.gflop_per_step, self.gflops
+        )?;
+        if let (Some(c), Some(share)) = (&self.ceiling, self.share_of_ceiling) {
+            write!(
+                f,
+                " = {:.0}% of this machine's sgemm ceiling ({:.0} GFLOP/s, {})",
+                share * 100.0,
+                c.gflops,
+                c.path
+            )?;
+        }
+        Ok(())
     }
 }
 

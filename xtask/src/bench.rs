@@ -51,6 +51,19 @@ struct Run {
     /// Where lstm-lm ran, with the GPU's kernel compiler, e.g. `... (wgpu<wgsl>)`.
     #[serde(default)]
     device: String,
+    /// GFLOP of a step's matrix products (lstm-lm's formula; see `lstm-lm bench --help`).
+    #[serde(default)]
+    gflop_per_step: Option<f64>,
+    /// The machine's sgemm ceiling lstm-lm measured, GFLOP/s.
+    #[serde(default)]
+    ceiling: Option<Ceiling>,
+}
+
+/// The part of lstm-lm's ceiling report the table shows.
+#[derive(Debug, Clone, Deserialize)]
+struct Ceiling {
+    gflops: f64,
+    path: String,
 }
 
 /// Runs the benchmark and prints the table.
@@ -108,8 +121,44 @@ pub fn bench(options: &Options) -> Result<()> {
             }
         }
     }
-    print_table(options, &ours, &theirs);
+    let torch_ceiling = match &options.python {
+        Some(python) if options.reference_device == "cpu" => {
+            Some(reference_ceiling(options, python)?)
+        }
+        _ => None,
+    };
+    print_table(options, &ours, &theirs, torch_ceiling);
     Ok(())
+}
+
+/// PyTorch's sgemm rate on a `[2048, 2048]` product with the benchmark's threads (MKL or
+/// oneDNN on a CPU), from `reference/gemm_bench.py` beside the reference trainer.
+fn reference_ceiling(options: &Options, python: &Path) -> Result<f64> {
+    let script = options.reference.with_file_name("gemm_bench.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .args(["--sizes", "2048", "--min-time", "1", "--square-only"])
+        .args(["--threads", &options.threads.to_string()])
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}):\n{stdout}\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_gflops(&stdout)
+        .with_context(|| format!("no GFLOP/s line from {}:\n{stdout}", script.display()))
+}
+
+/// The rate of the first `... : X GFLOP/s` line.
+fn parse_gflops(stdout: &str) -> Option<f64> {
+    stdout
+        .lines()
+        .find_map(|l| l.split(':').nth(1)?.split_whitespace().next()?.parse().ok())
 }
 
 fn build(options: &Options) -> Result<()> {
@@ -289,6 +338,8 @@ fn run_reference(options: &Options, python: &Path, config: &str) -> Result<Run> 
         peak_rss_mib: peak.map(|k| k / 1024.0),
         samples_per_sec,
         device: String::new(),
+        gflop_per_step: None,
+        ceiling: None,
     })
 }
 
@@ -335,7 +386,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>]) {
+fn print_table(
+    options: &Options,
+    ours: &[Vec<Run>],
+    theirs: &[Vec<Run>],
+    torch_ceiling: Option<f64>,
+) {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let device = ours
         .iter()
@@ -360,10 +416,24 @@ fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>]) {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    let measured: Vec<&Ceiling> = ours
+        .iter()
+        .flatten()
+        .filter_map(|r| r.ceiling.as_ref())
+        .collect();
+    let ours_ceiling = median(measured.iter().map(|c| c.gflops).collect());
+    let path = measured.first().map_or("-", |c| c.path.as_str());
+    // The higher of the two; lstm-lm's is NaN when no run measured it.
+    let ceiling = torch_ceiling.map_or(ours_ceiling, |t| t.max(ours_ceiling));
     println!(
-        "| config | system | tokens/s (median, min-max) | samples/s | ms/step | peak RSS MiB | ratio to PyTorch |"
+        "sgemm ceiling ([2048, 2048] product, every core): lstm-lm's paths {ours_ceiling:.0} GFLOP/s \
+         ({path}), PyTorch {}; shares below are of {ceiling:.0} GFLOP/s",
+        torch_ceiling.map_or("not run".into(), |t| format!("{t:.0} GFLOP/s"))
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| config | system | tokens/s (median, min-max) | samples/s | ms/step | peak RSS MiB | GFLOP/s | share of ceiling | ratio to PyTorch |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (c, config) in options.configs.iter().enumerate() {
         let ratios: Vec<f64> = ours[c]
             .iter()
@@ -386,11 +456,23 @@ fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>]) {
                 .iter()
                 .filter_map(|r| r.peak_rss_mib)
                 .fold(f64::NAN, f64::max);
+            let ms = median(runs.iter().map(|r| r.ms_per_step).collect());
+            // Both sides run the same products on a stream; with buckets lstm-lm skips the
+            // padded positions at the output layer and PyTorch does not, so its FLOPs differ.
+            let flop = ours[c].iter().find_map(|r| r.gflop_per_step);
+            let gflops = match (name, flop) {
+                ("lstm-lm", Some(f)) => Some(f / ms * 1e3),
+                (_, Some(f)) if config != "seed" => Some(f / ms * 1e3),
+                _ => None,
+            };
             println!(
-                "| {config} | {name} | {:.0} ({lo:.0}-{hi:.0}) | {:.1} | {:.1} | {peak:.0} | {} |",
+                "| {config} | {name} | {:.0} ({lo:.0}-{hi:.0}) | {:.1} | {ms:.1} | {peak:.0} | {} | {} | {} |",
                 median(tps),
                 median(runs.iter().map(|r| r.samples_per_sec).collect()),
-                median(runs.iter().map(|r| r.ms_per_step).collect()),
+                gflops.map_or("-".into(), |g| format!("{g:.0}")),
+                gflops
+                    .filter(|_| ceiling.is_finite())
+                    .map_or("-".into(), |g| format!("{:.0}%", g / ceiling * 100.0)),
                 match ratio {
                     Some(r) if !ratios.is_empty() => format!("{r:.2}x"),
                     _ => String::new(),
@@ -407,6 +489,14 @@ mod tests {
     /// With a warm-up, the reference's rate is read from its logged intervals after the first:
     /// here 20-sample batches, the first interval 2 s (the warm-up), the next two 1 s each at
     /// 700 and 1,400 tokens/s, so 2,100 tokens in 2 s and 40 batches of 20 samples.
+    #[test]
+    fn the_gemm_bench_rate_is_read_from_its_line() {
+        let out = "torch 2.15.0 load (0.5, 0.4, 0.3)\n\
+            threads=2   2048 x  2048 x  2048 :   201.3 GFLOP/s   (load 1.02)\n";
+        assert_eq!(parse_gflops(out), Some(201.3));
+        assert_eq!(parse_gflops("torch 2.15.0\n"), None);
+    }
+
     #[test]
     fn the_reference_rate_leaves_its_warm_up_out() {
         let log = "vocab: 10000\n\

@@ -169,6 +169,54 @@ pub(crate) fn matmul(dst: &mut [f32], ld: usize, accumulate: bool, a: Mat, b: Ma
     }
 }
 
+/// A product `c = a · b` of row-major `[n, n]` matrices on every core.
+pub(crate) type SquareProduct = fn(&mut [f32], &[f32], &[f32], usize);
+
+/// The paths a `[n, n] x [n, n]` f32 product can take in this build, by name, to measure the
+/// machine's ceiling (`lstm-lm bench`): the fused ops' own (the `gemm` crate, one block per
+/// core) and `gemm`'s own threading.
+pub(crate) fn ceiling_paths() -> Vec<(&'static str, SquareProduct)> {
+    vec![
+        ("gemm, one block per core", |c, a, b, n| {
+            matmul(
+                c,
+                n,
+                false,
+                Mat::new(a, n, n, n),
+                Mat::new(b, n, n, n),
+                true,
+            )
+        }),
+        ("gemm, its own threads", |c, a, b, n| {
+            assert!(a.len() >= n * n && b.len() >= n * n && c.len() >= n * n);
+            // SAFETY: the three slices hold `n * n` values each, row-major.
+            unsafe {
+                ::gemm::gemm(
+                    n,
+                    n,
+                    n,
+                    c.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    n as isize,
+                    b.as_ptr(),
+                    1,
+                    n as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    ::gemm::Parallelism::Rayon(0),
+                );
+            }
+        }),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

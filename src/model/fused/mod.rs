@@ -13,7 +13,7 @@
 //! ops.
 
 pub mod lstm_layer;
-mod matmul;
+pub(crate) mod matmul;
 pub mod output;
 mod simd;
 mod xent;
