@@ -387,7 +387,11 @@ impl LstmLayerOps for Flex {
         let (h0, [b, h]) = host_f32(h0, "h0");
         let (c0, [cr, cc]) = host_f32(c0, "c0");
         let d = Dims::forward((pr, pc), (wr, wc), (b, h), (cr, cc));
-        let ws = forward(
+        let ws = if by_units(&d) {
+            forward_by_units
+        } else {
+            forward
+        }(
             d,
             values(&projected),
             values(&w_h),
@@ -426,7 +430,11 @@ impl LstmLayerOps for Flex {
         let (c0, [cr, cc]) = host_f32(c0, "c0");
         let (grad, [gr, gc]) = host_f32(grad, "output gradient");
         let d = Dims::backward((rows, wsc), (wr, wc), (b, h), (cr, cc), (gr, gc));
-        let g = backward(
+        let g = if by_units(&d) {
+            backward_by_units
+        } else {
+            backward
+        }(
             d,
             values(&ws),
             values(&w_h),
@@ -496,6 +504,32 @@ struct LayerGrads {
     c0: Vec<f32>,
 }
 
+/// `dW_h = Σ_t h_{t-1}ᵀ dz_t`: `h0` for the first step, the workspace's h columns after it.
+fn recurrent_weight_grad(d: Dims, ws: &[f32], h0: &[f32], dz: &[f32]) -> Vec<f32> {
+    let Dims {
+        steps,
+        batch,
+        hidden: h,
+    } = d;
+    let (g4, w7, rows) = (4 * h, 7 * h, steps * batch);
+    let mut dw = vec![0.0f32; h * g4];
+    let dz_first = Mat::new(dz, batch, g4, g4);
+    matmul(
+        &mut dw,
+        g4,
+        false,
+        Mat::new(h0, batch, h, h).t(),
+        dz_first,
+        true,
+    );
+    if steps > 1 {
+        let h_prev = Mat::new(ws, rows - batch, h, w7).t();
+        let dz_rest = Mat::new(&dz[batch * g4..], rows - batch, g4, g4);
+        matmul(&mut dw, g4, true, h_prev, dz_rest, true);
+    }
+    dw
+}
+
 /// Backpropagates `grad` `[(T + 1) * B, H]` (hidden states, then the last cell state).
 fn backward(d: Dims, ws: &[f32], w_h: &[f32], h0: &[f32], c0: &[f32], grad: &[f32]) -> LayerGrads {
     let Dims {
@@ -555,22 +589,7 @@ fn backward(d: Dims, ws: &[f32], w_h: &[f32], h0: &[f32], c0: &[f32], grad: &[f3
             dc0_rows.get(r0, nb, h).copy_from_slice(&dc);
         }
     });
-    // dW_h = Σ_t h_{t-1}ᵀ dz_t: h0 for the first step, the workspace's h columns after it.
-    let mut dw = vec![0.0f32; h * g4];
-    let dz_first = Mat::new(&dz, batch, g4, g4);
-    matmul(
-        &mut dw,
-        g4,
-        false,
-        Mat::new(h0, batch, h, h).t(),
-        dz_first,
-        true,
-    );
-    if steps > 1 {
-        let h_prev = Mat::new(ws, rows - batch, h, w7).t();
-        let dz_rest = Mat::new(&dz[batch * g4..], rows - batch, g4, g4);
-        matmul(&mut dw, g4, true, h_prev, dz_rest, true);
-    }
+    let dw = recurrent_weight_grad(d, ws, h0, &dz);
     LayerGrads {
         projected: dz,
         w_h: dw,
@@ -680,6 +699,226 @@ impl<B: Backend + LstmLayerOps, C: CheckpointStrategy> LstmLayerOps for Autodiff
     }
 }
 
+/// Whether a layer of `d` runs with its hidden units split between the cores (each core all
+/// batch rows, its own units' gate columns, one barrier a step) rather than its batch rows
+/// (each core its rows through every step, no barrier). `LSTM_LM_LSTM_SPLIT=units|batch`
+/// overrides; by default units from 512 hidden units on. Measured on a 2-vCPU Xeon
+/// (docs/BENCHMARKS.md): a `[20, 650] x [650, 2600]` step product ran at ~57 GFLOP/s per core
+/// with 10 rows a core and ~95 with 20 rows and half the columns (each core then streams half
+/// of `W_h` instead of all of it); at 256 units (`W_h` 1 MB, in L2) the batch split is as fast
+/// and needs no barrier.
+fn by_units(d: &Dims) -> bool {
+    let threads = rayon::current_num_threads();
+    match std::env::var("LSTM_LM_LSTM_SPLIT").as_deref() {
+        Ok("units") => threads > 1 && d.hidden >= 32,
+        Ok("batch") => false,
+        _ => threads > 1 && d.hidden >= 512,
+    }
+}
+
+/// The hidden units cut into one block per core: multiples of 16 (one AVX-512 vector), at
+/// least 16 a block.
+fn unit_blocks(h: usize) -> Vec<(usize, usize)> {
+    let n = rayon::current_num_threads().min(h.div_ceil(16)).max(1);
+    let size = h.div_ceil(n).div_ceil(16) * 16;
+    (0..h)
+        .step_by(size)
+        .map(|start| (start, (start + size).min(h)))
+        .collect()
+}
+
+/// Runs `work(i, block)` for every block on its own thread (the last on this one), so that the
+/// blocks can wait for each other at a barrier: rayon's tasks may not all run at once.
+fn on_threads(blocks: &[(usize, usize)], work: impl Fn(usize, (usize, usize)) + Sync) {
+    std::thread::scope(|scope| {
+        let work = &work;
+        for (i, &block) in blocks.iter().enumerate() {
+            if i + 1 == blocks.len() {
+                work(i, block);
+            } else {
+                scope.spawn(move || work(i, block));
+            }
+        }
+    });
+}
+
+/// `n` values of `buf` from `offset`, written by no thread while this reference lives.
+///
+/// # Safety
+/// The range lies inside the buffer and no thread writes it meanwhile.
+unsafe fn read<'a>(buf: Rows, offset: usize, n: usize) -> &'a [f32] {
+    unsafe { std::slice::from_raw_parts(buf.ptr().add(offset), n) }
+}
+
+/// Copies `src` `[7n]` (or `[4n]`), segment by segment of `n`, into a row of `buf` whose
+/// segments are `h` wide, at unit `u0`.
+///
+/// # Safety
+/// The row's units `u0..u0 + n` of every segment lie inside the buffer and only this thread
+/// touches them.
+unsafe fn scatter(buf: Rows, row_start: usize, h: usize, u0: usize, src: &[f32], n: usize) {
+    for (s, seg) in src.chunks_exact(n).enumerate() {
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(buf.ptr().add(row_start + s * h + u0), n) };
+        dst.copy_from_slice(seg);
+    }
+}
+
+/// [`forward`] with the hidden units split between the cores (see [`by_units`]): each core
+/// packs its units' columns of the four gates of `W_h` once, then each step computes its gate
+/// pre-activations for all batch rows from the whole previous `h`, its units' cell and hidden
+/// states, and waits for the other cores before the next step.
+fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f32]) -> Vec<f32> {
+    let Dims {
+        steps,
+        batch,
+        hidden: h,
+    } = d;
+    let (g4, w7) = (4 * h, 7 * h);
+    let mut ws = vec![0.0f32; steps * batch * w7];
+    let out = Rows(ws.as_mut_ptr());
+    let blocks = unit_blocks(h);
+    let barrier = std::sync::Barrier::new(blocks.len());
+    on_threads(&blocks, |_, (u0, u1)| {
+        let n = u1 - u0;
+        // This block's columns of each gate, `[h, 4n]`.
+        let mut w = Vec::with_capacity(h * 4 * n);
+        for row in w_h.chunks_exact(g4) {
+            for s in 0..4 {
+                w.extend_from_slice(&row[s * h + u0..s * h + u1]);
+            }
+        }
+        let w = Mat::new(&w, h, 4 * n, 4 * n);
+        let mut z = vec![0.0f32; batch * 4 * n];
+        let (mut c_prev, mut local) = (vec![0.0f32; n], vec![0.0f32; 7 * n]);
+        for t in 0..steps {
+            for r in 0..batch {
+                let src = &projected[(t * batch + r) * g4..][..g4];
+                for s in 0..4 {
+                    z[(r * 4 + s) * n..][..n].copy_from_slice(&src[s * h + u0..s * h + u1]);
+                }
+            }
+            // SAFETY: step t - 1's rows were written before the last barrier; nothing writes
+            // them now (this step writes step t's rows).
+            let prev = (t > 0).then(|| unsafe { read(out, (t - 1) * batch * w7, batch * w7) });
+            let h_prev = match prev {
+                Some(prev) => Mat::new(prev, batch, h, w7),
+                None => Mat::new(h0, batch, h, h),
+            };
+            matmul(&mut z, 4 * n, true, h_prev, w, false);
+            for r in 0..batch {
+                c_prev.copy_from_slice(match prev {
+                    Some(prev) => &prev[r * w7 + h + u0..r * w7 + h + u1],
+                    None => &c0[r * h + u0..r * h + u1],
+                });
+                kernels::forward(&z[r * 4 * n..][..4 * n], &c_prev, &mut local);
+                // SAFETY: this block's units of row (t, r): no other thread touches them.
+                unsafe { scatter(out, (t * batch + r) * w7, h, u0, &local, n) };
+            }
+            barrier.wait();
+        }
+    });
+    ws
+}
+
+/// [`backward`] with the hidden units split between the cores (see [`by_units`]): each step,
+/// each core computes its units' gate gradients for all batch rows, waits for the others, then
+/// the gradient reaching its units of `h_{t-1}` from the whole `dz_t`.
+fn backward_by_units(
+    d: Dims,
+    ws: &[f32],
+    w_h: &[f32],
+    h0: &[f32],
+    c0: &[f32],
+    grad: &[f32],
+) -> LayerGrads {
+    let Dims {
+        steps,
+        batch,
+        hidden: h,
+    } = d;
+    let (g4, w7, rows) = (4 * h, 7 * h, steps * batch);
+    let mut dz = vec![0.0f32; rows * g4];
+    let mut dh0 = vec![0.0f32; batch * h];
+    let mut dc0 = vec![0.0f32; batch * h];
+    let (dz_rows, dh0_rows, dc0_rows) = (
+        Rows(dz.as_mut_ptr()),
+        Rows(dh0.as_mut_ptr()),
+        Rows(dc0.as_mut_ptr()),
+    );
+    let blocks = unit_blocks(h);
+    let barrier = std::sync::Barrier::new(blocks.len());
+    on_threads(&blocks, |_, (u0, u1)| {
+        let n = u1 - u0;
+        // `W_hᵀ` `[4h, h]`, this block's units' columns: `[4h, n]`.
+        let mut w_t = vec![0.0f32; g4 * n];
+        for (u, row) in w_h.chunks_exact(g4).enumerate().skip(u0).take(n) {
+            for (j, &v) in row.iter().enumerate() {
+                w_t[j * n + u - u0] = v;
+            }
+        }
+        let w_t = Mat::new(&w_t, g4, n, n);
+        let mut dh = vec![0.0f32; batch * n];
+        let mut dc: Vec<f32> = (0..batch)
+            .flat_map(|r| {
+                grad[(rows + r) * h + u0..(rows + r) * h + u1]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        let (mut cur, mut c_prev, mut dz_local) =
+            (vec![0.0f32; 7 * n], vec![0.0f32; n], vec![0.0f32; 4 * n]);
+        for t in (0..steps).rev() {
+            for r in 0..batch {
+                let first = (t * batch + r) * h;
+                for (a, &g) in dh[r * n..][..n]
+                    .iter_mut()
+                    .zip(&grad[first + u0..first + u1])
+                {
+                    *a += g;
+                }
+                let row = &ws[(t * batch + r) * w7..][..w7];
+                for (s, seg) in cur.chunks_exact_mut(n).enumerate() {
+                    seg.copy_from_slice(&row[s * h + u0..s * h + u1]);
+                }
+                c_prev.copy_from_slice(if t == 0 {
+                    &c0[r * h + u0..r * h + u1]
+                } else {
+                    &ws[(((t - 1) * batch + r) * w7 + h + u0)..][..n]
+                });
+                kernels::backward_step(
+                    &cur,
+                    &c_prev,
+                    &dh[r * n..][..n],
+                    &mut dc[r * n..][..n],
+                    &mut dz_local,
+                );
+                // SAFETY: this block's units of dz's row (t, r): no other thread touches them.
+                unsafe { scatter(dz_rows, (t * batch + r) * g4, h, u0, &dz_local, n) };
+            }
+            barrier.wait();
+            // SAFETY: dz's rows of step t are complete (the barrier) and no thread writes them
+            // any more (the steps go down).
+            let dz_t = unsafe { read(dz_rows, t * batch * g4, batch * g4) };
+            matmul(&mut dh, n, false, Mat::new(dz_t, batch, g4, g4), w_t, false);
+        }
+        for r in 0..batch {
+            // SAFETY: this block's units of row r, touched by no other thread.
+            unsafe {
+                scatter(dh0_rows, r * h, h, u0, &dh[r * n..][..n], n);
+                scatter(dc0_rows, r * h, h, u0, &dc[r * n..][..n], n);
+            }
+        }
+    });
+    let dw = recurrent_weight_grad(d, ws, h0, &dz);
+    LayerGrads {
+        projected: dz,
+        w_h: dw,
+        h0: dh0,
+        c0: dc0,
+    }
+}
+
 /// Row kernels: one batch row of one step, `h` = hidden size.
 mod kernels {
     use super::{multiversion, simd};
@@ -766,6 +1005,52 @@ mod tests {
         // 19 rows: blocks of unequal size when split; odd width: the vector loops' tails;
         // scale 4: saturated gates.
         check(6, 19, 37, 4.0);
+    }
+
+    /// The split by hidden units gives what the split by batch rows gives: the same workspace
+    /// and gradients up to the products' summation order (uneven blocks: 40 units are 32 + 8).
+    #[test]
+    fn the_split_by_units_matches_the_split_by_rows() {
+        let value = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0 - 1.0)
+                .collect()
+        };
+        for (steps, batch, h) in [(4, 3, 40), (3, 5, 100), (1, 1, 16)] {
+            let d = Dims {
+                steps,
+                batch,
+                hidden: h,
+            };
+            let projected = value(steps * batch * 4 * h, 1);
+            let w_h: Vec<f32> = value(h * 4 * h, 2).iter().map(|v| v * 0.3).collect();
+            let (h0, c0) = (value(batch * h, 3), value(batch * h, 4));
+            let grad = value((steps + 1) * batch * h, 5);
+            let close = |a: &[f32], b: &[f32], what: &str| {
+                assert_eq!(a.len(), b.len());
+                let err = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max);
+                assert!(err < 1e-5, "{steps}x{batch}x{h} {what}: {err}");
+            };
+            let rows = forward(d, &projected, &w_h, &h0, &c0);
+            let units = forward_by_units(d, &projected, &w_h, &h0, &c0);
+            close(&rows, &units, "workspace");
+            let a = backward(d, &rows, &w_h, &h0, &c0, &grad);
+            let b = backward_by_units(d, &rows, &w_h, &h0, &c0, &grad);
+            close(&a.projected, &b.projected, "dz");
+            close(&a.w_h, &b.w_h, "dW_h");
+            close(&a.h0, &b.h0, "dh0");
+            close(&a.c0, &b.c0, "dc0");
+        }
+        let blocks = unit_blocks(650);
+        assert_eq!(blocks.first().map(|b| b.0), Some(0));
+        assert_eq!(blocks.last().map(|b| b.1), Some(650));
+        assert!(blocks
+            .windows(2)
+            .all(|w| w[0].1 == w[1].0 && w[0].1 % 16 == 0));
     }
 
     #[test]
