@@ -1,6 +1,7 @@
 //! Project tasks that cargo can't do by itself. Run them as `cargo xtask <task>`.
 
 mod bench;
+mod corpus;
 mod fetch;
 
 use std::path::PathBuf;
@@ -93,6 +94,29 @@ enum Task {
         #[arg(long)]
         composed: bool,
     },
+    /// Write a seeded corpus of Zipf-distributed words, one sentence a line, to benchmark data
+    /// preparation and large vocabularies (the same seed writes the same file on every
+    /// machine).
+    GenCorpus {
+        /// Tokens in all (sentence ends not counted), e.g. 100000000.
+        #[arg(long)]
+        tokens: u64,
+        /// Distinct words at most; word k is drawn with probability proportional to 1 / k^s.
+        #[arg(long, default_value_t = 250_000)]
+        vocab: usize,
+        /// Zipf exponent s.
+        #[arg(long, default_value_t = 1.0)]
+        exponent: f64,
+        /// Mean sentence length in tokens (lengths are uniform on 1 ..= 2m - 1).
+        #[arg(long, default_value_t = 21)]
+        mean_length: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The file to write (atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -114,6 +138,30 @@ fn main() {
             attempts,
             timeout_secs,
         } => (dataset, data_dir, base_url, attempts, timeout_secs),
+        Task::GenCorpus {
+            tokens,
+            vocab,
+            exponent,
+            mean_length,
+            seed,
+            out,
+        } => {
+            let spec = corpus::Spec {
+                tokens,
+                vocab,
+                exponent,
+                mean_length,
+                seed,
+            };
+            match corpus::generate(&spec, &out) {
+                Ok(()) => println!("{tokens} tokens written to {}", out.display()),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::exit(1);
+                }
+            }
+            return;
+        }
         Task::Bench {
             configs,
             rounds,
