@@ -78,7 +78,7 @@ fn zipf_cdf(vocab: usize, exponent: f64) -> Vec<f64> {
 /// Writes the corpus of `spec` to `out`, one sentence a line, atomically (a temporary file
 /// renamed into place at the end), reporting progress on stderr.
 pub fn generate(spec: &Spec, out: &Path) -> Result<()> {
-    if spec.vocab == 0 || spec.mean_length == 0 || !(spec.exponent > 0.0) {
+    if spec.vocab == 0 || spec.mean_length == 0 || spec.exponent.is_nan() || spec.exponent <= 0.0 {
         bail!("--vocab and --mean-length must be at least 1 and --exponent above 0");
     }
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty());
