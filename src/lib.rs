@@ -6,7 +6,7 @@
 //!
 //! | layer | what it holds |
 //! |---|---|
-//! | [`error`], [`format`] | the error type; how rates and durations read |
+//! | [`error`], [`format`](mod@format) | the error type; how rates and durations read |
 //! | [`fsutil`], [`device`] | atomic file writes; device choice |
 //! | [`model`] | init, the LSTM stack, state carry, the fused CPU and GPU kernels, the language model |
 //! | [`data`] | corpus, vocabulary, bucket and stream batching |

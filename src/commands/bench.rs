@@ -39,7 +39,7 @@ use crate::train::step::optimizer;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BenchConfig {
-    /// `--preset seed`: 2 x 256, buckets [10,20,40,60,80], batch 50, SGD 0.01.
+    /// `--preset seed`: 2 x 256, buckets 10,20,40,60,80, batch 50, SGD 0.01.
     Seed,
     /// `--preset zaremba-small --embed 256 --hidden 256 --bptt 35`: 2 x 256, stream batch 20.
     Small,
@@ -87,7 +87,7 @@ pub struct BenchRequest {
     /// The output layer has at least this many rows.
     pub min_vocab: usize,
     /// Untimed steps first (autotuning, allocation); when above 0, also one untimed step of
-    /// each batch shape the timed steps meet that these did not (see [`schedule`]).
+    /// each batch shape the timed steps meet that these did not (see `schedule`).
     pub warmup: usize,
     /// Timed steps.
     pub steps: usize,

@@ -197,7 +197,7 @@ pub(crate) fn superseded(dir: &Path) -> Vec<usize> {
 }
 
 /// A burn-train [`CheckpointingStrategy`]: saves every checkpoint, and deletes those older than
-/// the newest complete one in its folder (see [`superseded`]). In steady state that keeps two:
+/// the newest complete one in its folder (see `superseded`). In steady state that keeps two:
 /// the newest complete one and the one being written.
 pub struct KeepNewestComplete {
     dir: PathBuf,

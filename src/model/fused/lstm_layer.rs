@@ -178,7 +178,7 @@ pub fn cell(z: Tensor<2>, c_prev: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
 }
 
 /// The fused LSTM layer as a Burn backend extension: flex's kernels here, the cubecl backend's
-/// (wgpu) in [`cube`], run lazily inside Burn's kernel fusion.
+/// (wgpu) in `cube`, run lazily inside Burn's kernel fusion.
 #[backend_extension(
     Flex,
     Cube: cfg(feature = "wgpu"),

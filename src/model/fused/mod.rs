@@ -2,7 +2,7 @@
 //!
 //! Profiling the `small` benchmark config on flex showed two places where Burn's composition of
 //! primitive ops costs far more than the arithmetic: the output layer and softmax cross-entropy
-//! over the `[tokens, vocab]` logits ([`output`], with [`xent`]'s row kernels) and the LSTM
+//! over the `[tokens, vocab]` logits ([`output`], with `xent`'s row kernels) and the LSTM
 //! recurrence ([`lstm_layer`]), where every
 //! step was a small single-core matmul plus ~17 tiny ops, each a separate pass, allocation and
 //! autodiff node.

@@ -7,7 +7,7 @@
 //! two more matmuls, each a full pass with its own allocation. Here the bias is written into
 //! the logits before the product accumulates onto it, the backward turns the saved logits into
 //! their gradient in place, and the three products are cut into one block per core
-//! ([`super::matmul`]).
+//! (`super::matmul`).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
