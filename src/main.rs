@@ -76,10 +76,8 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let config = args.overrides.apply(args.preset.config());
-    let files = args
-        .train
-        .clone()
-        .map(|t| (t, args.valid.clone(), args.test.clone()));
+    let files = (!args.train.is_empty())
+        .then(|| (args.train.clone(), args.valid.clone(), args.test.clone()));
     let (corpus, data_name) =
         CorpusSource::from_flags(files, args.dataset, &args.data_dir, args.train_fraction)?;
     let run_dir = args

@@ -919,3 +919,58 @@ fn bench_reports_steps_fused_and_composed() {
         "fused {a}, composed {b}"
     );
 }
+
+/// `--train` takes several files or a folder of shards: a folder's files are read sorted by
+/// name, and without `--valid` the run says which lines it holds out; both name the run after
+/// the first path and train to the end.
+#[test]
+fn several_training_files_and_a_folder_of_shards_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lines: Vec<&str> = lstm_lm::data::corpus::EMBEDDED_TINY_SHAKESPEARE
+        .lines()
+        .take(600)
+        .collect();
+    let shards = tmp.path().join("shards");
+    std::fs::create_dir(&shards).unwrap();
+    std::fs::write(shards.join("part-1.txt"), lines[..400].join("\n")).unwrap();
+    std::fs::write(shards.join("part-2.txt"), lines[400..].join("\n")).unwrap();
+    let run = |train: &[std::path::PathBuf], dir: &str| {
+        let mut cmd = lstm_lm();
+        cmd.args(["--preset", "tiny", "--epochs", "1", "--progress", "quiet"])
+            .args([
+                "--device",
+                "flex",
+                "--checkpoint-minutes",
+                "0",
+                "--artifact-dir",
+            ])
+            .arg(tmp.path().join(dir))
+            .arg("--train")
+            .args(train);
+        stdout_of(&mut cmd)
+    };
+    let files = run(
+        &[shards.join("part-1.txt"), shards.join("part-2.txt")],
+        "files",
+    );
+    assert!(
+        files.contains(
+            "validation: the last 60 of the 600 lines of the 2 training files, from line 141 of"
+        ),
+        "{files}"
+    );
+    assert!(
+        files.contains("part-2.txt") && files.contains("epoch 1/1:"),
+        "{files}"
+    );
+    let folder = run(std::slice::from_ref(&shards), "folder");
+    assert!(folder.contains("of the 2 training files"), "{folder}");
+    // The same lines in the same order: the same data line.
+    let data = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("data:"))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(data(&files), data(&folder));
+}

@@ -166,15 +166,18 @@ pub struct TrainArgs {
     /// Folder that `cargo xtask fetch-data` wrote to.
     #[arg(long, default_value = "data")]
     pub data_dir: PathBuf,
-    /// Training text: one sentence per line, whitespace-separated tokens, UTF-8.
-    #[arg(long, value_name = "FILE")]
-    pub train: Option<PathBuf>,
-    /// Validation text; without it, the last lines of --train are held out.
-    #[arg(long, value_name = "FILE", requires = "train")]
-    pub valid: Option<PathBuf>,
-    /// Test text, scored once when training ends.
-    #[arg(long, value_name = "FILE", requires = "train")]
-    pub test: Option<PathBuf>,
+    /// Training text: one sentence per line, whitespace-separated tokens, UTF-8. Several files
+    /// (`--train a.txt b.txt`) or folders of shards (their files, sorted by name) are read in
+    /// the order given.
+    #[arg(long, value_name = "FILE|DIR", num_args = 1..)]
+    pub train: Vec<PathBuf>,
+    /// Validation text (files or folders, as --train); without it, the last lines of the
+    /// training files taken together are held out, and the run says from where.
+    #[arg(long, value_name = "FILE|DIR", num_args = 1.., requires = "train")]
+    pub valid: Vec<PathBuf>,
+    /// Test text (files or folders, as --train), scored once when training ends.
+    #[arg(long, value_name = "FILE|DIR", num_args = 1.., requires = "train")]
+    pub test: Vec<PathBuf>,
     /// Share of training lines kept for training when no --valid is given.
     #[arg(long, default_value_t = 0.9)]
     pub train_fraction: f64,

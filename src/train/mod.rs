@@ -118,6 +118,9 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     check_devices(&config, &devices)?;
     let device = devices[0].clone();
     let corpus = corpus.load()?;
+    if let Some(note) = &corpus.held_out {
+        events.info(note.clone());
+    }
     let vocab = Vocab::build(
         corpus.train.iter().map(Vec::as_slice),
         config.data.max_vocab,
