@@ -2,6 +2,7 @@
 
 mod bench;
 mod corpus;
+mod databench;
 mod fetch;
 
 use std::path::PathBuf;
@@ -94,6 +95,24 @@ enum Task {
         #[arg(long)]
         composed: bool,
     },
+    /// Time lstm-lm from start to its first training batch on a text, and its peak memory by
+    /// then (resident, anonymous, file-backed); the first run from an empty run folder, later
+    /// ones reusing it.
+    BenchData {
+        /// The training text: files or folders, as `lstm-lm --train`.
+        #[arg(long, num_args = 1.., required = true)]
+        text: Vec<PathBuf>,
+        /// Runs on the same run folder.
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+        /// A built lstm-lm to run instead of building one with cargo.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Flags passed on to lstm-lm, after `--` (default: the zaremba-small preset, a
+        /// 50,000-word vocabulary, on the CPU).
+        #[arg(last = true)]
+        flags: Vec<String>,
+    },
     /// Write a seeded corpus of Zipf-distributed words, one sentence a line, to benchmark data
     /// preparation and large vocabularies (the same seed writes the same file on every
     /// machine).
@@ -138,6 +157,38 @@ fn main() {
             attempts,
             timeout_secs,
         } => (dataset, data_dir, base_url, attempts, timeout_secs),
+        Task::BenchData {
+            text,
+            runs,
+            binary,
+            flags,
+        } => {
+            let flags = if flags.is_empty() {
+                [
+                    "--preset",
+                    "zaremba-small",
+                    "--max-vocab",
+                    "50000",
+                    "--device",
+                    "flex",
+                ]
+                .map(String::from)
+                .to_vec()
+            } else {
+                flags
+            };
+            let options = databench::Options {
+                text,
+                flags,
+                runs,
+                binary,
+            };
+            if let Err(e) = databench::bench(&options) {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
         Task::GenCorpus {
             tokens,
             vocab,
