@@ -387,16 +387,13 @@ impl LstmLayerOps for Flex {
         let (h0, [b, h]) = host_f32(h0, "h0");
         let (c0, [cr, cc]) = host_f32(c0, "c0");
         let d = Dims::forward((pr, pc), (wr, wc), (b, h), (cr, cc));
-        let ws = if by_units(&d) {
-            forward_by_units
-        } else {
-            forward
-        }(
+        let ws = forward(
             d,
             values(&projected),
             values(&w_h),
             values(&h0),
             values(&c0),
+            Split::for_dims(&d),
         );
         let rows = d.steps * b;
         let mut out = vec![0.0f32; (rows + b) * h];
@@ -430,17 +427,14 @@ impl LstmLayerOps for Flex {
         let (c0, [cr, cc]) = host_f32(c0, "c0");
         let (grad, [gr, gc]) = host_f32(grad, "output gradient");
         let d = Dims::backward((rows, wsc), (wr, wc), (b, h), (cr, cc), (gr, gc));
-        let g = if by_units(&d) {
-            backward_by_units
-        } else {
-            backward
-        }(
+        let g = backward(
             d,
             values(&ws),
             values(&w_h),
             values(&h0),
             values(&c0),
             values(&grad),
+            Split::for_dims(&d),
         );
         (
             to_flex(g.projected, &[rows, 4 * h]),
@@ -451,16 +445,34 @@ impl LstmLayerOps for Flex {
     }
 }
 
-/// Runs the recurrence; returns the workspace `[T * B, 7H]`.
-fn forward(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f32]) -> Vec<f32> {
+/// Runs the recurrence, its work cut between the cores as `split` says; returns the workspace
+/// `[T * B, 7H]`.
+fn forward(
+    d: Dims,
+    projected: &[f32],
+    w_h: &[f32],
+    h0: &[f32],
+    c0: &[f32],
+    split: Split,
+) -> Vec<f32> {
+    let mut ws = vec![0.0f32; d.steps * d.batch * 7 * d.hidden];
+    let out = Rows(ws.as_mut_ptr());
+    match split {
+        Split::Rows => forward_by_rows(d, projected, w_h, h0, c0, out),
+        Split::Units => forward_by_units(d, projected, w_h, h0, c0, out),
+    }
+    ws
+}
+
+/// [`forward`] with the batch rows split between the cores: each block of rows runs every
+/// step on its own, writing its rows of the workspace `out`.
+fn forward_by_rows(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f32], out: Rows) {
     let Dims {
         steps,
         batch,
         hidden: h,
     } = d;
     let (g4, w7) = (4 * h, 7 * h);
-    let mut ws = vec![0.0f32; steps * batch * w7];
-    let out = Rows(ws.as_mut_ptr());
     let w = Mat::new(w_h, h, g4, g4);
     d.blocks().into_par_iter().for_each(|(r0, r1)| {
         let nb = r1 - r0;
@@ -493,7 +505,6 @@ fn forward(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f32]) -> V
             }
         }
     });
-    ws
 }
 
 /// The four gradients of [`backward`].
@@ -530,22 +541,60 @@ fn recurrent_weight_grad(d: Dims, ws: &[f32], h0: &[f32], dz: &[f32]) -> Vec<f32
     dw
 }
 
-/// Backpropagates `grad` `[(T + 1) * B, H]` (hidden states, then the last cell state).
-fn backward(d: Dims, ws: &[f32], w_h: &[f32], h0: &[f32], c0: &[f32], grad: &[f32]) -> LayerGrads {
+/// Where the backward loops write: `dz` `[T * B, 4H]`, `dh0` and `dc0` `[B, H]`.
+#[derive(Clone, Copy)]
+struct GradRows {
+    dz: Rows,
+    dh0: Rows,
+    dc0: Rows,
+}
+
+/// Backpropagates `grad` `[(T + 1) * B, H]` (hidden states, then the last cell state), the
+/// steps' work cut between the cores as `split` says.
+fn backward(
+    d: Dims,
+    ws: &[f32],
+    w_h: &[f32],
+    h0: &[f32],
+    c0: &[f32],
+    grad: &[f32],
+    split: Split,
+) -> LayerGrads {
+    let (b, h) = (d.batch, d.hidden);
+    let mut dz = vec![0.0f32; d.steps * b * 4 * h];
+    let mut dh0 = vec![0.0f32; b * h];
+    let mut dc0 = vec![0.0f32; b * h];
+    let out = GradRows {
+        dz: Rows(dz.as_mut_ptr()),
+        dh0: Rows(dh0.as_mut_ptr()),
+        dc0: Rows(dc0.as_mut_ptr()),
+    };
+    match split {
+        Split::Rows => backward_by_rows(d, ws, w_h, c0, grad, out),
+        Split::Units => backward_by_units(d, ws, w_h, c0, grad, out),
+    }
+    LayerGrads {
+        w_h: recurrent_weight_grad(d, ws, h0, &dz),
+        projected: dz,
+        h0: dh0,
+        c0: dc0,
+    }
+}
+
+/// [`backward`] with the batch rows split between the cores: each block of rows runs every
+/// step back on its own.
+fn backward_by_rows(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32], out: GradRows) {
     let Dims {
         steps,
         batch,
         hidden: h,
     } = d;
     let (g4, w7, rows) = (4 * h, 7 * h, steps * batch);
-    let mut dz = vec![0.0f32; rows * g4];
-    let mut dh0 = vec![0.0f32; batch * h];
-    let mut dc0 = vec![0.0f32; batch * h];
-    let (dz_rows, dh0_rows, dc0_rows) = (
-        Rows(dz.as_mut_ptr()),
-        Rows(dh0.as_mut_ptr()),
-        Rows(dc0.as_mut_ptr()),
-    );
+    let GradRows {
+        dz: dz_rows,
+        dh0: dh0_rows,
+        dc0: dc0_rows,
+    } = out;
     // W_hᵀ `[4H, H]`, contiguous: gemm on a transposed view with few rows ran ~15x slower.
     let mut w_t = vec![0.0f32; g4 * h];
     for (r, row) in w_h.chunks_exact(g4).enumerate() {
@@ -589,13 +638,6 @@ fn backward(d: Dims, ws: &[f32], w_h: &[f32], h0: &[f32], c0: &[f32], grad: &[f3
             dc0_rows.get(r0, nb, h).copy_from_slice(&dc);
         }
     });
-    let dw = recurrent_weight_grad(d, ws, h0, &dz);
-    LayerGrads {
-        projected: dz,
-        w_h: dw,
-        h0: dh0,
-        c0: dc0,
-    }
 }
 
 impl<B: Backend + LstmLayerOps, C: CheckpointStrategy> LstmLayerOps for Autodiff<B, C> {
@@ -699,20 +741,35 @@ impl<B: Backend + LstmLayerOps, C: CheckpointStrategy> LstmLayerOps for Autodiff
     }
 }
 
-/// Whether a layer of `d` runs with its hidden units split between the cores (each core all
-/// batch rows, its own units' gate columns, one barrier a step) rather than its batch rows
-/// (each core its rows through every step, no barrier). `LSTM_LM_LSTM_SPLIT=units|batch`
-/// overrides; by default units from 512 hidden units on. Measured on a 2-vCPU Xeon
-/// (docs/BENCHMARKS.md): a `[20, 650] x [650, 2600]` step product ran at ~57 GFLOP/s per core
-/// with 10 rows a core and ~95 with 20 rows and half the columns (each core then streams half
-/// of `W_h` instead of all of it); at 256 units (`W_h` 1 MB, in L2) the batch split is as fast
-/// and needs no barrier.
-fn by_units(d: &Dims) -> bool {
-    let threads = rayon::current_num_threads();
-    match std::env::var("LSTM_LM_LSTM_SPLIT").as_deref() {
-        Ok("units") => threads > 1 && d.hidden >= 32,
-        Ok("batch") => false,
-        _ => threads > 1 && d.hidden >= 512,
+/// How a layer's recurrence is cut between the cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// Each core its batch rows through every step, no barrier.
+    Rows,
+    /// Each core all batch rows and its own hidden units' gate columns, one barrier a step.
+    Units,
+}
+
+impl Split {
+    /// The split for a layer of `d`: units from 512 hidden units on, rows below;
+    /// `LSTM_LM_LSTM_SPLIT=units|batch` overrides (read once a process). Measured on a 2-vCPU
+    /// Xeon (docs/BENCHMARKS.md): a `[20, 650] x [650, 2600]` step product ran at ~57 GFLOP/s
+    /// per core with 10 rows a core and ~95 with 20 rows and half the columns (each core then
+    /// streams half of `W_h` instead of all of it); at 256 units (`W_h` 1 MB, in L2) the split
+    /// by rows is as fast and needs no barrier.
+    fn for_dims(d: &Dims) -> Split {
+        static OVERRIDE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let forced = OVERRIDE.get_or_init(|| std::env::var("LSTM_LM_LSTM_SPLIT").ok());
+        let units_from = match forced.as_deref() {
+            Some("units") => 32,
+            Some("batch") => usize::MAX,
+            _ => 512,
+        };
+        if rayon::current_num_threads() > 1 && d.hidden >= units_from {
+            Split::Units
+        } else {
+            Split::Rows
+        }
     }
 }
 
@@ -764,19 +821,17 @@ unsafe fn scatter(buf: Rows, row_start: usize, h: usize, u0: usize, src: &[f32],
     }
 }
 
-/// [`forward`] with the hidden units split between the cores (see [`by_units`]): each core
+/// [`forward`] with the hidden units split between the cores ([`Split::Units`]): each core
 /// packs its units' columns of the four gates of `W_h` once, then each step computes its gate
 /// pre-activations for all batch rows from the whole previous `h`, its units' cell and hidden
 /// states, and waits for the other cores before the next step.
-fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f32]) -> Vec<f32> {
+fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f32], out: Rows) {
     let Dims {
         steps,
         batch,
         hidden: h,
     } = d;
     let (g4, w7) = (4 * h, 7 * h);
-    let mut ws = vec![0.0f32; steps * batch * w7];
-    let out = Rows(ws.as_mut_ptr());
     let blocks = unit_blocks(h);
     let barrier = std::sync::Barrier::new(blocks.len());
     on_threads(&blocks, |_, (u0, u1)| {
@@ -818,34 +873,23 @@ fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f
             barrier.wait();
         }
     });
-    ws
 }
 
-/// [`backward`] with the hidden units split between the cores (see [`by_units`]): each step,
+/// [`backward`] with the hidden units split between the cores ([`Split::Units`]): each step,
 /// each core computes its units' gate gradients for all batch rows, waits for the others, then
 /// the gradient reaching its units of `h_{t-1}` from the whole `dz_t`.
-fn backward_by_units(
-    d: Dims,
-    ws: &[f32],
-    w_h: &[f32],
-    h0: &[f32],
-    c0: &[f32],
-    grad: &[f32],
-) -> LayerGrads {
+fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32], out: GradRows) {
     let Dims {
         steps,
         batch,
         hidden: h,
     } = d;
     let (g4, w7, rows) = (4 * h, 7 * h, steps * batch);
-    let mut dz = vec![0.0f32; rows * g4];
-    let mut dh0 = vec![0.0f32; batch * h];
-    let mut dc0 = vec![0.0f32; batch * h];
-    let (dz_rows, dh0_rows, dc0_rows) = (
-        Rows(dz.as_mut_ptr()),
-        Rows(dh0.as_mut_ptr()),
-        Rows(dc0.as_mut_ptr()),
-    );
+    let GradRows {
+        dz: dz_rows,
+        dh0: dh0_rows,
+        dc0: dc0_rows,
+    } = out;
     let blocks = unit_blocks(h);
     let barrier = std::sync::Barrier::new(blocks.len());
     on_threads(&blocks, |_, (u0, u1)| {
@@ -910,13 +954,6 @@ fn backward_by_units(
             }
         }
     });
-    let dw = recurrent_weight_grad(d, ws, h0, &dz);
-    LayerGrads {
-        projected: dz,
-        w_h: dw,
-        h0: dh0,
-        c0: dc0,
-    }
 }
 
 /// Row kernels: one batch row of one step, `h` = hidden size.
@@ -1035,11 +1072,11 @@ mod tests {
                     .fold(0.0, f32::max);
                 assert!(err < 1e-5, "{steps}x{batch}x{h} {what}: {err}");
             };
-            let rows = forward(d, &projected, &w_h, &h0, &c0);
-            let units = forward_by_units(d, &projected, &w_h, &h0, &c0);
+            let rows = forward(d, &projected, &w_h, &h0, &c0, Split::Rows);
+            let units = forward(d, &projected, &w_h, &h0, &c0, Split::Units);
             close(&rows, &units, "workspace");
-            let a = backward(d, &rows, &w_h, &h0, &c0, &grad);
-            let b = backward_by_units(d, &rows, &w_h, &h0, &c0, &grad);
+            let a = backward(d, &rows, &w_h, &h0, &c0, &grad, Split::Rows);
+            let b = backward(d, &rows, &w_h, &h0, &c0, &grad, Split::Units);
             close(&a.projected, &b.projected, "dz");
             close(&a.w_h, &b.w_h, "dW_h");
             close(&a.h0, &b.h0, "dh0");
