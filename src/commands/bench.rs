@@ -189,12 +189,12 @@ pub fn step_flops(model: &LmConfig, positions: usize, scored: usize) -> f64 {
 /// into one block per core (the fused ops' path), through `gemm`'s own threads, and through
 /// every other backend compiled in, each run until `seconds` have passed after a warm-up.
 pub fn sgemm_ceiling(n: usize, seconds: f64) -> Ceiling {
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut c = vec![0.0f32; n * n];
     let paths: Vec<(String, f64)> = crate::model::fused::matmul::ceiling_paths()
         .into_iter()
         .map(|(name, product)| {
-            let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
-            let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
-            let mut c = vec![0.0f32; n * n];
             product(&mut c, &a, &b, n);
             let (start, mut reps) = (Instant::now(), 0u32);
             while reps == 0 || start.elapsed().as_secs_f64() < seconds {

@@ -181,7 +181,7 @@ fn build(options: &Options) -> Result<()> {
 }
 
 /// Cargo, for the lstm-lm package (xtask is a workspace of its own).
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     cmd

@@ -87,20 +87,19 @@ pub fn bench(options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Builds lstm-lm in release mode, as `cargo xtask bench` does, and returns its path.
 fn build() -> Result<PathBuf> {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(root)
+    let status = crate::bench::cargo()
         .args(["build", "--release", "--quiet", "--bin", "lstm-lm"])
         .status()
         .context("cannot run cargo build")?;
     if !status.success() {
         bail!("cargo build --release failed");
     }
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(root).join("target"));
+        .unwrap_or_else(|| root.join("target"));
     Ok(target.join("release/lstm-lm"))
 }
 

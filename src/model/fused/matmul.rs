@@ -135,28 +135,17 @@ pub(crate) fn matmul(dst: &mut [f32], ld: usize, accumulate: bool, a: Mat, b: Ma
         // SAFETY: `a` and `b` were bounds-checked; the block `rows x cols` at `offset` lies
         // inside `dst` (checked above) and no other block overlaps it.
         unsafe {
-            ::gemm::gemm(
+            gemm_into(
+                dst.at(offset),
+                ld,
+                accumulate,
+                a,
+                b,
                 rows,
                 cols,
-                k,
-                dst.at(offset),
-                1,
-                ld as isize,
-                accumulate,
-                a.data.as_ptr(),
-                a.cs as isize,
-                a.rs as isize,
-                b.data.as_ptr(),
-                b.cs as isize,
-                b.rs as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
                 ::gemm::Parallelism::None,
-            );
-        }
+            )
+        };
     };
     if step >= len {
         run(0);
@@ -166,6 +155,48 @@ pub(crate) fn matmul(dst: &mut [f32], ld: usize, accumulate: bool, a: Mat, b: Ma
             .collect::<Vec<_>>()
             .into_par_iter()
             .for_each(run);
+    }
+}
+
+/// `gemm`'s product of the views `a` `[rows, k]` and `b` `[k, cols]` into the row-major `dst`
+/// (rows `ld` apart), added to it with `accumulate`, threaded as `parallelism` says.
+///
+/// # Safety
+/// `a` and `b` lie inside their slices (their `check`), and `dst` holds `rows` rows of `cols`
+/// values, `ld` apart, that nothing else touches meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    dst: *mut f32,
+    ld: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    rows: usize,
+    cols: usize,
+    parallelism: ::gemm::Parallelism,
+) {
+    unsafe {
+        ::gemm::gemm(
+            rows,
+            cols,
+            a.cols,
+            dst,
+            1,
+            ld as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
     }
 }
 
@@ -188,31 +219,21 @@ pub(crate) fn ceiling_paths() -> Vec<(&'static str, SquareProduct)> {
             )
         }),
         ("gemm, its own threads", |c, a, b, n| {
-            assert!(a.len() >= n * n && b.len() >= n * n && c.len() >= n * n);
-            // SAFETY: the three slices hold `n * n` values each, row-major.
+            let (a, b) = (Mat::new(a, n, n, n), Mat::new(b, n, n, n));
+            assert!(c.len() >= n * n, "the product needs n * n values");
+            // SAFETY: `Mat::new` checked `a` and `b`; `c` holds `n` rows of `n`.
             unsafe {
-                ::gemm::gemm(
-                    n,
-                    n,
-                    n,
+                gemm_into(
                     c.as_mut_ptr(),
-                    1,
-                    n as isize,
+                    n,
                     false,
-                    a.as_ptr(),
-                    1,
-                    n as isize,
-                    b.as_ptr(),
-                    1,
-                    n as isize,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
+                    a,
+                    b,
+                    n,
+                    n,
                     ::gemm::Parallelism::Rayon(0),
-                );
-            }
+                )
+            };
         }),
     ]
 }
