@@ -27,6 +27,7 @@ use burn::tensor::{DType, Device, Distribution, Tensor};
 use rayon::prelude::*;
 
 use super::matmul::{matmul, Mat};
+use super::panels::PackedWeight;
 use super::simd::{self, multiversion};
 use super::{has_fused_kernels, host_f32, max_rel_err, to_flex, values};
 
@@ -473,7 +474,7 @@ fn forward_by_rows(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f3
         hidden: h,
     } = d;
     let (g4, w7) = (4 * h, 7 * h);
-    let w = Mat::new(w_h, h, g4, g4);
+    let w = PackedWeight::new(&[Mat::new(w_h, h, g4, g4)]);
     d.blocks().into_par_iter().for_each(|(r0, r1)| {
         let nb = r1 - r0;
         let mut z = vec![0.0f32; nb * g4];
@@ -495,7 +496,7 @@ fn forward_by_rows(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f3
             } else {
                 (Mat::new(prev, nb, h, w7), &prev[h..], w7)
             };
-            matmul(&mut z, g4, true, h_prev, w, false);
+            w.mul(&mut z, g4, true, h_prev);
             for r in 0..nb {
                 kernels::forward(
                     &z[r * g4..][..g4],
@@ -595,14 +596,8 @@ fn backward_by_rows(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32], 
         dh0: dh0_rows,
         dc0: dc0_rows,
     } = out;
-    // W_hᵀ `[4H, H]`, contiguous: gemm on a transposed view with few rows ran ~15x slower.
-    let mut w_t = vec![0.0f32; g4 * h];
-    for (r, row) in w_h.chunks_exact(g4).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            w_t[c * h + r] = v;
-        }
-    }
-    let w_t = Mat::new(&w_t, g4, h, h);
+    // W_hᵀ `[4H, H]`, packed once for all steps.
+    let w_t = PackedWeight::new(&[Mat::new(w_h, h, g4, g4).t()]);
     d.blocks().into_par_iter().for_each(|(r0, r1)| {
         let nb = r1 - r0;
         // dh: the gradient reaching h_t from step t + 1; dc: reaching c_t.
@@ -630,7 +625,7 @@ fn backward_by_rows(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32], 
                     &mut dz_t[r * g4..][..g4],
                 );
             }
-            matmul(&mut dh, h, false, Mat::new(dz_t, nb, g4, g4), w_t, false);
+            w_t.mul(&mut dh, h, false, Mat::new(dz_t, nb, g4, g4));
         }
         // SAFETY: rows of this block only.
         unsafe {
@@ -837,13 +832,9 @@ fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f
     on_threads(&blocks, |_, (u0, u1)| {
         let n = u1 - u0;
         // This block's columns of each gate, `[h, 4n]`.
-        let mut w = Vec::with_capacity(h * 4 * n);
-        for row in w_h.chunks_exact(g4) {
-            for s in 0..4 {
-                w.extend_from_slice(&row[s * h + u0..s * h + u1]);
-            }
-        }
-        let w = Mat::new(&w, h, 4 * n, 4 * n);
+        let whole = Mat::new(w_h, h, g4, g4);
+        let gates: Vec<Mat> = (0..4).map(|s| whole.cols(s * h + u0, s * h + u1)).collect();
+        let w = PackedWeight::new(&gates);
         let mut z = vec![0.0f32; batch * 4 * n];
         let (mut c_prev, mut local) = (vec![0.0f32; n], vec![0.0f32; 7 * n]);
         for t in 0..steps {
@@ -860,7 +851,7 @@ fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f
                 Some(prev) => Mat::new(prev, batch, h, w7),
                 None => Mat::new(h0, batch, h, h),
             };
-            matmul(&mut z, 4 * n, true, h_prev, w, false);
+            w.mul(&mut z, 4 * n, true, h_prev);
             for r in 0..batch {
                 c_prev.copy_from_slice(match prev {
                     Some(prev) => &prev[r * w7 + h + u0..r * w7 + h + u1],
@@ -895,13 +886,7 @@ fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32],
     on_threads(&blocks, |_, (u0, u1)| {
         let n = u1 - u0;
         // `W_hᵀ` `[4h, h]`, this block's units' columns: `[4h, n]`.
-        let mut w_t = vec![0.0f32; g4 * n];
-        for (u, row) in w_h.chunks_exact(g4).enumerate().skip(u0).take(n) {
-            for (j, &v) in row.iter().enumerate() {
-                w_t[j * n + u - u0] = v;
-            }
-        }
-        let w_t = Mat::new(&w_t, g4, n, n);
+        let w_t = PackedWeight::new(&[Mat::new(w_h, h, g4, g4).t().cols(u0, u1)]);
         let mut dh = vec![0.0f32; batch * n];
         let mut dc: Vec<f32> = (0..batch)
             .flat_map(|r| {
@@ -944,7 +929,7 @@ fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32],
             // SAFETY: dz's rows of step t are complete (the barrier) and no thread writes them
             // any more (the steps go down).
             let dz_t = unsafe { read(dz_rows, t * batch * g4, batch * g4) };
-            matmul(&mut dh, n, false, Mat::new(dz_t, batch, g4, g4), w_t, false);
+            w_t.mul(&mut dh, n, false, Mat::new(dz_t, batch, g4, g4));
         }
         for r in 0..batch {
             // SAFETY: this block's units of row r, touched by no other thread.

@@ -47,8 +47,28 @@ impl<'a> Mat<'a> {
         }
     }
 
+    /// Number of rows.
+    pub fn n_rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn n_cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Element `(i, j)`.
+    pub fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.rs + j * self.cs]
+    }
+
+    /// Row `i` as a slice, when the view's rows are contiguous (`None` otherwise).
+    pub fn row(&self, i: usize) -> Option<&'a [f32]> {
+        (self.cs == 1 && i < self.rows).then(|| &self.data[i * self.rs..][..self.cols])
+    }
+
     /// Rows `start..end` (a view).
-    fn rows(self, start: usize, end: usize) -> Self {
+    pub fn rows(self, start: usize, end: usize) -> Self {
         assert!(start <= end && end <= self.rows);
         Self {
             data: &self.data[(start * self.rs).min(self.data.len())..],
@@ -58,7 +78,7 @@ impl<'a> Mat<'a> {
     }
 
     /// Columns `start..end` (a view).
-    fn cols(self, start: usize, end: usize) -> Self {
+    pub fn cols(self, start: usize, end: usize) -> Self {
         assert!(start <= end && end <= self.cols);
         Self {
             data: &self.data[(start * self.cs).min(self.data.len())..],

@@ -15,6 +15,7 @@
 pub mod lstm_layer;
 pub(crate) mod matmul;
 pub mod output;
+mod panels;
 mod simd;
 mod xent;
 
