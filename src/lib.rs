@@ -24,6 +24,7 @@
 //! let report = train::train(train::TrainRequest {
 //!     config: Preset::Tiny.config(),
 //!     corpus: CorpusSource::Embedded { train_fraction: 0.9 },
+//!     cache_dir: lstm_lm::data::prepare::default_cache_dir(),
 //!     run_dir: "runs/example".into(),
 //!     fresh: true,
 //!     devices: vec![Device::flex()],

@@ -107,6 +107,10 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     let report = train::train(train::TrainRequest {
         config,
         corpus,
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(lstm_lm::data::prepare::default_cache_dir),
         run_dir,
         fresh: args.fresh,
         devices,
@@ -149,7 +153,11 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
 
 fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let request = eval::EvalRequest {
-        text: corpus::read_corpus(&args.text)?,
+        text: vec![args.text.clone()],
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(lstm_lm::data::prepare::default_cache_dir),
         device: choose_device(args.device)?,
         run_dir: args.run,
         epoch: args.epoch,

@@ -11,6 +11,9 @@ use lstm_lm::run::checkpoint::last_complete_checkpoint;
 fn lstm_lm() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lstm-lm"));
     c.stdin(Stdio::null());
+    // One token cache for this test process, not the user's.
+    let cache = std::env::temp_dir().join(format!("lstm-lm-test-cache-{}", std::process::id()));
+    c.env("LSTM_LM_CACHE_DIR", cache);
     c
 }
 
@@ -973,4 +976,92 @@ fn several_training_files_and_a_folder_of_shards_train() {
             .to_string()
     };
     assert_eq!(data(&files), data(&folder));
+}
+
+/// A kill -9 during preparation leaves no prepared folder under its final name, only the
+/// killed process's temporary one; the next preparation removes that and writes the same ids
+/// as a preparation never interrupted.
+#[test]
+fn a_kill_during_preparation_leaves_nothing_that_is_read_later() {
+    use lstm_lm::data::corpus::CorpusSource;
+    use lstm_lm::data::prepare::{prepare, PrepareOptions};
+
+    let tmp = tempfile::tempdir().unwrap();
+    // About 24 MB of text: preparing it takes longer than the test waits before the kill.
+    let train = tmp.path().join("big.txt");
+    let mut text = String::with_capacity(25 << 20);
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    while text.len() < 24 << 20 {
+        for _ in 0..12 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            text.push_str(&format!("w{} ", x % 5000));
+        }
+        text.push('\n');
+    }
+    std::fs::write(&train, &text).unwrap();
+    let cache = tmp.path().join("cache");
+    let mut child = lstm_lm()
+        .args(["--train".as_ref(), train.as_os_str()])
+        .args(["--cache-dir".as_ref(), cache.as_os_str()])
+        .args([
+            "--artifact-dir".as_ref(),
+            tmp.path().join("run").as_os_str(),
+        ])
+        .args(["--preset", "tiny", "--progress", "plain"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let partial = |cache: &Path| -> Vec<String> {
+        std::fs::read_dir(cache)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    while !partial(&cache).iter().any(|n| n.contains(".partial-")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no preparation started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Some of the stores are being written; well before all of them are on a fast machine.
+    std::thread::sleep(Duration::from_millis(30));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = partial(&cache);
+    assert!(
+        left.iter().all(|n| n.contains(".partial-")),
+        "a folder under its final name after the kill: {left:?}"
+    );
+
+    let source = CorpusSource::Files {
+        train,
+        valid: None,
+        test: None,
+        train_fraction: 0.9,
+    };
+    let options = |dir: &Path| PrepareOptions {
+        cache_dir: dir.to_path_buf(),
+        max_vocab: 0,
+    };
+    let after = prepare(&source, &options(&cache), &mut |_| {}).unwrap();
+    assert!(!after.reused);
+    assert!(
+        partial(&cache).iter().all(|n| !n.contains(".partial-")),
+        "the killed run's folder is still there: {:?}",
+        partial(&cache)
+    );
+    let clean = prepare(&source, &options(&tmp.path().join("clean")), &mut |_| {}).unwrap();
+    assert_eq!(after.vocab, clean.vocab);
+    for (a, b) in [(&after.train, &clean.train), (&after.valid, &clean.valid)] {
+        assert_eq!(a.offsets(), b.offsets());
+        assert!((0..a.len()).all(|i| a.ids().get(i) == b.ids().get(i)));
+    }
 }

@@ -105,7 +105,10 @@ fn padding_is_neither_in_the_loss_nor_in_its_gradients() {
         let model = config.init(3, &device);
         let (a, b) = (vec![5, 6, 7, 9, 1], vec![8, 4, 1]);
         let score = |sentences: &[&Vec<usize>]| {
-            let batch = HostBatch::new(sentences, 7).to_device(&device);
+            let owned: Vec<Vec<usize>> = sentences.iter().map(|s| s.to_vec()).collect();
+            let tokens = lstm_lm::data::store::Tokens::from_sentences(&owned);
+            let rows: Vec<u32> = (0..owned.len() as u32).collect();
+            let batch = HostBatch::new(&tokens, &rows, 7).to_device(&device);
             let loss = model.loss(&batch);
             let grads = loss.nll_sum.clone().backward();
             let bias = model.output.as_ref().unwrap().bias.as_ref().unwrap();

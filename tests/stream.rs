@@ -21,6 +21,11 @@ use lstm_lm::train::evaluate::evaluate_stream;
 use lstm_lm::train::events::EventSink;
 use lstm_lm::train::{train, TrainReport, TrainRequest};
 
+/// Sentences of ids as a split's tokens.
+fn tokens(sentences: &[Vec<usize>]) -> std::sync::Arc<lstm_lm::data::store::Tokens> {
+    std::sync::Arc::new(lstm_lm::data::store::Tokens::from_sentences(sentences))
+}
+
 fn lm(vocab: usize, dropout: f64, tied: bool) -> LmConfig {
     LmConfig {
         vocab_size: vocab,
@@ -80,7 +85,8 @@ fn steps_carry_the_state_from_window_to_window() {
         .map(|s| (0..7).map(|w| 3 + (s * 5 + w * 3) % 20).collect())
         .collect();
     let nll = |bptt: usize| -> f64 {
-        let loader = StreamLoader::evaluation(Stream::new(&sentences, 3), bptt, device.clone());
+        let loader =
+            StreamLoader::evaluation(Stream::new(tokens(&sentences), 3), bptt, device.clone());
         loader
             .iter()
             .map(|b| {
@@ -99,7 +105,7 @@ fn steps_carry_the_state_from_window_to_window() {
 
     let ad = device.clone().autodiff();
     let trainee = lm(23, 0.0, false).init(5, &ad);
-    let loader = StreamLoader::training(Stream::new(&sentences, 3), 4, 1, 1, ad.clone());
+    let loader = StreamLoader::training(Stream::new(tokens(&sentences), 3), 4, 1, 1, ad.clone());
     let trained: f64 = loader
         .iter()
         .map(|b| {
@@ -134,7 +140,8 @@ fn the_update_clips_the_global_gradient_norm() {
     let norms = |max: f64| -> (f64, f64) {
         let mut model = lm(17, 0.0, false).init(2, &device);
         model.max_grad_norm = max;
-        let loader = StreamLoader::training(Stream::new(&sentences, 2), 5, 1, 1, device.clone());
+        let loader =
+            StreamLoader::training(Stream::new(tokens(&sentences), 2), 5, 1, 1, device.clone());
         let batch = loader.iter().next().unwrap().unwrap();
         let out = TrainStep::step(&model, batch);
         let mut sum = 0.0;
@@ -245,7 +252,7 @@ fn full_context_evaluation_matches_a_hand_computed_perplexity() {
     let sentences = vec![vec![3, 3, 1], vec![3, 1]];
     let expected = 1.0 / 0.08f64.sqrt();
     for bptt in [1, 2, 3, 10] {
-        let e = evaluate_stream(&model, &sentences, 1, bptt, &device);
+        let e = evaluate_stream(&model, &tokens(&sentences), 1, bptt, &device);
         assert_eq!(e.tokens, 4, "bptt {bptt}");
         assert!(
             (e.perplexity - expected).abs() < 1e-4,
@@ -285,6 +292,7 @@ fn run(config: ExperimentConfig, corpus: &CorpusSource, dir: &Path) -> TrainRepo
     train(TrainRequest {
         config,
         corpus: corpus.clone(),
+        cache_dir: dir.with_extension("cache"),
         run_dir: dir.to_path_buf(),
         fresh: false,
         devices: vec![Device::flex()],
@@ -339,10 +347,10 @@ fn a_stream_run_learns_follows_its_schedule_and_resumes_exactly() {
     assert!(max_diff < 1e-5, "resumed weights differ by {max_diff}");
 
     // `lstm-lm eval` on the run: full context, the test split's perplexity again.
-    let text = lstm_lm::data::corpus::read_corpus(&tmp.path().join("valid.txt")).unwrap();
     let r = evaluate_run(&EvalRequest {
         run_dir: whole.clone(),
-        text,
+        text: vec![tmp.path().join("valid.txt")],
+        cache_dir: tmp.path().join("cache"),
         epoch: None,
         sentences: false,
         columns: 1,
@@ -365,7 +373,7 @@ fn gradients_match_finite_differences() {
         .collect();
     for tied in [false, true] {
         let config = lm(13, 0.0, tied);
-        let stream = Stream::new(&sentences, 2);
+        let stream = Stream::new(tokens(&sentences), 2);
         let loss_of = |model: &lstm_lm::model::LanguageModel, dev: &Device| -> Tensor<1> {
             // Two windows, the state carried and not detached (finite differences see through
             // it), so the second window's loss depends on the first window's tokens too.

@@ -161,6 +161,7 @@ fn resuming_with_a_changed_config_or_changed_data_is_refused() {
     let report = train(TrainRequest {
         config: changed,
         corpus: corpus.clone(),
+        cache_dir: dir.with_extension("cache"),
         run_dir: dir.clone(),
         fresh: true,
         devices: vec![device],

@@ -28,6 +28,7 @@ fn tiny_run(dir: &Path, epochs: usize, device: &Device) -> TrainReport {
             test: Some(valid),
             train_fraction: 0.9,
         },
+        cache_dir: dir.join("cache"),
         run_dir: dir.join("run"),
         fresh: false,
         devices: vec![device.clone()],

@@ -43,7 +43,8 @@ fn tiny_run(dir: &Path, corpus: &CorpusSource, device: Device) -> TrainReport {
 fn evaluate(run: &Path, text: &Path, device: Device) -> f64 {
     evaluate_run(&EvalRequest {
         run_dir: run.to_path_buf(),
-        text: read_corpus(text).unwrap(),
+        text: vec![text.to_path_buf()],
+        cache_dir: run.with_extension("cache"),
         epoch: None,
         sentences: true,
         columns: 1,
@@ -148,7 +149,11 @@ fn the_lstm_layer_kernels_match_burn_ops() {
 }
 
 fn lstm_lm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_lstm-lm"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lstm-lm"));
+    // One token cache for this test process, not the user's.
+    let cache = std::env::temp_dir().join(format!("lstm-lm-test-cache-{}", std::process::id()));
+    c.env("LSTM_LM_CACHE_DIR", cache);
+    c
 }
 
 /// `--list-devices` names the adapters wgpu sees; `--device auto` passes over a software

@@ -100,6 +100,9 @@ pub struct EvalArgs {
     /// The text to score: one sentence per line, whitespace-separated tokens.
     #[arg(long, value_name = "FILE")]
     pub text: PathBuf,
+    /// Token cache the text is encoded into once (see `train --cache-dir`).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Checkpoint epoch [default: the newest complete one].
     #[arg(long)]
     pub epoch: Option<usize>,
@@ -181,6 +184,11 @@ pub struct TrainArgs {
     /// Share of training lines kept for training when no --valid is given.
     #[arg(long, default_value_t = 0.9)]
     pub train_fraction: f64,
+    /// Token cache: the text is prepared into it once (vocabulary and ids) and reused by
+    /// every run on the same files and settings; delete the folder to clear it
+    /// [default: $LSTM_LM_CACHE_DIR, else ~/.cache/lstm-lm/tokens].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Where to train: auto picks a GPU when wgpu finds one, else the CPU (flex).
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,

@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use lstm_lm::data::prepare::PrepareEvent;
 use lstm_lm::format::format_duration;
 use lstm_lm::train::events::{Split, SplitProgress, TrainEvent};
 
@@ -24,6 +25,8 @@ pub struct Display {
     mode: ProgressMode,
     log_every: usize,
     bar: Option<ProgressBar>,
+    /// The preparation pass under way: its stage, bytes, start and the last tenth shown.
+    pass: Option<(&'static str, u64, std::time::Instant, usize)>,
 }
 
 impl Display {
@@ -38,6 +41,7 @@ impl Display {
             mode,
             log_every,
             bar: None,
+            pass: None,
         }
     }
 
@@ -49,6 +53,7 @@ impl Display {
                 Some(bar) => bar.suspend(|| eprintln!("warning: {line}")),
                 None => eprintln!("warning: {line}"),
             },
+            TrainEvent::Prepare(event) => self.prepare(event),
             TrainEvent::SplitStarted(p) => {
                 if self.mode == ProgressMode::Auto {
                     let bar = ProgressBar::new(p.batches as u64);
@@ -88,6 +93,63 @@ impl Display {
                 stats.tokens_per_second,
                 stats.seconds
             )),
+        }
+    }
+
+    /// Preparing the text: a bar with MB/s and the time left in a terminal; otherwise a line
+    /// when a pass starts and ends, and about every 10% in between.
+    fn prepare(&mut self, event: PrepareEvent) {
+        match event {
+            PrepareEvent::Started { stage, bytes } => {
+                self.pass = Some((stage, bytes, std::time::Instant::now(), 0));
+                if self.mode == ProgressMode::Auto {
+                    let bar = ProgressBar::new(bytes);
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{msg} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} \
+                             {bytes_per_sec} ETA {eta}",
+                        )
+                        .expect("static template"),
+                    );
+                    bar.set_message(format!("preparing the text: {stage}"));
+                    self.bar = Some(bar);
+                } else if self.mode == ProgressMode::Plain {
+                    println!("preparing the text: {stage}, {:.1} MB", bytes as f64 / 1e6);
+                }
+            }
+            PrepareEvent::Advanced { bytes } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(bytes);
+                } else if let Some((stage, total, start, shown)) = &mut self.pass {
+                    let tenth = (bytes * 10 / (*total).max(1)) as usize;
+                    if self.mode == ProgressMode::Plain && tenth > *shown && bytes < *total {
+                        *shown = tenth;
+                        let secs = start.elapsed().as_secs_f64().max(1e-9);
+                        println!(
+                            "preparing the text: {stage} {}% ({:.1} MB/s)",
+                            tenth * 10,
+                            bytes as f64 / 1e6 / secs
+                        );
+                    }
+                }
+            }
+            PrepareEvent::Finished => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                if let Some((stage, total, start, _)) = self.pass.take() {
+                    if self.mode != ProgressMode::Quiet {
+                        let secs = start.elapsed().as_secs_f64();
+                        self.println(format!(
+                            "preparing the text: {stage} done, {:.1} MB in {} ({:.1} MB/s)",
+                            total as f64 / 1e6,
+                            format_duration(secs),
+                            total as f64 / 1e6 / secs.max(1e-9)
+                        ));
+                    }
+                }
+            }
+            PrepareEvent::Note(line) => self.println(line),
         }
     }
 

@@ -18,6 +18,7 @@
 //! The vocabulary is built from the text and the output layer padded to `min_vocab` rows
 //! (10,000 by default, PTB's size), as the PyTorch reference does with `--min-vocab`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::Device;
@@ -29,6 +30,7 @@ use crate::config::presets::Preset;
 use crate::config::{Batching, ExperimentConfig};
 use crate::data::batcher::{BucketLoader, Buckets, HostBatch};
 use crate::data::corpus::Sentence;
+use crate::data::store::Tokens;
 use crate::data::stream::{Stream, StreamLoader};
 use crate::data::vocab::{Vocab, EOS_ID, PAD_ID};
 use crate::error::{Error, Result};
@@ -228,11 +230,11 @@ enum Batches {
 }
 
 impl Batches {
-    fn new(config: &ExperimentConfig, ids: &[Vec<usize>], seed: u64, device: &Device) -> Self {
+    fn new(config: &ExperimentConfig, ids: &Arc<Tokens>, seed: u64, device: &Device) -> Self {
         let data = &config.data;
         match data.batching {
             Batching::Buckets => {
-                let buckets = Buckets::new(ids, &data.buckets);
+                let buckets = Buckets::new(ids.clone(), &data.buckets);
                 // Shuffled as in training, so a short run samples every bucket length.
                 Self::Buckets(
                     BucketLoader::training(buckets, data.batch_size, seed, 1, device.clone())
@@ -240,7 +242,7 @@ impl Batches {
                 )
             }
             Batching::Stream => {
-                let stream = Stream::new(ids, data.batch_size);
+                let stream = Stream::new(ids.clone(), data.batch_size);
                 let shapes = (0..stream.num_windows(data.bptt))
                     .map(|k| {
                         let w = stream.window(k, data.bptt);
@@ -295,6 +297,7 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
     let mut config = request.config.experiment();
     let vocab = Vocab::build(request.text.iter().map(Vec::as_slice), 0);
     let ids: Vec<Vec<usize>> = request.text.iter().map(|s| vocab.encode(s)).collect();
+    let ids = Arc::new(Tokens::from_sentences(&ids));
     let device = request.device.clone().autodiff();
     let batches = Batches::new(&config, &ids, request.seed, &device);
     let n = batches.len();

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 
-use crate::data::corpus::Sentence;
+use crate::data::prepare::encode_text;
 use crate::error::{Error, Result};
 use crate::run::Run;
 use crate::train::evaluate::{evaluate_bucketed, evaluate_stream, Evaluation};
@@ -14,8 +14,11 @@ use crate::train::evaluate::{evaluate_bucketed, evaluate_stream, Evaluation};
 pub struct EvalRequest {
     /// The run folder.
     pub run_dir: PathBuf,
-    /// The text, as sentences of tokens; words outside the run's vocabulary count as `<unk>`.
-    pub text: Vec<Sentence>,
+    /// The text files, read in turn: one sentence per line, whitespace-separated tokens; words
+    /// outside the run's vocabulary count as `<unk>`.
+    pub text: Vec<PathBuf>,
+    /// The token cache the text is encoded into once (see [`crate::data::prepare`]).
+    pub cache_dir: PathBuf,
     /// The checkpoint's epoch (the newest complete one when `None`).
     pub epoch: Option<usize>,
     /// Score each sentence from a zero state in the run's buckets instead of one stream.
@@ -45,13 +48,8 @@ pub fn evaluate_run(request: &EvalRequest) -> Result<RunEvaluation> {
     let run = Run::open(&request.run_dir)?;
     let (config, vocab) = (run.config(), run.vocab());
     let (model, epoch) = run.load_model(request.epoch, &request.device)?;
-    let unknown_tokens = request
-        .text
-        .iter()
-        .flatten()
-        .filter(|w| !vocab.contains(w))
-        .count();
-    let ids: Vec<Vec<usize>> = request.text.iter().map(|s| vocab.encode(s)).collect();
+    let text = encode_text(&request.text, vocab, &request.cache_dir, &mut |_| {})?;
+    let (ids, unknown_tokens) = (text.tokens, text.unknown);
     let evaluation = if request.sentences {
         evaluate_bucketed(
             &model,

@@ -17,36 +17,42 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+use crate::data::store::Tokens;
 use crate::data::vocab::PAD_ID;
 use crate::model::LmBatch;
 
-/// Sentences sorted into length buckets.
+/// Sentences sorted into length buckets: each bucket lists its sentences by their index in
+/// the split's [`Tokens`] (no copy of their ids).
 #[derive(Debug, Clone)]
 pub struct Buckets {
     /// Bucket lengths, ascending.
     pub lengths: Vec<usize>,
-    /// The sentences of each bucket, unpadded.
-    pub sentences: Vec<Vec<Vec<usize>>>,
+    /// The split's ids.
+    pub tokens: Arc<Tokens>,
+    /// The sentences of each bucket, as sentence indices.
+    pub sentences: Vec<Vec<u32>>,
     /// Sentences dropped because they are longer than the largest bucket.
     pub dropped: usize,
 }
 
 impl Buckets {
-    /// Sorts `sentences` into buckets of the given `lengths`.
-    pub fn new(sentences: &[Vec<usize>], lengths: &[usize]) -> Self {
+    /// Sorts the sentences of `tokens` into buckets of the given `lengths`.
+    pub fn new(tokens: Arc<Tokens>, lengths: &[usize]) -> Self {
         let mut lengths = lengths.to_vec();
         lengths.sort_unstable();
         lengths.dedup();
         let mut buckets = vec![Vec::new(); lengths.len()];
         let mut dropped = 0;
-        for s in sentences {
-            match lengths.iter().position(|&l| l >= s.len()) {
-                Some(b) => buckets[b].push(s.clone()),
+        for (k, w) in tokens.offsets().windows(2).enumerate() {
+            let len = (w[1] - w[0]) as usize;
+            match lengths.iter().position(|&l| l >= len) {
+                Some(b) => buckets[b].push(u32::try_from(k).expect("under 2^32 sentences")),
                 None => dropped += 1,
             }
         }
         Self {
             lengths,
+            tokens,
             sentences: buckets,
             dropped,
         }
@@ -72,15 +78,17 @@ pub struct HostBatch {
 }
 
 impl HostBatch {
-    /// Pads `sentences` to `seq` and derives the targets.
-    pub fn new(sentences: &[&Vec<usize>], seq: usize) -> Self {
+    /// Sentences `sentences` of `tokens`, padded to `seq`, and their targets.
+    pub fn new(tokens: &Tokens, sentences: &[u32], seq: usize) -> Self {
+        let ids = tokens.ids();
         let mut inputs = vec![PAD_ID as i64; sentences.len() * seq];
         let mut targets = inputs.clone();
-        for (row, s) in sentences.iter().enumerate() {
-            for (j, &id) in s.iter().enumerate() {
-                inputs[row * seq + j] = id as i64;
+        for (row, &k) in sentences.iter().enumerate() {
+            for (j, i) in tokens.sentence(k as usize).enumerate() {
+                let id = ids.get(i) as i64;
+                inputs[row * seq + j] = id;
                 if j > 0 {
-                    targets[row * seq + j - 1] = id as i64;
+                    targets[row * seq + j - 1] = id;
                 }
             }
         }
@@ -177,13 +185,13 @@ impl BucketLoader {
         });
         let mut batches = Vec::new();
         for (bucket, &len) in self.buckets.sentences.iter().zip(&self.buckets.lengths) {
-            let mut order: Vec<&Vec<usize>> = bucket.iter().collect();
+            let mut order = bucket.clone();
             if let Some(rng) = rng.as_mut() {
                 order.shuffle(rng);
             }
             for chunk in order.chunks(self.batch_size) {
                 if chunk.len() == self.batch_size || !self.drop_last {
-                    batches.push(HostBatch::new(chunk, len));
+                    batches.push(HostBatch::new(&self.buckets.tokens, chunk, len));
                 }
             }
         }
@@ -284,10 +292,14 @@ impl DataLoader<LmBatch> for BucketLoader {
 mod tests {
     use super::*;
 
+    fn tokens(sentences: &[Vec<usize>]) -> Arc<Tokens> {
+        Arc::new(Tokens::from_sentences(sentences))
+    }
+
     #[test]
     fn sentences_go_to_the_smallest_bucket_that_holds_them_and_long_ones_are_dropped() {
         let s: Vec<Vec<usize>> = [3, 4, 5, 9, 10, 11].iter().map(|&n| vec![7; n]).collect();
-        let b = Buckets::new(&s, &[10, 4]);
+        let b = Buckets::new(tokens(&s), &[10, 4]);
         assert_eq!(b.lengths, vec![4, 10]);
         assert_eq!(b.sentences[0].len(), 2);
         assert_eq!(b.sentences[1].len(), 3);
@@ -296,9 +308,8 @@ mod tests {
 
     #[test]
     fn padding_and_shifted_targets() {
-        let a = vec![5, 6, 7, 1];
-        let b = vec![8, 1];
-        let hb = HostBatch::new(&[&a, &b], 5);
+        let t = Tokens::from_sentences(&[vec![5, 6, 7, 1], vec![8, 1]]);
+        let hb = HostBatch::new(&t, &[0, 1], 5);
         assert_eq!(hb.inputs, vec![5, 6, 7, 1, 0, 8, 1, 0, 0, 0]);
         assert_eq!(hb.targets, vec![6, 7, 1, 0, 0, 1, 0, 0, 0, 0]);
         // Only the real targets' positions reach the output layer and the count.
@@ -316,9 +327,9 @@ mod tests {
         let s: Vec<Vec<usize>> = (0..23).map(|i| vec![i + 3, 1]).collect();
         let loader = |seed: Option<u64>| match seed {
             Some(seed) => {
-                BucketLoader::training(Buckets::new(&s, &[4]), 5, seed, 1, Device::flex())
+                BucketLoader::training(Buckets::new(tokens(&s), &[4]), 5, seed, 1, Device::flex())
             }
-            None => BucketLoader::evaluation(Buckets::new(&s, &[4]), 5, Device::flex()),
+            None => BucketLoader::evaluation(Buckets::new(tokens(&s), &[4]), 5, Device::flex()),
         };
         let l = loader(Some(1));
         assert_eq!(l.num_items(), 20);
@@ -344,7 +355,7 @@ mod tests {
     #[test]
     fn burn_trains_split_gives_each_device_whole_batches_of_the_same_epoch_order() {
         let s: Vec<Vec<usize>> = (0..35).map(|i| vec![i + 3, 1]).collect();
-        let whole = BucketLoader::training(Buckets::new(&s, &[4]), 5, 9, 1, Device::flex());
+        let whole = BucketLoader::training(Buckets::new(tokens(&s), &[4]), 5, 9, 1, Device::flex());
         let epoch: Vec<Vec<i64>> = whole
             .epoch_batches(1)
             .into_iter()

@@ -12,19 +12,6 @@ pub const EMBEDDED_TINY_SHAKESPEARE: &str = include_str!("../../assets/tinyshake
 /// A sentence: its whitespace-separated tokens.
 pub type Sentence = Vec<String>;
 
-/// The splits of a corpus, as sentences of tokens.
-#[derive(Debug, Clone)]
-pub struct Corpus {
-    /// Sentences the model trains on and the vocabulary is built from.
-    pub train: Vec<Sentence>,
-    /// Sentences for the per-epoch validation.
-    pub valid: Vec<Sentence>,
-    /// Sentences for a final test evaluation, when a test split is given.
-    pub test: Option<Vec<Sentence>>,
-    /// Which lines were held out for validation, when several training files were split.
-    pub held_out: Option<String>,
-}
-
 /// Where the text of each split comes from.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -130,63 +117,6 @@ impl CorpusSource {
         };
         Ok((source, name))
     }
-
-    /// Reads every split.
-    pub fn load(&self) -> Result<Corpus> {
-        match self {
-            CorpusSource::Embedded { train_fraction } => {
-                let (train, valid) = split_text(
-                    EMBEDDED_TINY_SHAKESPEARE,
-                    *train_fraction,
-                    Path::new("<embedded>"),
-                )?;
-                Ok(Corpus {
-                    train,
-                    valid,
-                    test: None,
-                    held_out: None,
-                })
-            }
-            CorpusSource::Files {
-                train,
-                valid,
-                test,
-                train_fraction,
-            } => {
-                let (train_s, valid_s) = match valid {
-                    Some(v) => (read_corpus(train)?, read_corpus(v)?),
-                    None => split_text(&read_text(train)?, *train_fraction, train)?,
-                };
-                let test = test.as_deref().map(read_corpus).transpose()?;
-                Ok(Corpus {
-                    train: train_s,
-                    valid: valid_s,
-                    test,
-                    held_out: None,
-                })
-            }
-            CorpusSource::Shards {
-                train,
-                valid,
-                test,
-                train_fraction,
-            } => {
-                let (train_s, valid_s, held_out) = if valid.is_empty() {
-                    let (t, v, note) = split_files(train, *train_fraction)?;
-                    (t, v, Some(note))
-                } else {
-                    (read_files(train)?, read_files(valid)?, None)
-                };
-                let test = (!test.is_empty()).then(|| read_files(test)).transpose()?;
-                Ok(Corpus {
-                    train: train_s,
-                    valid: valid_s,
-                    test,
-                    held_out,
-                })
-            }
-        }
-    }
 }
 
 /// Reads one corpus file: its non-blank lines as sentences of tokens.
@@ -229,80 +159,6 @@ pub fn expand_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
-}
-
-/// The sentences of `paths`, read in order; each file must hold tokens.
-fn read_files(paths: &[PathBuf]) -> Result<Vec<Sentence>> {
-    let mut sentences = Vec::new();
-    for path in paths {
-        sentences.extend(read_corpus(path)?);
-    }
-    Ok(sentences)
-}
-
-/// Splits the lines of `paths` taken together: the first `train_fraction` of them train, the
-/// rest validate (so they come from the last file or files). Returns both and, in words, where
-/// the held-out lines start.
-fn split_files(
-    paths: &[PathBuf],
-    train_fraction: f64,
-) -> Result<(Vec<Sentence>, Vec<Sentence>, String)> {
-    if let [path] = paths {
-        let (train, valid) = split_text(&read_text(path)?, train_fraction, path)?;
-        let note = format!(
-            "validation: the last {:.0}% of the lines of {} (--train-fraction {train_fraction})",
-            (1.0 - train_fraction) * 100.0,
-            path.display()
-        );
-        return Ok((train, valid, note));
-    }
-    if !(train_fraction > 0.0 && train_fraction < 1.0) {
-        return Err(Error::Config(format!(
-            "--train-fraction must be between 0 and 1, got {train_fraction}"
-        )));
-    }
-    let texts: Vec<String> = paths.iter().map(|p| read_text(p)).collect::<Result<_>>()?;
-    let total: usize = texts.iter().map(|t| t.lines().count()).sum();
-    let n = ((total as f64) * train_fraction) as usize;
-    let (mut train, mut valid) = (Vec::new(), Vec::new());
-    let (mut start, mut note) = (0usize, String::new());
-    for (path, text) in paths.iter().zip(&texts) {
-        let lines: Vec<&str> = text.lines().collect();
-        let cut = n.saturating_sub(start).min(lines.len());
-        train.extend(parse_some(&lines[..cut], 1, path)?);
-        valid.extend(parse_some(&lines[cut..], cut + 1, path)?);
-        if note.is_empty() && cut < lines.len() {
-            note = format!(
-                "validation: the last {} of the {total} lines of the {} training files, from line \
-                 {} of {} on (--train-fraction {train_fraction})",
-                total - n,
-                paths.len(),
-                cut + 1,
-                path.display()
-            );
-        }
-        start += lines.len();
-    }
-    if train.is_empty() || valid.is_empty() {
-        return Err(Error::Corpus {
-            path: paths[paths.len() - 1].clone(),
-            problem: format!(
-                "the {total} lines of the {} training files are too few to hold out {:.0}% of \
-                 them for validation, or hold no tokens; pass --valid FILE (or more lines)",
-                paths.len(),
-                (1.0 - train_fraction) * 100.0
-            ),
-        });
-    }
-    Ok((train, valid, note))
-}
-
-/// [`parse_lines`], where a part without tokens is no error (it is part of a larger split).
-fn parse_some(lines: &[&str], first_line: usize, path: &Path) -> Result<Vec<Sentence>> {
-    if lines.iter().all(|l| l.split_whitespace().next().is_none()) {
-        return Ok(Vec::new());
-    }
-    parse_lines(lines, first_line, path)
 }
 
 /// Reads a UTF-8 text file; errors name the file, and the line of the first invalid byte.
@@ -359,42 +215,6 @@ fn parse_lines(lines: &[&str], first_line: usize, path: &Path) -> Result<Vec<Sen
     Ok(sentences)
 }
 
-/// Splits `text` by lines, blank ones included: the first `floor(lines * train_fraction)` lines
-/// train, the rest validate (PyTorch's reference splits Tiny Shakespeare this way).
-fn split_text(
-    text: &str,
-    train_fraction: f64,
-    path: &Path,
-) -> Result<(Vec<Sentence>, Vec<Sentence>)> {
-    if !(train_fraction > 0.0 && train_fraction < 1.0) {
-        return Err(Error::Config(format!(
-            "--train-fraction must be between 0 and 1, got {train_fraction}"
-        )));
-    }
-    let lines: Vec<&str> = text.lines().collect();
-    let n = ((lines.len() as f64) * train_fraction) as usize;
-    let too_few = || Error::Corpus {
-        path: path.to_path_buf(),
-        problem: format!(
-            "{} line(s) are too few to hold out {:.0}% of them for validation; pass --valid FILE \
-             (or more lines)",
-            lines.len(),
-            (1.0 - train_fraction) * 100.0
-        ),
-    };
-    // A part without tokens in a file that has some: the file is too short to split.
-    let has_tokens = lines.iter().any(|l| l.split_whitespace().next().is_some());
-    let split_error = |e: Error| match e {
-        Error::Corpus { ref problem, .. } if has_tokens && problem.starts_with("no tokens") => {
-            too_few()
-        }
-        e => e,
-    };
-    let train = parse_lines(&lines[..n], 1, path).map_err(split_error)?;
-    let valid = parse_lines(&lines[n..], n + 1, path).map_err(split_error)?;
-    Ok((train, valid))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,49 +257,6 @@ mod tests {
         );
     }
 
-    /// Several training files without --valid: the last lines of them all are held out, as if
-    /// they were one file, and the note says from which file and line.
-    #[test]
-    fn the_last_lines_of_several_training_files_are_held_out() {
-        let tmp = tempfile::tempdir().unwrap();
-        let a_text: String = (0..12).map(|i| format!("a{i} w\n")).collect();
-        let b_text: String = (0..8).map(|i| format!("b{i} w\n")).collect();
-        let a = write(tmp.path(), "a.txt", &a_text);
-        let b = write(tmp.path(), "b.txt", &b_text);
-        let (train, valid, note) = split_files(&[a, b.clone()], 0.75).unwrap();
-        let (whole_train, whole_valid) =
-            split_text(&format!("{a_text}{b_text}"), 0.75, &b).unwrap();
-        assert_eq!((train, valid.clone()), (whole_train, whole_valid));
-        assert_eq!(valid.len(), 5);
-        assert_eq!(valid[0][0], "b3");
-        assert!(
-            note.contains("the last 5 of the 20 lines of the 2 training files"),
-            "{note}"
-        );
-        assert!(
-            note.contains("line 4 of") && note.contains("b.txt"),
-            "{note}"
-        );
-        // One flag value each is the plain one-file source; two files or a folder are shards.
-        let flags = |train: Vec<PathBuf>| {
-            CorpusSource::from_flags(Some((train, vec![], vec![])), Dataset::Ptb, tmp.path(), 0.9)
-                .unwrap()
-        };
-        let a = tmp.path().join("a.txt");
-        assert!(matches!(
-            flags(vec![a.clone()]).0,
-            CorpusSource::Files { .. }
-        ));
-        let (two, name) = flags(vec![a.clone(), b]);
-        assert_eq!(name, "a");
-        let corpus = two.load().unwrap();
-        assert_eq!(corpus.train.len() + corpus.valid.len(), 20);
-        assert!(corpus.held_out.is_some());
-        let (folder, name) = flags(vec![tmp.path().to_path_buf()]);
-        assert!(matches!(folder, CorpusSource::Shards { ref train, .. } if train.len() == 2));
-        assert_eq!(name, tmp.path().file_stem().unwrap().to_string_lossy());
-    }
-
     #[test]
     fn blank_lines_are_skipped_and_crlf_is_accepted() {
         let s = parse_text("a b\r\n\r\n  \nc\r\n", Path::new("t")).unwrap();
@@ -502,28 +279,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.txt"), "{e}");
-    }
-
-    #[test]
-    fn embedded_corpus_splits_ninety_ten_by_lines() {
-        let c = CorpusSource::Embedded {
-            train_fraction: 0.9,
-        }
-        .load()
-        .unwrap();
-        let lines: Vec<&str> = EMBEDDED_TINY_SHAKESPEARE.lines().collect();
-        assert_eq!(lines.len(), 40_000);
-        let non_blank = |l: &[&str]| l.iter().filter(|l| !l.trim().is_empty()).count();
-        assert_eq!(c.train.len(), non_blank(&lines[..36_000]));
-        assert_eq!(c.valid.len(), non_blank(&lines[36_000..]));
-        assert_eq!(c.train[0], vec!["First", "Citizen:"]);
-    }
-
-    #[test]
-    fn a_held_out_split_names_lines_of_the_whole_file() {
-        let e = split_text("a\nb\nc\nd\x00\n", 0.5, Path::new("t")).unwrap_err();
-        assert!(e.to_string().contains("line 4"), "{e}");
-        let e = split_text("a\nb\n\n\n", 0.5, Path::new("t")).unwrap_err();
-        assert!(e.to_string().contains("--valid"), "{e}");
     }
 }

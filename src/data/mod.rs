@@ -2,5 +2,7 @@
 
 pub mod batcher;
 pub mod corpus;
+pub mod prepare;
+pub mod store;
 pub mod stream;
 pub mod vocab;

@@ -14,30 +14,30 @@ use burn::data::dataset::DatasetError;
 use burn::tensor::Device;
 
 use crate::data::batcher::HostBatch;
+use crate::data::store::Tokens;
 use crate::model::carry::StateCarry;
 use crate::model::LmBatch;
 
-/// A token stream laid out as `batch` columns.
+/// A token stream laid out as `batch` columns, read in place from a split's [`Tokens`].
 #[derive(Debug, Clone)]
 pub struct Stream {
     /// Number of columns (sequences carried in parallel).
     pub batch: usize,
     /// Steps per column.
     pub steps: usize,
-    /// Ids `[batch, steps]`, row-major: row `b` is column `b` of the stream.
-    ids: Vec<i64>,
+    /// The split's ids, end to end: column `b` is ids `b * steps..(b + 1) * steps`.
+    tokens: Arc<Tokens>,
 }
 
 impl Stream {
-    /// Concatenates `sentences` and cuts the stream into `batch` columns.
-    pub fn new(sentences: &[Vec<usize>], batch: usize) -> Self {
-        let flat: Vec<i64> = sentences.iter().flatten().map(|&id| id as i64).collect();
+    /// The ids of `tokens` end to end, cut into `batch` columns (the tail that does not fill a
+    /// row is left out).
+    pub fn new(tokens: Arc<Tokens>, batch: usize) -> Self {
         let batch = batch.max(1);
-        let steps = flat.len() / batch;
         Self {
             batch,
-            steps,
-            ids: flat[..steps * batch].to_vec(),
+            steps: tokens.len() / batch,
+            tokens,
         }
     }
 
@@ -63,10 +63,11 @@ impl Stream {
         let n = columns.len();
         let mut inputs = Vec::with_capacity(n * t);
         let mut targets = Vec::with_capacity(n * t);
+        let ids = self.tokens.ids();
         for b in columns {
-            let row = &self.ids[b * self.steps..(b + 1) * self.steps];
-            inputs.extend_from_slice(&row[start..start + t]);
-            targets.extend_from_slice(&row[start + 1..start + 1 + t]);
+            let row = b * self.steps + start;
+            ids.extend_i64(row..row + t, &mut inputs);
+            ids.extend_i64(row + 1..row + 1 + t, &mut targets);
         }
         HostBatch {
             batch: n,
@@ -240,7 +241,7 @@ mod tests {
     fn columns_continue_across_windows() {
         // 0..=22 as one stream, 2 columns of 11 steps: column 0 = 0..11, column 1 = 11..22.
         let sentences = vec![(3..10).collect::<Vec<_>>(), (10..26).collect()];
-        let s = Stream::new(&sentences, 2);
+        let s = Stream::new(Arc::new(Tokens::from_sentences(&sentences)), 2);
         assert_eq!((s.batch, s.steps), (2, 11));
         assert_eq!(s.num_windows(4), 3); // 10 target steps: 4 + 4 + 2
         let w0 = s.window(0, 4);
@@ -258,7 +259,13 @@ mod tests {
     #[test]
     fn the_loader_serves_windows_in_order_and_slices_by_whole_columns() {
         let sentences = vec![(3..43).collect::<Vec<_>>()]; // 40 ids, 4 columns of 10 steps
-        let loader = StreamLoader::training(Stream::new(&sentences, 4), 4, 7, 1, Device::flex());
+        let loader = StreamLoader::training(
+            Stream::new(Arc::new(Tokens::from_sentences(&sentences)), 4),
+            4,
+            7,
+            1,
+            Device::flex(),
+        );
         assert_eq!((loader.num_windows(), loader.num_items()), (3, 12));
         let batches: Vec<LmBatch> = loader.iter().map(|b| b.unwrap()).collect();
         let keys: Vec<(usize, usize)> = batches
@@ -292,11 +299,13 @@ mod tests {
             })
             .collect();
         assert_eq!(firsts, vec![0, 2]);
-        assert!(
-            StreamLoader::evaluation(Stream::new(&sentences, 4), 4, Device::flex())
-                .batch(1, 0)
-                .dropout_seed
-                .is_none()
-        );
+        assert!(StreamLoader::evaluation(
+            Stream::new(Arc::new(Tokens::from_sentences(&sentences)), 4),
+            4,
+            Device::flex()
+        )
+        .batch(1, 0)
+        .dropout_seed
+        .is_none());
     }
 }

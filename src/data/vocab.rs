@@ -26,7 +26,7 @@ pub const UNK_ID: usize = 2;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vocab {
     tokens: Vec<String>,
-    ids: HashMap<String, usize>,
+    ids: HashMap<String, usize, foldhash::fast::FixedState>,
 }
 
 impl Vocab {
@@ -49,29 +49,33 @@ impl Vocab {
                 entry.0 += 1;
             }
         }
-        let mut words: Vec<(&str, usize, usize)> = counts
+        let words = counts
             .into_iter()
-            .filter(|(w, _)| ![PAD, EOS, UNK].contains(w))
-            .map(|(w, (count, first))| (w, count, first))
+            .map(|(w, (count, first))| (w.to_owned(), count as u64, first as u64))
             .collect();
-        words.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
+        Self::from_counts(words, max_size)
+    }
+
+    /// The vocabulary of words counted in a training text: `(word, count, first)`, where
+    /// `first` orders the words by their first appearance. Words are ranked by decreasing
+    /// count, ties by first appearance; `max_size` caps the vocabulary as in [`Vocab::build`].
+    pub fn from_counts(mut words: Vec<(String, u64, u64)>, max_size: usize) -> Self {
+        words.retain(|(w, _, _)| ![PAD, EOS, UNK].contains(&w.as_str()));
+        words.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
         if max_size > 0 {
             words.truncate(max_size.saturating_sub(3));
         }
         let tokens = [PAD, EOS, UNK]
             .into_iter()
-            .chain(words.into_iter().map(|(w, _, _)| w))
             .map(str::to_owned)
+            .chain(words.into_iter().map(|(w, _, _)| w))
             .collect();
         Self::from_tokens(tokens)
     }
 
     fn from_tokens(tokens: Vec<String>) -> Self {
-        let ids = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i))
-            .collect();
+        let mut ids = HashMap::with_capacity_and_hasher(tokens.len(), Default::default());
+        ids.extend(tokens.iter().enumerate().map(|(i, t)| (t.clone(), i)));
         Self { tokens, ids }
     }
 
@@ -88,6 +92,11 @@ impl Vocab {
     /// The id of `token`, or [`UNK_ID`] when it is not in the vocabulary.
     pub fn id(&self, token: &str) -> usize {
         self.ids.get(token).copied().unwrap_or(UNK_ID)
+    }
+
+    /// The id of `token`, if it has one of its own.
+    pub fn get(&self, token: &str) -> Option<usize> {
+        self.ids.get(token).copied()
     }
 
     /// Whether `token` has an id of its own.

@@ -1,10 +1,13 @@
 //! Perplexity of a model on a split: sentence by sentence in buckets, or as one stream with the
 //! state carried through the whole text.
 
+use std::sync::Arc;
+
 use burn::data::dataloader::DataLoader;
 use burn::tensor::Device;
 
 use crate::data::batcher::{BucketLoader, Buckets};
+use crate::data::store::Tokens;
 use crate::data::stream::Stream;
 use crate::model::LanguageModel;
 
@@ -38,16 +41,16 @@ impl Evaluation {
     }
 }
 
-/// Scores every sentence of `sentences` (ids, end of sentence included) that fits a bucket,
-/// each from a zero state, as the bucketed training sees them.
+/// Scores every sentence of `sentences` that fits a bucket, each from a zero state, as the
+/// bucketed training sees them.
 pub fn evaluate_bucketed(
     model: &LanguageModel,
-    sentences: &[Vec<usize>],
+    sentences: &Arc<Tokens>,
     buckets: &[usize],
     batch_size: usize,
     device: &Device,
 ) -> Evaluation {
-    let buckets = Buckets::new(sentences, buckets);
+    let buckets = Buckets::new(sentences.clone(), buckets);
     let dropped_sentences = buckets.dropped;
     let loader = BucketLoader::evaluation(buckets, batch_size, device.clone());
     let (mut nll, mut tokens) = (0.0f64, 0usize);
@@ -60,19 +63,19 @@ pub fn evaluate_bucketed(
     Evaluation::from_sums(nll, tokens, dropped_sentences)
 }
 
-/// Scores `sentences` (ids, end of sentence included) as one contiguous stream with full
+/// Scores `sentences` as one contiguous stream with full
 /// context: the text is cut into `columns` parallel columns (1 = the whole file as one sequence)
 /// and read in windows of `bptt` steps, each window starting from the state the previous one
 /// ended in. Every position but the first of each column is scored; with `columns > 1` the tail
 /// that does not fill a row is dropped (PyTorch's `batchify`).
 pub fn evaluate_stream(
     model: &LanguageModel,
-    sentences: &[Vec<usize>],
+    sentences: &Arc<Tokens>,
     columns: usize,
     bptt: usize,
     device: &Device,
 ) -> Evaluation {
-    let stream = Stream::new(sentences, columns);
+    let stream = Stream::new(sentences.clone(), columns);
     let (mut nll, mut tokens) = (0.0f64, 0usize);
     let mut state = None;
     for k in 0..stream.num_windows(bptt) {

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::data::prepare::PrepareEvent;
 use crate::run::history::EpochStats;
 
 /// A split of an epoch.
@@ -52,6 +53,8 @@ pub enum TrainEvent {
     Info(String),
     /// Something went wrong without stopping training (a history line not written).
     Warning(String),
+    /// Preparing the text into the token cache (a pass started, advanced or ended; a note).
+    Prepare(PrepareEvent),
     /// A split of an epoch starts.
     SplitStarted(SplitProgress),
     /// A batch of the split is done.

@@ -7,6 +7,7 @@ use burn::tensor::Device;
 
 use crate::config::{Batching, ExperimentConfig};
 use crate::data::batcher::{BucketLoader, Buckets};
+use crate::data::store::Tokens;
 use crate::data::stream::{Stream, StreamLoader};
 use crate::error::{Error, Result};
 use crate::model::carry::StateCarry;
@@ -26,31 +27,32 @@ pub(crate) struct Loaders {
 /// Makes the loaders `config` asks for, and says what the data gives.
 pub(crate) fn loaders(
     config: &ExperimentConfig,
-    train_ids: &[Vec<usize>],
-    valid_ids: &[Vec<usize>],
+    train_ids: &Arc<Tokens>,
+    valid_ids: &Arc<Tokens>,
     first_epoch: usize,
     device: &Device,
     events: &EventSink,
 ) -> Result<Loaders> {
     let data = &config.data;
-    let train_tokens: usize = train_ids.iter().map(Vec::len).sum();
+    let train_tokens = train_ids.len();
+    let train_sentences = train_ids.num_sentences();
     match data.batching {
         Batching::Buckets => {
-            let train_buckets = Buckets::new(train_ids, &data.buckets);
-            let valid_buckets = Buckets::new(valid_ids, &data.buckets);
+            let train_buckets = Buckets::new(train_ids.clone(), &data.buckets);
+            let valid_buckets = Buckets::new(valid_ids.clone(), &data.buckets);
             let largest = data.buckets.iter().max().copied().unwrap_or(0);
             events.info(format!(
                 "data: {} train sentences ({} tokens), {} valid; buckets {:?}; dropped {} train and \
                  {} valid sentences longer than {largest} tokens",
-                train_ids.len(),
-                train_tokens - train_ids.len(),
-                valid_ids.len(),
+                train_sentences,
+                train_tokens - train_sentences,
+                valid_ids.num_sentences(),
                 data.buckets,
                 train_buckets.dropped,
                 valid_buckets.dropped,
             ));
             let steps_per_epoch = train_buckets.num_batches(data.batch_size);
-            if train_buckets.dropped == train_ids.len() {
+            if train_buckets.dropped == train_sentences {
                 return Err(Error::Config(format!(
                     "every training sentence is longer than the largest bucket ({largest} \
                      tokens); pass --batching stream (no length limit) or larger --buckets"
@@ -82,14 +84,14 @@ pub(crate) fn loaders(
         }
         Batching::Stream => {
             let train = StreamLoader::training(
-                Stream::new(train_ids, data.batch_size),
+                Stream::new(train_ids.clone(), data.batch_size),
                 data.bptt,
                 config.seed,
                 first_epoch,
                 device.clone(),
             );
             let valid = StreamLoader::evaluation(
-                Stream::new(valid_ids, data.batch_size),
+                Stream::new(valid_ids.clone(), data.batch_size),
                 data.bptt,
                 device.clone(),
             );
@@ -99,7 +101,7 @@ pub(crate) fn loaders(
                 data.batch_size,
                 train.num_windows(),
                 data.bptt,
-                valid_ids.iter().map(Vec::len).sum::<usize>(),
+                valid_ids.len(),
                 valid.num_windows(),
             ));
             if train.num_windows() == 0 || valid.num_windows() == 0 {

@@ -32,6 +32,8 @@ pub mod strategy;
 
 use crate::config::{Batching, ExperimentConfig};
 use crate::data::corpus::CorpusSource;
+use crate::data::prepare::{prepare, PrepareOptions};
+use crate::data::store::Tokens;
 use crate::data::vocab::Vocab;
 use crate::error::{Error, Result};
 use crate::format::format_rate;
@@ -45,7 +47,7 @@ use crate::run::recorder::{EpochRates, EpochRecorder};
 use crate::run::{check_resume, clear_run, save_run, save_test_score, RunLock, TestScore};
 
 use evaluate::{evaluate_bucketed, evaluate_stream, Evaluation};
-use events::EventSink;
+use events::{EventSink, TrainEvent};
 use guard::DivergenceGuard;
 use loaders::{check_devices, loaders, parallel_summary, steps_per_epoch_on, Loaders};
 use metric_log::MetricLogs;
@@ -61,6 +63,8 @@ pub struct TrainRequest {
     pub config: ExperimentConfig,
     /// The text.
     pub corpus: CorpusSource,
+    /// The token cache the text is prepared into once (see [`crate::data::prepare`]).
+    pub cache_dir: PathBuf,
     /// The run folder.
     pub run_dir: PathBuf,
     /// Start over even if the run folder holds a run.
@@ -107,6 +111,7 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     let TrainRequest {
         mut config,
         corpus,
+        cache_dir,
         run_dir,
         fresh,
         devices,
@@ -117,14 +122,26 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     config.validate()?;
     check_devices(&config, &devices)?;
     let device = devices[0].clone();
-    let corpus = corpus.load()?;
+    let options = PrepareOptions {
+        cache_dir,
+        max_vocab: config.data.max_vocab,
+    };
+    let corpus = prepare(&corpus, &options, &mut |e| {
+        events.send(TrainEvent::Prepare(e))
+    })?;
+    events.info(format!(
+        "tokens: {} ({})",
+        corpus.dir.display(),
+        if corpus.reused {
+            "prepared before"
+        } else {
+            "prepared now"
+        }
+    ));
     if let Some(note) = &corpus.held_out {
         events.info(note.clone());
     }
-    let vocab = Vocab::build(
-        corpus.train.iter().map(Vec::as_slice),
-        config.data.max_vocab,
-    );
+    let vocab = corpus.vocab.clone();
     config.model.vocab_size = vocab.len();
     let report = |resumed_from, epochs, interrupted, test| TrainReport {
         resumed_from,
@@ -143,12 +160,11 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     }
     save_run(&run_dir, &config, &vocab, resumed_from.unwrap_or(0))?;
 
-    let encode = |s: &[Vec<String>]| s.iter().map(|w| vocab.encode(w)).collect::<Vec<_>>();
     let first_epoch = resumed_from.unwrap_or(0) + 1;
     let loaders = loaders(
         &config,
-        &encode(&corpus.train),
-        &encode(&corpus.valid),
+        &corpus.train,
+        &corpus.valid,
         first_epoch,
         &device,
         &events,
@@ -198,7 +214,7 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
             Some(score_test(
                 &model,
                 &config,
-                &encode(test),
+                test,
                 &eval_device,
                 &run_dir,
                 &events,
@@ -427,7 +443,7 @@ fn kept_checkpoint(run_dir: &Path) -> String {
 fn score_test(
     model: &LanguageModel,
     config: &ExperimentConfig,
-    test: &[Vec<usize>],
+    test: &Arc<Tokens>,
     device: &Device,
     run_dir: &Path,
     events: &EventSink,

@@ -53,6 +53,7 @@ pub fn train_quietly(
     train(TrainRequest {
         config,
         corpus: corpus.clone(),
+        cache_dir: dir.with_extension("cache"),
         run_dir: dir.to_path_buf(),
         fresh: false,
         devices,
