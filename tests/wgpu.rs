@@ -14,7 +14,7 @@ use std::process::Command;
 
 use burn::tensor::Device;
 use lstm_lm::commands::eval::{evaluate_run, EvalRequest};
-use lstm_lm::data::corpus::{read_corpus, CorpusSource};
+use lstm_lm::data::corpus::CorpusSource;
 use lstm_lm::device::{adapters, choose_device, describe, DeviceChoice};
 use lstm_lm::model::fused::lstm_layer::{errors_against_composed, has_fused_layer};
 use lstm_lm::train::TrainReport;

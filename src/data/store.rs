@@ -25,7 +25,7 @@
 //! whole.
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -308,37 +308,49 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Writes a store file sentence by sentence: ids go straight to disk, the sentence offsets
-/// are kept (8 bytes a sentence) and written at the end. The file appears under its name only
-/// once [`finish`](StoreWriter::finish) has written it whole.
+/// Writes a store file sentence by sentence: ids go straight to disk, the sentence offsets to
+/// a second temporary file that [`finish`](StoreWriter::finish) appends (so memory does not
+/// grow with the corpus). The file appears under its name only once it is whole.
 pub struct StoreWriter {
     path: PathBuf,
     tmp: PathBuf,
     out: BufWriter<File>,
+    offsets_tmp: PathBuf,
+    offsets: BufWriter<File>,
     crc: crc32fast::Hasher,
     width: usize,
     vocab_size: usize,
     ids: u64,
-    offsets: Vec<u64>,
+    sentences: u64,
 }
 
 impl StoreWriter {
     /// Starts the store `path` for ids below `vocab_size`.
     pub fn create(path: &Path, vocab_size: usize) -> Result<Self> {
+        let create = |tmp: &Path| -> Result<BufWriter<File>> {
+            let file = File::create(tmp).map_err(|e| Error::io("cannot create", tmp, e))?;
+            Ok(BufWriter::with_capacity(1 << 20, file))
+        };
         let tmp = path.with_extension("tokens.partial");
-        let file = File::create(&tmp).map_err(|e| Error::io("cannot create", &tmp, e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let offsets_tmp = path.with_extension("offsets.partial");
+        let mut out = create(&tmp)?;
         out.write_all(&[0u8; HEADER])
             .map_err(|e| Error::io("cannot write", &tmp, e))?;
+        let mut offsets = create(&offsets_tmp)?;
+        offsets
+            .write_all(&0u64.to_le_bytes())
+            .map_err(|e| Error::io("cannot write", &offsets_tmp, e))?;
         Ok(Self {
             path: path.to_path_buf(),
             tmp,
             out,
+            offsets_tmp,
+            offsets,
             crc: crc32fast::Hasher::new(),
             width: id_width(vocab_size),
             vocab_size,
             ids: 0,
-            offsets: vec![0],
+            sentences: 0,
         })
     }
 
@@ -359,16 +371,20 @@ impl StoreWriter {
             ids.iter().flat_map(|&id| id.to_le_bytes()).collect()
         };
         self.write(&bytes)?;
+        let mut offsets = Vec::with_capacity(lens.len() * 8);
         for &len in lens {
             self.ids += len as u64;
-            self.offsets.push(self.ids);
+            offsets.extend_from_slice(&self.ids.to_le_bytes());
         }
-        Ok(())
+        self.sentences += lens.len() as u64;
+        self.offsets
+            .write_all(&offsets)
+            .map_err(|e| Error::io("cannot write", &self.offsets_tmp, e))
     }
 
     /// Sentences written so far.
     pub fn sentences(&self) -> usize {
-        self.offsets.len() - 1
+        self.sentences as usize
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
@@ -382,8 +398,7 @@ impl StoreWriter {
     pub fn finish(mut self) -> Result<()> {
         let pad = (self.ids as usize * self.width).div_ceil(8) * 8 - self.ids as usize * self.width;
         self.write(&vec![0u8; pad])?;
-        let offsets: Vec<u8> = self.offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
-        self.write(&offsets)?;
+        self.append_offsets()?;
         let mut header = [0u8; HEADER];
         header[..8].copy_from_slice(MAGIC);
         header[8..12].copy_from_slice(&VERSION.to_le_bytes());
@@ -402,6 +417,23 @@ impl StoreWriter {
         drop(file);
         std::fs::rename(&self.tmp, &self.path)
             .map_err(|e| Error::io("cannot rename into place", &self.path, e))
+    }
+
+    /// Copies the offsets' temporary file to the end of the store and removes it.
+    fn append_offsets(&mut self) -> Result<()> {
+        let path = self.offsets_tmp.clone();
+        let io = |e| Error::io("cannot read", &path, e);
+        self.offsets.flush().map_err(io)?;
+        let mut src = File::open(&self.offsets_tmp).map_err(io)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = src.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            self.write(&buf[..n])?;
+        }
+        std::fs::remove_file(&self.offsets_tmp).map_err(io)
     }
 }
 

@@ -96,13 +96,13 @@ enum Task {
         composed: bool,
     },
     /// Time lstm-lm from start to its first training batch on a text, and its peak memory by
-    /// then (resident, anonymous, file-backed); the first run from an empty run folder, later
-    /// ones reusing it.
+    /// then (resident, anonymous, file-backed); the first run from an empty run folder and token
+    /// cache (it prepares the text), later ones with the text prepared.
     BenchData {
         /// The training text: files or folders, as `lstm-lm --train`.
         #[arg(long, num_args = 1.., required = true)]
         text: Vec<PathBuf>,
-        /// Runs on the same run folder.
+        /// Runs on the same run folder and cache.
         #[arg(long, default_value_t = 2)]
         runs: usize,
         /// A built lstm-lm to run instead of building one with cargo.
