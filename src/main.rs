@@ -176,7 +176,12 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
 fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     let run = Run::open(&args.run)?;
     let device = choose_device(args.device)?;
-    let prompt: Vec<String> = args.prompt.split_whitespace().map(String::from).collect();
+    let tokenizer = run.config().data.tokenizer;
+    let prompt: Vec<String> = tokenizer
+        .tokens_of(&args.prompt)
+        .into_iter()
+        .map(String::from)
+        .collect();
     let request = generate::GenerateRequest {
         prompt: prompt.clone(),
         length: args.length,
@@ -185,6 +190,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         no_unk: args.no_unk,
         fresh_sentences: false,
+        tokenizer,
     };
     let generation = generate::generate_run(&run, args.epoch, &device, &request)?;
     if !generation.unknown_prompt_words.is_empty() {
@@ -193,7 +199,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             generation.unknown_prompt_words.join(" ")
         );
     }
-    print!("{}", generation.text(&prompt));
+    print!("{}", generation.text(&prompt, tokenizer));
     Ok(())
 }
 

@@ -295,12 +295,24 @@ fn stream_training_flags_and_eval() {
         stdout.contains("(epoch 2)") && stdout.contains("full context"),
         "{stdout}"
     );
-    let ppl: f64 = stdout
-        .rsplit("perplexity ")
-        .next()
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no perplexity in {stdout}"));
+    let number_after = |label: &str| -> f64 {
+        stdout
+            .split(label)
+            .nth(1)
+            .and_then(|p| p.split([',', ' ', '\n']).next())
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {label} in {stdout}"))
+    };
+    let ppl = number_after("perplexity ");
     assert!(ppl > 1.0 && ppl < 500.0, "{stdout}");
+    // Bits per character from the same loss and the text's own character count.
+    let bpc: f64 = stdout
+        .split(" bits per character")
+        .next()
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("no bits per character in {stdout}"));
+    assert!(bpc > 0.0 && bpc < ppl.log2(), "{stdout}");
 
     let out = lstm_lm()
         .arg("eval")
@@ -1050,6 +1062,7 @@ fn a_kill_during_preparation_leaves_nothing_that_is_read_later() {
     let options = |dir: &Path| PrepareOptions {
         cache_dir: dir.to_path_buf(),
         max_vocab: 0,
+        tokenizer: Default::default(),
     };
     let after = prepare(&source, &options(&cache), &mut |_| {}).unwrap();
     assert!(!after.reused);
@@ -1064,4 +1077,46 @@ fn a_kill_during_preparation_leaves_nothing_that_is_read_later() {
         assert_eq!(a.offsets(), b.offsets());
         assert!((0..a.len()).all(|i| a.ids().get(i) == b.ids().get(i)));
     }
+}
+
+/// A character model end to end: config.json keeps the tokenizer, epoch lines and `report`
+/// show bits per character, `generate` writes only characters of the text (non-ASCII ones
+/// included) without spaces put between them, and `eval` scores a text in bits per character.
+#[test]
+fn a_character_model_trains_reports_bits_per_character_and_writes_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("chars.txt");
+    let line = "Ünïcödé sïng, ärïa: 😀 la la.\r\n\nÖde an die Freude.\n";
+    std::fs::write(&train, line.repeat(60)).unwrap();
+    let run = tmp.path().join("run");
+    let stdout = stdout_of(
+        lstm_lm()
+            .args(["--train".as_ref(), train.as_os_str()])
+            .args(["--artifact-dir".as_ref(), run.as_os_str()])
+            .args(["--preset", "char-rnn", "--epochs", "1", "--hidden", "32"])
+            .args(["--embed", "16", "--batch-size", "4", "--bptt", "20"])
+            .args(["--progress", "plain"]),
+    );
+    assert!(stdout.contains("valid bpc"), "{stdout}");
+    let config = std::fs::read_to_string(run.join("config.json")).unwrap();
+    assert!(config.contains("\"tokenizer\": \"char\""), "{config}");
+    let report = stdout_of(lstm_lm().arg("report").arg(&run));
+    assert!(report.contains("valid bpc"), "{report}");
+
+    let text = stdout_of(lstm_lm().arg("generate").arg(&run).args([
+        "--prompt", "Ün", "--length", "200", "--seed", "2", "--no-unk",
+    ]));
+    assert!(text.starts_with("Ün"), "{text}");
+    let known: std::collections::HashSet<char> = line.chars().collect();
+    assert!(
+        text.chars().all(|c| known.contains(&c)),
+        "only the text's characters: {text}"
+    );
+    assert!(
+        !text.contains("Ü n"),
+        "characters are not spaced out: {text}"
+    );
+
+    let out = stdout_of(lstm_lm().arg("eval").arg(&run).arg("--text").arg(&train));
+    assert!(out.contains("bits per character"), "{out}");
 }

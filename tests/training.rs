@@ -138,6 +138,12 @@ fn resuming_with_a_changed_config_or_changed_data_is_refused() {
         "run untouched"
     );
 
+    // Another tokenizer is another model of the text: refused, named.
+    let mut chars = common::tiny_config(2);
+    chars.data.tokenizer = lstm_lm::data::tokenizer::Tokenizer::Char;
+    let msg = run(chars, &corpus, &dir, &device).unwrap_err().to_string();
+    assert!(msg.contains("tokenizer"), "{msg}");
+
     let other = tmp.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     let (other_train, _) = common::tiny_corpus(&other, 900, 300);

@@ -76,6 +76,7 @@ fn request(prompt: &str, temperature: f64, top_k: usize, seed: u64) -> GenerateR
         seed,
         no_unk: false,
         fresh_sentences: false,
+        tokenizer: Default::default(),
     }
 }
 

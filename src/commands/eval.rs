@@ -6,6 +6,7 @@ use burn::tensor::Device;
 
 use crate::data::prepare::encode_text;
 use crate::error::{Error, Result};
+use crate::run::history::bits_per_char;
 use crate::run::Run;
 use crate::train::evaluate::{evaluate_bucketed, evaluate_stream, Evaluation};
 
@@ -41,6 +42,8 @@ pub struct RunEvaluation {
     pub epoch: usize,
     /// Tokens of the text not in the vocabulary (scored as `<unk>`).
     pub unknown_tokens: usize,
+    /// Bits per character of the text.
+    pub bits_per_char: Option<f64>,
 }
 
 /// Perplexity of a saved run on `request.text`; the checkpoint may come from any backend.
@@ -48,8 +51,16 @@ pub fn evaluate_run(request: &EvalRequest) -> Result<RunEvaluation> {
     let run = Run::open(&request.run_dir)?;
     let (config, vocab) = (run.config(), run.vocab());
     let (model, epoch) = run.load_model(request.epoch, &request.device)?;
-    let text = encode_text(&request.text, vocab, &request.cache_dir, &mut |_| {})?;
+    let tokenizer = config.data.tokenizer;
+    let text = encode_text(
+        &request.text,
+        tokenizer,
+        vocab,
+        &request.cache_dir,
+        &mut |_| {},
+    )?;
     let (ids, unknown_tokens) = (text.tokens, text.unknown);
+    let tokens_per_char = ids.tokens_per_char();
     let evaluation = if request.sentences {
         evaluate_bucketed(
             &model,
@@ -69,6 +80,7 @@ pub fn evaluate_run(request: &EvalRequest) -> Result<RunEvaluation> {
         )));
     }
     Ok(RunEvaluation {
+        bits_per_char: bits_per_char(evaluation.loss, tokens_per_char),
         evaluation,
         epoch,
         unknown_tokens,
@@ -91,13 +103,14 @@ impl RunEvaluation {
         };
         format!(
             "{} (epoch {}) on {text_name} ({how}): {} tokens ({} not in the vocabulary, scored \
-             as <unk>), loss {:.4}, perplexity {:.2}",
+             as <unk>), loss {:.4}, perplexity {:.2}{}",
             request.run_dir.display(),
             self.epoch,
             e.tokens,
             self.unknown_tokens,
             e.loss,
-            e.perplexity
+            e.perplexity,
+            crate::train::bpc_text(self.bits_per_char)
         )
     }
 }

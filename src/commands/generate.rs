@@ -8,7 +8,8 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::config::Batching;
-use crate::data::vocab::{Vocab, EOS, EOS_ID, PAD_ID, UNK_ID};
+use crate::data::tokenizer::Tokenizer;
+use crate::data::vocab::{Vocab, EOS_ID, PAD_ID, UNK_ID};
 use crate::error::{Error, Result};
 use crate::model::lstm::LstmState;
 use crate::model::LanguageModel;
@@ -84,7 +85,8 @@ impl Sampler {
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
-    /// Words to start from (may be empty); words outside the vocabulary are fed as `<unk>`.
+    /// Tokens to start from (may be empty), as the run's tokenizer cuts the prompt; tokens
+    /// outside the vocabulary are fed as `<unk>`.
     pub prompt: Vec<String>,
     /// Number of tokens to generate after the prompt, sentence ends included.
     pub length: usize,
@@ -101,6 +103,9 @@ pub struct GenerateRequest {
     /// the state so far but fed from zeros. False for stream-trained runs, which carry the
     /// state across sentences.
     pub fresh_sentences: bool,
+    /// The run's tokenizer: how the text is put back together, and whether a sentence may be
+    /// empty (a blank line, for characters).
+    pub tokenizer: Tokenizer,
 }
 
 /// The result of [`generate`].
@@ -113,24 +118,13 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// `prompt` followed by the generated text, one sentence per line: `<eos>` becomes a line
-    /// break.
-    pub fn text(&self, prompt: &[String]) -> String {
-        let mut out = String::new();
-        let mut line_start = true;
-        for token in prompt.iter().chain(&self.tokens) {
-            if token == EOS {
-                out.push('\n');
-                line_start = true;
-                continue;
-            }
-            if !line_start {
-                out.push(' ');
-            }
-            out.push_str(token);
-            line_start = false;
-        }
-        if !line_start {
+    /// `prompt` followed by the generated text, one sentence per line (`<eos>` becomes a line
+    /// break), put together as `tokenizer` cut it: words joined by spaces, characters as they
+    /// are.
+    pub fn text(&self, prompt: &[String], tokenizer: Tokenizer) -> String {
+        let tokens = prompt.iter().chain(&self.tokens).map(String::as_str);
+        let mut out = tokenizer.detokenize(tokens);
+        if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
         }
         out
@@ -168,8 +162,13 @@ pub fn generate(model: &LanguageModel, vocab: &Vocab, request: &GenerateRequest)
     let mut tokens = Vec::with_capacity(request.length);
     let mut last = *context.last().expect("the context is never empty");
     for i in 0..request.length {
-        // No corpus line is empty, so a sentence never ends before its first word.
-        let empty_sentence: &[usize] = if last == EOS_ID { &[EOS_ID] } else { &[] };
+        // No word-level sentence is empty (blank lines are skipped), so one never ends before
+        // its first word; a character model learned blank lines as sentences of `<eos>`.
+        let empty_sentence: &[usize] = if last == EOS_ID && request.tokenizer == Tokenizer::Word {
+            &[EOS_ID]
+        } else {
+            &[]
+        };
         let id = sampler.sample_except(&logits, empty_sentence);
         tokens.push(vocab.token(id).unwrap_or("<?>").to_string());
         if i + 1 < request.length {
@@ -207,6 +206,7 @@ pub fn generate_run(
     let (model, _) = run.load_model(epoch, device)?;
     let request = GenerateRequest {
         fresh_sentences: run.config().data.batching == Batching::Buckets,
+        tokenizer: run.config().data.tokenizer,
         ..request.clone()
     };
     Ok(generate(&model, run.vocab(), &request))
@@ -319,8 +319,20 @@ mod tests {
             tokens: words("world <eos> the end <eos> more"),
             unknown_prompt_words: vec![],
         };
-        assert_eq!(g.text(&words("hello")), "hello world\nthe end\nmore\n");
-        assert_eq!(g.text(&[]), "world\nthe end\nmore\n");
+        assert_eq!(
+            g.text(&words("hello"), Tokenizer::Word),
+            "hello world\nthe end\nmore\n"
+        );
+        assert_eq!(g.text(&[], Tokenizer::Word), "world\nthe end\nmore\n");
+        let chars = Generation {
+            tokens: words("l o , <eos> <eos> w"),
+            unknown_prompt_words: vec![],
+        };
+        assert_eq!(
+            chars.text(&words("H e l"), Tokenizer::Char),
+            "Hello,\n\nw\n",
+            "characters are not spaced out; a blank line stays"
+        );
     }
 
     #[test]
@@ -339,6 +351,7 @@ mod tests {
             seed: 1,
             no_unk: false,
             fresh_sentences: false,
+            tokenizer: Tokenizer::Word,
         };
         let e = generate_run(&run, None, &Device::flex(), &request(-1.0))
             .unwrap_err()

@@ -7,6 +7,7 @@ pub mod overrides;
 pub mod presets;
 pub mod schedule;
 
+use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::LmConfig;
 use schedule::LrSchedule;
@@ -42,6 +43,9 @@ pub struct DataConfig {
     pub batch_size: usize,
     /// Largest vocabulary, specials included; 0 keeps every training word.
     pub max_vocab: usize,
+    /// How lines become tokens (configs written before it existed read as words).
+    #[serde(default)]
+    pub tokenizer: Tokenizer,
 }
 
 fn default_bptt() -> usize {

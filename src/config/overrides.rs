@@ -2,6 +2,7 @@
 //! (a new optimizer's rate, a new schedule's parameters). The binary flattens [`Overrides`]
 //! into its `train` arguments; [`Overrides::apply`] makes the config.
 
+use crate::data::tokenizer::Tokenizer;
 use crate::model::{InitScheme, LossNorm};
 
 use super::schedule::LrSchedule;
@@ -62,9 +63,13 @@ pub struct Overrides {
     /// Number of LSTM layers.
     #[arg(long)]
     pub layers: Option<usize>,
-    /// Largest vocabulary, specials included (0 = every training word).
+    /// Largest vocabulary, specials included (0 = every training token), for every tokenizer.
     #[arg(long)]
     pub max_vocab: Option<usize>,
+    /// How lines become tokens: word (whitespace-separated, blank lines skipped) or char
+    /// (Unicode characters, spaces included, each line end an <eos>, blank lines kept).
+    #[arg(long, value_enum)]
+    pub tokenizer: Option<Tokenizer>,
     /// Bucket lengths in tokens, comma-separated; longer sentences are dropped.
     #[arg(long, value_delimiter = ',')]
     pub buckets: Option<Vec<usize>>,
@@ -129,6 +134,7 @@ impl Overrides {
         set!(hidden => model.d_hidden);
         set!(layers => model.n_layers);
         set!(max_vocab => data.max_vocab);
+        set!(tokenizer => data.tokenizer);
         set!(buckets => data.buckets);
         set!(loss_norm => model.loss_norm);
         set!(batching => data.batching);

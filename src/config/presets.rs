@@ -1,5 +1,6 @@
 //! Named starting points for a config (`--preset`), each written out field by field.
 
+use crate::data::tokenizer::Tokenizer;
 use crate::model::{InitScheme, LmConfig, LossNorm};
 
 use super::schedule::LrSchedule;
@@ -22,6 +23,11 @@ pub enum Preset {
     /// Zaremba et al. 2014, large: 2 x 1500, bptt 35, uniform 0.04, dropout 0.65, SGD lr 1 for
     /// 14 epochs then /1.15 per epoch, 55 epochs, clip 10 (78.4 test ppl on PTB).
     ZarembaLarge,
+    /// A character model after Karpathy's char-rnn defaults (`train.lua`): 2 x 128 LSTM,
+    /// uniform init 0.08, sequences of 50 characters in a stream of batch 50, lr 2e-3 x0.97
+    /// per epoch after epoch 10, clip 5, no dropout, 50 epochs; Adam instead of char-rnn's
+    /// RMSprop (not offered here) and a 128-wide embedding instead of one-hot input.
+    CharRnn,
     /// A tiny model for smoke tests: 1 x 32 LSTM, 2,000-word vocabulary, 1 epoch.
     Tiny,
 }
@@ -68,6 +74,7 @@ impl Zaremba {
                 bptt: self.bptt,
                 batch_size: 20,
                 max_vocab: 0,
+                tokenizer: Tokenizer::Word,
             },
             optimizer: OptimizerConfig::Sgd {
                 lr: 1.0,
@@ -94,6 +101,7 @@ impl Preset {
             Preset::ZarembaSmall => "zaremba-small",
             Preset::ZarembaMedium => "zaremba-medium",
             Preset::ZarembaLarge => "zaremba-large",
+            Preset::CharRnn => "char-rnn",
             Preset::Tiny => "tiny",
         }
     }
@@ -136,6 +144,7 @@ impl Preset {
                 clip: 10.0,
             }
             .config(),
+            Preset::CharRnn => char_rnn(),
             Preset::Tiny => tiny(),
         }
     }
@@ -160,6 +169,7 @@ fn default() -> ExperimentConfig {
             bptt: 35,
             batch_size: 32,
             max_vocab: 10_000,
+            tokenizer: Tokenizer::Word,
         },
         optimizer: OptimizerConfig::Adam {
             lr: 2e-3,
@@ -193,6 +203,41 @@ fn seed() -> ExperimentConfig {
         },
         epochs: 2,
         ..base
+    }
+}
+
+/// `--preset char-rnn`: see [`Preset::CharRnn`].
+fn char_rnn() -> ExperimentConfig {
+    ExperimentConfig {
+        model: LmConfig {
+            vocab_size: 0,
+            d_embed: 128,
+            d_hidden: 128,
+            n_layers: 2,
+            init: InitScheme::Uniform { range: 0.08 },
+            loss_norm: LossNorm::Token,
+            dropout: 0.0,
+            tied: false,
+        },
+        data: DataConfig {
+            batching: Batching::Stream,
+            buckets: REFERENCE_BUCKETS.to_vec(),
+            bptt: 50,
+            batch_size: 50,
+            max_vocab: 0,
+            tokenizer: Tokenizer::Char,
+        },
+        optimizer: OptimizerConfig::Adam {
+            lr: 2e-3,
+            weight_decay: 0.0,
+        },
+        epochs: 50,
+        seed: 1,
+        clip: 5.0,
+        lr_schedule: LrSchedule::StepDecay {
+            constant_epochs: 10,
+            decay: 0.97,
+        },
     }
 }
 

@@ -5,4 +5,5 @@ pub mod corpus;
 pub mod prepare;
 pub mod store;
 pub mod stream;
+pub mod tokenizer;
 pub mod vocab;

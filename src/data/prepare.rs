@@ -27,13 +27,14 @@ use sha2::{Digest, Sha256};
 
 use super::corpus::{CorpusSource, EMBEDDED_TINY_SHAKESPEARE};
 use super::store::{StoreWriter, Tokens};
+use super::tokenizer::{count_chars, Tokenizer};
 use super::vocab::{Vocab, EOS_ID, UNK_ID};
 use crate::error::{Error, Result};
 
 /// Bytes of text a block holds (more when a line is longer).
 const BLOCK_BYTES: usize = 16 << 20;
 /// Version of the prepared folder's layout; part of the cache key.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 /// The prepared folder's description of itself.
 const MANIFEST: &str = "prepared.json";
 
@@ -44,6 +45,8 @@ pub struct PrepareOptions {
     pub cache_dir: PathBuf,
     /// Vocabulary cap, specials included (0: none).
     pub max_vocab: usize,
+    /// How lines become tokens.
+    pub tokenizer: Tokenizer,
 }
 
 /// What preparing reports as it goes.
@@ -51,7 +54,7 @@ pub struct PrepareOptions {
 pub enum PrepareEvent {
     /// A pass over `bytes` of text starts.
     Started {
-        /// What the pass does, e.g. "counting words".
+        /// What the pass does, e.g. "counting tokens".
         stage: &'static str,
         /// Bytes the pass reads.
         bytes: u64,
@@ -104,12 +107,12 @@ pub fn prepare(
     report: &mut dyn FnMut(PrepareEvent),
 ) -> Result<Prepared> {
     let plan = Plan::of(source)?;
-    let key = plan.key(options.max_vocab)?;
+    let key = plan.key(options.max_vocab, options.tokenizer)?;
     let (mut prepared, reused) = in_cache(
         &options.cache_dir,
         &key,
         report,
-        &mut |dir, report| write_prepared(dir, &plan, &key.material, options.max_vocab, report),
+        &mut |dir, report| write_prepared(dir, &plan, &key.material, options, report),
         &|dir| open(dir, &key.material, &plan),
     )?;
     prepared.reused = reused;
@@ -125,10 +128,12 @@ pub struct EncodedText {
     pub unknown: usize,
 }
 
-/// Encodes the text files `paths` (read in turn) with `vocab` into the cache, or finds them
-/// there, keyed by the files and the vocabulary; every file must hold tokens.
+/// Encodes the text files `paths` (read in turn) with `tokenizer` and `vocab` into the cache,
+/// or finds them there, keyed by the files, the tokenizer and the vocabulary; every file must
+/// hold tokens.
 pub fn encode_text(
     paths: &[PathBuf],
+    tokenizer: Tokenizer,
     vocab: &Vocab,
     cache_dir: &Path,
     report: &mut dyn FnMut(PrepareEvent),
@@ -137,7 +142,7 @@ pub fn encode_text(
     let words: Vec<&str> = (0..vocab.len()).filter_map(|i| vocab.token(i)).collect();
     let material = serde_json::json!({
         "format": FORMAT,
-        "tokenizer": "word",
+        "tokenizer": tokenizer.name(),
         "vocab_crc32": crc32fast::hash(words.join("\n").as_bytes()),
         "vocab_size": vocab.len(),
         "text": inputs.iter().map(Input::fingerprint).collect::<Result<Vec<_>>>()?,
@@ -150,7 +155,9 @@ pub fn encode_text(
         });
         let mut store = StoreWriter::create(&dir.join("text.tokens"), vocab.len())?;
         let mut tally = Tally::default();
-        let counts = encode_inputs(vocab, &inputs, None, &mut store, None, &mut tally, report)?;
+        let counts = encode_inputs(
+            vocab, tokenizer, &inputs, None, &mut store, None, &mut tally, report,
+        )?;
         check_each_has_tokens(&inputs, &counts)?;
         report(PrepareEvent::Finished);
         store.finish()?;
@@ -429,13 +436,13 @@ impl Plan {
         Ok(plan)
     }
 
-    fn key(&self, max_vocab: usize) -> Result<Key> {
+    fn key(&self, max_vocab: usize, tokenizer: Tokenizer) -> Result<Key> {
         let prints = |inputs: &[Input]| -> Result<Vec<serde_json::Value>> {
             inputs.iter().map(Input::fingerprint).collect()
         };
         let material = serde_json::json!({
             "format": FORMAT,
-            "tokenizer": "word",
+            "tokenizer": tokenizer.name(),
             "max_vocab": max_vocab,
             "train": prints(&self.train)?,
             "valid": prints(&self.valid)?,
@@ -454,11 +461,13 @@ impl Key {
     fn new(material: serde_json::Value, first: &Input) -> Self {
         let digest = Sha256::digest(material.to_string().as_bytes());
         let hex: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
-        let stem = first
-            .path()
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "corpus".into());
+        let stem = match first {
+            Input::Embedded => "tinyshakespeare".to_string(),
+            Input::File(p) => p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "corpus".into()),
+        };
         let stem: String = stem
             .chars()
             .map(|c| {
@@ -619,11 +628,15 @@ fn nth_line_start(text: &str, n: usize) -> usize {
 /// Word counts, by a fast hash (the keys are the user's own text).
 type Counts<K> = HashMap<K, (u64, u64), foldhash::fast::FixedState>;
 
-/// Word counts of a block: word -> (count, index of its first token in the block).
-fn count_block(text: &str) -> Counts<&str> {
+/// Token counts of a block: token -> (count, index of its first appearance in the block).
+fn count_block(text: &str, tokenizer: Tokenizer) -> Counts<&str> {
     let mut counts = Counts::default();
-    for (token, word) in text.split_whitespace().enumerate() {
-        counts.entry(word).or_insert((0, token as u64)).0 += 1;
+    let mut index = 0u64;
+    for line in text.lines() {
+        tokenizer.for_each_token(line, |token| {
+            counts.entry(token).or_insert((0, index)).0 += 1;
+            index += 1;
+        });
     }
     counts
 }
@@ -632,19 +645,19 @@ fn count_block(text: &str) -> Counts<&str> {
 fn count_words(
     plan: &Plan,
     cut: Option<usize>,
-    max_vocab: usize,
+    options: &PrepareOptions,
     report: &mut dyn FnMut(PrepareEvent),
 ) -> Result<Vocab> {
     let mut totals: Counts<String> = Counts::default();
     let (mut block_index, mut done) = (0u64, 0u64);
     report(PrepareEvent::Started {
-        stage: "counting words",
+        stage: "counting tokens",
         bytes: total_bytes(&plan.train)?,
     });
     for_each_batch(&plan.train, cut, &mut |blocks| {
         let counted: Vec<_> = blocks
             .par_iter()
-            .map(|b| (!b.held_out).then(|| count_block(&b.text)))
+            .map(|b| (!b.held_out).then(|| count_block(&b.text, options.tokenizer)))
             .collect();
         for (block, counted) in blocks.iter().zip(counted) {
             done += block.text.len() as u64;
@@ -670,38 +683,52 @@ fn count_words(
         .into_iter()
         .map(|(w, (count, first))| (w, count, first))
         .collect();
-    Ok(Vocab::from_counts(words, max_vocab))
+    Ok(Vocab::from_counts(words, options.max_vocab))
 }
 
 fn total_bytes(inputs: &[Input]) -> Result<u64> {
     inputs.iter().map(Input::bytes).sum()
 }
 
-/// The ids of a block's sentences, each followed by `<eos>`, each sentence's length, and how
-/// many words are not in the vocabulary.
-fn encode_block(vocab: &Vocab, text: &str) -> (Vec<u32>, Vec<u32>, usize) {
+/// A block encoded: its sentences' ids one after the other (each ending in `<eos>`), each
+/// sentence's length, the tokens not in the vocabulary and the block's characters.
+struct Encoded {
+    ids: Vec<u32>,
+    lens: Vec<u32>,
+    unknown: usize,
+    chars: u64,
+}
+
+fn encode_block(vocab: &Vocab, tokenizer: Tokenizer, text: &str) -> Encoded {
     let (mut ids, mut lens, mut unknown) = (Vec::new(), Vec::new(), 0);
     for line in text.lines() {
         let start = ids.len();
-        for word in line.split_whitespace() {
-            let id = vocab.get(word).unwrap_or_else(|| {
+        let sentence = tokenizer.for_each_token(line, |token| {
+            let id = vocab.get(token).unwrap_or_else(|| {
                 unknown += 1;
                 UNK_ID
             });
             ids.push(id as u32);
-        }
-        if ids.len() > start {
+        });
+        if sentence {
             ids.push(EOS_ID as u32);
             lens.push((ids.len() - start) as u32);
         }
     }
-    (ids, lens, unknown)
+    Encoded {
+        ids,
+        lens,
+        unknown,
+        chars: count_chars(text),
+    }
 }
 
 /// Encodes `inputs` into `main` (and the held-out blocks into `held`), adding the words not
 /// in the vocabulary to `unknown`; returns each input's sentence count.
+#[allow(clippy::too_many_arguments)]
 fn encode_inputs(
     vocab: &Vocab,
+    tokenizer: Tokenizer,
     inputs: &[Input],
     cut: Option<usize>,
     main: &mut StoreWriter,
@@ -713,16 +740,17 @@ fn encode_inputs(
     for_each_batch(inputs, cut, &mut |blocks| {
         let encoded: Vec<_> = blocks
             .par_iter()
-            .map(|b| encode_block(vocab, &b.text))
+            .map(|b| encode_block(vocab, tokenizer, &b.text))
             .collect();
-        for (block, (ids, lens, unknowns)) in blocks.iter().zip(encoded) {
-            sentences[block.input] += lens.len();
-            tally.unknown += unknowns;
+        for (block, e) in blocks.iter().zip(encoded) {
+            sentences[block.input] += e.lens.len();
+            tally.unknown += e.unknown;
             let out = match held.as_deref_mut() {
                 Some(h) if block.held_out => h,
                 _ => &mut *main,
             };
-            out.push_sentences(&ids, &lens)?;
+            out.push_sentences(&e.ids, &e.lens)?;
+            out.add_chars(e.chars);
             tally.bytes += block.text.len() as u64;
         }
         report(PrepareEvent::Advanced { bytes: tally.bytes });
@@ -778,9 +806,10 @@ fn write_prepared(
     dir: &Path,
     plan: &Plan,
     material: &serde_json::Value,
-    max_vocab: usize,
+    options: &PrepareOptions,
     report: &mut dyn FnMut(PrepareEvent),
 ) -> Result<()> {
+    let tokenizer = options.tokenizer;
     let started = std::time::Instant::now();
     let (cut, total_lines) = match plan.held_out {
         Some(h) => {
@@ -789,7 +818,7 @@ fn write_prepared(
         }
         None => (None, 0),
     };
-    let vocab = count_words(plan, cut, max_vocab, report)?;
+    let vocab = count_words(plan, cut, options, report)?;
     vocab.save(&dir.join("vocab.txt"))?;
     let store = |name: &str| StoreWriter::create(&dir.join(format!("{name}.tokens")), vocab.len());
     let all: Vec<&Input> = plan
@@ -806,6 +835,7 @@ fn write_prepared(
     let (mut train, mut valid) = (store("train")?, store("valid")?);
     let train_counts = encode_inputs(
         &vocab,
+        tokenizer,
         &plan.train,
         cut,
         &mut train,
@@ -819,6 +849,7 @@ fn write_prepared(
             check_each_has_tokens(&plan.train, &train_counts)?;
             let counts = encode_inputs(
                 &vocab,
+                tokenizer,
                 &plan.valid,
                 None,
                 &mut valid,
@@ -833,7 +864,7 @@ fn write_prepared(
     if !plan.test.is_empty() {
         let mut test = store("test")?;
         let counts = encode_inputs(
-            &vocab, &plan.test, None, &mut test, None, &mut tally, report,
+            &vocab, tokenizer, &plan.test, None, &mut test, None, &mut tally, report,
         )?;
         check_each_has_tokens(&plan.test, &counts)?;
         test.finish()?;
@@ -935,6 +966,7 @@ mod tests {
         PrepareOptions {
             cache_dir: dir.to_path_buf(),
             max_vocab: 0,
+            tokenizer: Tokenizer::Word,
         }
     }
 
@@ -1150,5 +1182,41 @@ mod tests {
                 .is_none(),
             "a failed preparation leaves nothing in the cache"
         );
+    }
+
+    /// Words and characters of one text: the same character count (checked against a count
+    /// of the raw bytes' scalar values), characters keep blank lines as sentences of `<eos>`,
+    /// and the character vocabulary holds every character once.
+    #[test]
+    fn words_and_characters_of_one_text_count_the_same_characters() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = "Fïrst Citizen:\r\nBefore we proceed,\n\nhear me 😀 speak.\nlast";
+        let train = tmp.path().join("t.txt");
+        std::fs::write(&train, text).unwrap();
+        // Independently: every scalar value but the \r of a CRLF, plus the missing final \n.
+        let raw = text.chars().count() - text.matches("\r\n").count() + 1;
+        let mut counted = Vec::new();
+        for tokenizer in [Tokenizer::Word, Tokenizer::Char] {
+            let o = PrepareOptions {
+                tokenizer,
+                ..options(&tmp.path().join("cache"))
+            };
+            let (p, _) = prepare_quiet(&held_out(&train, 0.6), &o);
+            counted.push(p.train.chars().unwrap() + p.valid.chars().unwrap());
+            if tokenizer == Tokenizer::Char {
+                let eos = p.vocab.id("<eos>");
+                assert_eq!(p.train.to_sentences()[2], [eos], "the blank line");
+                assert_eq!(p.train.num_sentences() + p.valid.num_sentences(), 5);
+                // Training lines 1-3 only: their characters, each once, and no emoji.
+                assert!(p.vocab.contains("ï") && p.vocab.contains(" ") && p.vocab.contains(":"));
+                assert!(!p.vocab.contains("😀"));
+                let distinct: std::collections::HashSet<char> =
+                    "Fïrst Citizen:Before we proceed,".chars().collect();
+                assert_eq!(p.vocab.len(), 3 + distinct.len());
+            } else {
+                assert_eq!(p.train.num_sentences() + p.valid.num_sentences(), 4);
+            }
+        }
+        assert_eq!(counted, [raw as u64, raw as u64]);
     }
 }

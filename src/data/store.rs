@@ -14,7 +14,8 @@
 //! | 24..32 | sentences |
 //! | 32..40 | vocabulary size |
 //! | 40..44 | CRC-32 of everything after the header |
-//! | 44..56 | zero |
+//! | 44..48 | zero |
+//! | 48..56 | characters of the raw text the ids encode (0: not counted) |
 //! | 56..60 | CRC-32 of bytes 0..56 |
 //! | 60..64 | zero |
 //!
@@ -34,7 +35,7 @@ use memmap2::Mmap;
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"LSTMTOK\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER: usize = 64;
 /// Stores whose data is at most this many bytes get their data checksum checked on opening.
 pub const FULL_CHECK_BYTES: u64 = 256 << 20;
@@ -101,10 +102,12 @@ enum Inner {
         ids: usize,
         sentences: usize,
         layout: Layout,
+        chars: u64,
     },
     Owned {
         ids: Vec<u32>,
         offsets: Vec<u64>,
+        chars: u64,
     },
 }
 
@@ -130,8 +133,29 @@ impl Tokens {
             offsets.push(ids.len() as u64);
         }
         Self {
-            inner: Inner::Owned { ids, offsets },
+            inner: Inner::Owned {
+                ids,
+                offsets,
+                chars: 0,
+            },
         }
+    }
+
+    /// The same ids, encoding a text of `chars` characters.
+    pub fn with_chars(mut self, n: u64) -> Self {
+        match &mut self.inner {
+            Inner::Mapped { chars, .. } | Inner::Owned { chars, .. } => *chars = n,
+        }
+        self
+    }
+
+    /// Characters of the raw text these ids encode (see [`super::tokenizer::count_chars`]),
+    /// when counted.
+    pub fn chars(&self) -> Option<u64> {
+        let n = match &self.inner {
+            Inner::Mapped { chars, .. } | Inner::Owned { chars, .. } => *chars,
+        };
+        (n > 0).then_some(n)
     }
 
     /// Opens the store file at `path`, checked as the module docs say; `vocab_size`, when
@@ -184,6 +208,7 @@ impl Tokens {
         if data.len() as u64 <= FULL_CHECK_BYTES && crc32fast::hash(data) != u32_at(header, 40) {
             return Err(bad("the data's checksum does not match".into()));
         }
+        let chars = u64_at(header, 48);
         let tokens = Self {
             inner: Inner::Mapped {
                 map,
@@ -191,6 +216,7 @@ impl Tokens {
                 ids,
                 sentences,
                 layout: layout(width, ids, sentences),
+                chars,
             },
         };
         let offsets = tokens.offsets();
@@ -263,6 +289,11 @@ impl Tokens {
         }
     }
 
+    /// Tokens per character of the text, when its characters were counted.
+    pub fn tokens_per_char(&self) -> Option<f64> {
+        self.chars().map(|c| self.len() as f64 / c as f64)
+    }
+
     /// The ids of sentence `k`.
     pub fn sentence(&self, k: usize) -> Range<usize> {
         let o = self.offsets();
@@ -322,6 +353,7 @@ pub struct StoreWriter {
     vocab_size: usize,
     ids: u64,
     sentences: u64,
+    chars: u64,
 }
 
 impl StoreWriter {
@@ -351,6 +383,7 @@ impl StoreWriter {
             vocab_size,
             ids: 0,
             sentences: 0,
+            chars: 0,
         })
     }
 
@@ -382,6 +415,11 @@ impl StoreWriter {
             .map_err(|e| Error::io("cannot write", &self.offsets_tmp, e))
     }
 
+    /// Counts `n` more characters of the raw text.
+    pub fn add_chars(&mut self, n: u64) {
+        self.chars += n;
+    }
+
     /// Sentences written so far.
     pub fn sentences(&self) -> usize {
         self.sentences as usize
@@ -407,6 +445,7 @@ impl StoreWriter {
         header[24..32].copy_from_slice(&(self.sentences() as u64).to_le_bytes());
         header[32..40].copy_from_slice(&(self.vocab_size as u64).to_le_bytes());
         header[40..44].copy_from_slice(&self.crc.clone().finalize().to_le_bytes());
+        header[48..56].copy_from_slice(&self.chars.to_le_bytes());
         let check = crc32fast::hash(&header[..56]);
         header[56..60].copy_from_slice(&check.to_le_bytes());
         let io = |e| Error::io("cannot write", &self.tmp, e);
@@ -446,6 +485,7 @@ mod tests {
         for s in sentences {
             w.push_sentence(s).unwrap();
         }
+        w.add_chars(40);
         w.finish().unwrap();
     }
 
@@ -471,6 +511,7 @@ mod tests {
             );
             assert_eq!(tokens.len(), 9);
             assert_eq!(tokens.num_sentences(), 3);
+            assert_eq!(tokens.chars(), Some(40));
             let back: Vec<Vec<u32>> = tokens
                 .to_sentences()
                 .into_iter()

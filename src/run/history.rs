@@ -25,6 +25,21 @@ pub struct EpochStats {
     /// Learning rate the epoch trained at (0 in histories written before it was recorded).
     #[serde(default)]
     pub lr: f64,
+    /// Training bits per character (see [`bits_per_char`]), where the characters were counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_bits_per_char: Option<f64>,
+    /// Validation bits per character, where the characters were counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_bits_per_char: Option<f64>,
+}
+
+/// Bits per character of a split scored at `loss` nats per token, whose text has
+/// `tokens_per_char` tokens a character: `loss / ln 2 * tokens / chars`. The characters are
+/// counted from the raw text (`data::tokenizer::count_chars`), so word, character and subword
+/// models of one text share the denominator; a split scored in part (a stream's last partial
+/// row, sentences longer than every bucket) is taken at its mean loss per token.
+pub fn bits_per_char(loss: f64, tokens_per_char: Option<f64>) -> Option<f64> {
+    tokens_per_char.map(|r| loss / std::f64::consts::LN_2 * r)
 }
 
 /// The finished epochs recorded in a run folder (unreadable lines are skipped).

@@ -43,6 +43,9 @@ pub struct TestScore {
     pub loss: f64,
     /// `exp(loss)`.
     pub perplexity: f64,
+    /// Bits per character, where the text's characters were counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bits_per_char: Option<f64>,
 }
 
 /// Writes `score` as the run's `test.json`.

@@ -218,6 +218,8 @@ mod tests {
             tokens_per_second: 1000.0,
             seconds: 10.0,
             lr,
+            train_bits_per_char: None,
+            valid_bits_per_char: None,
         }
     }
 

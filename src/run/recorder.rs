@@ -109,6 +109,8 @@ mod tests {
             tokens_per_second: 100.0,
             seconds: 1.0,
             lr: 1.0,
+            train_bits_per_char: None,
+            valid_bits_per_char: None,
         }
     }
 

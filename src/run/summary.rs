@@ -159,8 +159,12 @@ impl RunSummary {
             "  test ppl         {}\n",
             self.test
                 .map_or("- (no test split scored)".into(), |t| format!(
-                    "{:.2} (epoch {}, {} tokens)",
-                    t.perplexity, t.epoch, t.tokens
+                    "{:.2} (epoch {}, {} tokens){}",
+                    t.perplexity,
+                    t.epoch,
+                    t.tokens,
+                    t.bits_per_char
+                        .map_or(String::new(), |b| format!(", {b:.4} bits per character"))
                 ))
         );
         out += &format!(
@@ -190,13 +194,15 @@ impl RunSummary {
             c.data.batch_size, c.optimizer, c.lr_schedule, c.clip, c.seed
         );
         if !self.history.is_empty() {
-            out += "\n  epoch  train ppl  valid ppl        lr   tokens/s      time\n";
+            out += "\n  epoch  train ppl  valid ppl  valid bpc        lr   tokens/s      time\n";
             for s in &self.history {
                 out += &format!(
-                    "  {:>5} {:>10.2} {:>10.2} {:>9} {:>10.0} {:>9}\n",
+                    "  {:>5} {:>10.2} {:>10.2} {:>10} {:>9} {:>10.0} {:>9}\n",
                     s.epoch,
                     s.train_perplexity,
                     s.valid_perplexity,
+                    s.valid_bits_per_char
+                        .map_or("-".into(), |b| format!("{b:.4}")),
                     format!("{:.4}", s.lr),
                     s.tokens_per_second,
                     format_duration(s.seconds)

@@ -42,7 +42,7 @@ use crate::run::checkpoint::{
     checkpoint_dir, last_complete_checkpoint, remove_stale_temporaries, AtomicFileCheckpointer,
     KeepNewestComplete,
 };
-use crate::run::history::EpochStats;
+use crate::run::history::{bits_per_char, EpochStats};
 use crate::run::recorder::{EpochRates, EpochRecorder};
 use crate::run::{check_resume, clear_run, save_run, save_test_score, RunLock, TestScore};
 
@@ -125,6 +125,7 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     let options = PrepareOptions {
         cache_dir,
         max_vocab: config.data.max_vocab,
+        tokenizer: config.data.tokenizer,
     };
     let corpus = prepare(&corpus, &options, &mut |e| {
         events.send(TrainEvent::Prepare(e))
@@ -179,6 +180,10 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         first_epoch,
         resumed_from,
         checkpoint_every,
+        tokens_per_char: (
+            corpus.train.tokens_per_char(),
+            corpus.valid.tokens_per_char(),
+        ),
     };
     announce_start(&setup, steps_per_epoch, &partial, &events);
 
@@ -335,6 +340,8 @@ struct Setup<'a> {
     first_epoch: usize,
     resumed_from: Option<usize>,
     checkpoint_every: Option<Duration>,
+    /// Tokens per character of the training and validation text.
+    tokens_per_char: (Option<f64>, Option<f64>),
 }
 
 /// burn-train's supervised training of `setup`: metrics, metric logs, atomic checkpoints, the
@@ -350,7 +357,8 @@ fn supervised(
 ) -> SupervisedTraining<LanguageModel> {
     let batch_items = setup.config.data.batch_size;
     let tracker =
-        ProgressTracker::new(batch_items, recorder.clone(), guard.clone(), events.clone());
+        ProgressTracker::new(batch_items, recorder.clone(), guard.clone(), events.clone())
+            .with_tokens_per_char(setup.tokens_per_char.0, setup.tokens_per_char.1);
     let ckpt = checkpoint_dir(setup.run_dir);
     // The training perplexity's running sums, which a checkpoint within an epoch saves.
     let sums = Arc::new(Mutex::new(EpochSums::default()));
@@ -452,8 +460,11 @@ fn score_test(
         Batching::Stream => {
             let e = evaluate_stream(model, test, 1, config.data.bptt, device);
             events.info(format!(
-                "test (full context): {} tokens, loss {:.4}, perplexity {:.2}",
-                e.tokens, e.loss, e.perplexity
+                "test (full context): {} tokens, loss {:.4}, perplexity {:.2}{}",
+                e.tokens,
+                e.loss,
+                e.perplexity,
+                bpc_text(bits_per_char(e.loss, test.tokens_per_char()))
             ));
             e
         }
@@ -479,11 +490,17 @@ fn score_test(
         tokens: score.tokens,
         loss: score.loss,
         perplexity: score.perplexity,
+        bits_per_char: bits_per_char(score.loss, test.tokens_per_char()),
     };
     if let Err(e) = save_test_score(run_dir, &record) {
         events.warn(format!("the test score is not recorded: {e}"));
     }
     score
+}
+
+/// `", N bits per character"`, or nothing when the characters were not counted.
+pub fn bpc_text(bpc: Option<f64>) -> String {
+    bpc.map_or(String::new(), |b| format!(", {b:.4} bits per character"))
 }
 
 #[cfg(test)]

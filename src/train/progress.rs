@@ -14,7 +14,7 @@ use burn::train::renderer::{
 };
 use burn::train::LearnerSummary;
 
-use crate::run::history::EpochStats;
+use crate::run::history::{bits_per_char, EpochStats};
 use crate::run::recorder::{EpochRates, EpochRecorder};
 
 use super::events::{EventSink, Split, SplitProgress, TrainEvent};
@@ -35,6 +35,8 @@ pub struct ProgressTracker {
     running: HashMap<&'static str, f64>,
     train_ppl: f64,
     valid_ppl: f64,
+    /// Tokens per character of the training and validation text, where counted.
+    tokens_per_char: (Option<f64>, Option<f64>),
     tokens_per_second: f64,
     epoch_start: Instant,
     recorder: Arc<Mutex<EpochRecorder>>,
@@ -67,6 +69,7 @@ impl ProgressTracker {
             running: HashMap::new(),
             train_ppl: f64::NAN,
             valid_ppl: f64::NAN,
+            tokens_per_char: (None, None),
             tokens_per_second: f64::NAN,
             epoch_start: Instant::now(),
             recorder,
@@ -74,6 +77,13 @@ impl ProgressTracker {
             guard,
             events,
         }
+    }
+
+    /// Also reports bits per character, given the training and validation texts' tokens per
+    /// character.
+    pub fn with_tokens_per_char(mut self, train: Option<f64>, valid: Option<f64>) -> Self {
+        self.tokens_per_char = (train, valid);
+        self
     }
 
     /// Batches in the current split, from its items.
@@ -179,6 +189,8 @@ impl TrainingProgressLogger for ProgressTracker {
             tokens_per_second: self.tokens_per_second,
             seconds: self.epoch_start.elapsed().as_secs_f64(),
             lr: self.rates.lr(epoch),
+            train_bits_per_char: bits_per_char(self.train_ppl.ln(), self.tokens_per_char.0),
+            valid_bits_per_char: bits_per_char(self.valid_ppl.ln(), self.tokens_per_char.1),
         };
         if self.guard.tripped().is_none() {
             let warnings = self.recorder.lock().expect("recorder lock").record(&stats);
