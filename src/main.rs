@@ -6,7 +6,11 @@ mod cli;
 use anyhow::Context;
 use clap::Parser;
 
-use cli::args::{BenchArgs, Cli, Command, EvalArgs, GenerateArgs, ReportArgs, RunsArgs, TrainArgs};
+use std::io::Write;
+
+use cli::args::{
+    BenchArgs, Cli, Command, EvalArgs, GenerateArgs, ReportArgs, RunsArgs, TokenizeArgs, TrainArgs,
+};
 use cli::display::Display;
 use lstm_lm::commands::{bench, eval, generate};
 use lstm_lm::data::corpus::{self, CorpusSource};
@@ -43,6 +47,7 @@ fn main() {
         Some(Command::Generate(args)) => run_generate(args),
         Some(Command::Report(args)) => run_report(args),
         Some(Command::Runs(args)) => run_runs(args),
+        Some(Command::Tokenize(args)) => run_tokenize(args),
         None => run_train(cli.train),
     };
     if let Err(e) = result {
@@ -173,15 +178,23 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
+    let run = Run::open(&args.run)?;
+    let text = std::fs::read_to_string(&args.text)
+        .with_context(|| format!("cannot read {}", args.text.display()))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in text.lines() {
+        let tokens = run.codec().tokens_of(run.vocab(), line);
+        writeln!(out, "{}", lstm_lm::data::tokenizer::spaced(&tokens))?;
+    }
+    Ok(())
+}
+
 fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     let run = Run::open(&args.run)?;
     let device = choose_device(args.device)?;
     let tokenizer = run.config().data.tokenizer;
-    let prompt: Vec<String> = tokenizer
-        .tokens_of(&args.prompt)
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let prompt = run.codec().tokens_of(run.vocab(), &args.prompt);
     let request = generate::GenerateRequest {
         prompt: prompt.clone(),
         length: args.length,
@@ -199,7 +212,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             generation.unknown_prompt_words.join(" ")
         );
     }
-    print!("{}", generation.text(&prompt, tokenizer));
+    print!("{}", generation.text(&prompt, run.codec(), run.vocab()));
     Ok(())
 }
 

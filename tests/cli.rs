@@ -1120,3 +1120,60 @@ fn a_character_model_trains_reports_bits_per_character_and_writes_text() {
     let out = stdout_of(lstm_lm().arg("eval").arg(&run).arg("--text").arg(&train));
     assert!(out.contains("bits per character"), "{out}");
 }
+
+/// A BPE model end to end: the tokenizer is learned on the training text and kept in the run
+/// folder, `tokenize` prints the pieces (fewer than the characters; blank lines kept),
+/// `generate` decodes pieces back to text, and `eval` reports bits per character.
+#[test]
+fn a_bpe_model_keeps_its_tokenizer_and_writes_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("bpe.txt");
+    let mut text = String::new();
+    for i in 0..200 {
+        text += &format!("Gödel, Escher, Bach: {} loops 😀\n", i % 13);
+    }
+    std::fs::write(&train, &text).unwrap();
+    let run = tmp.path().join("run");
+    let stdout = stdout_of(
+        lstm_lm()
+            .args(["--train".as_ref(), train.as_os_str()])
+            .args(["--artifact-dir".as_ref(), run.as_os_str()])
+            .args([
+                "--preset",
+                "char-rnn",
+                "--tokenizer",
+                "bpe",
+                "--max-vocab",
+                "290",
+            ])
+            .args(["--epochs", "1", "--hidden", "32", "--embed", "16"])
+            .args(["--batch-size", "4", "--bptt", "10", "--progress", "plain"]),
+    );
+    assert!(stdout.contains("valid bpc"), "{stdout}");
+    assert!(run.join("tokenizer.json").is_file());
+    let vocab = std::fs::read_to_string(run.join("vocab.txt")).unwrap();
+    assert_eq!(vocab.lines().count(), 290);
+
+    let line = text.lines().next().unwrap();
+    let one = tmp.path().join("one.txt");
+    std::fs::write(&one, format!("{line}\n\n")).unwrap();
+    let pieces = stdout_of(lstm_lm().arg("tokenize").arg(&run).arg("--text").arg(&one));
+    let first = pieces.lines().next().unwrap();
+    assert!(first.split(' ').count() < line.chars().count(), "{pieces}");
+    assert_eq!(
+        pieces.lines().nth(1),
+        Some(""),
+        "the blank line stays: {pieces}"
+    );
+
+    let sample = stdout_of(lstm_lm().arg("generate").arg(&run).args([
+        "--prompt", "Gödel", "--length", "100", "--seed", "1", "--no-unk",
+    ]));
+    assert!(sample.starts_with("Gödel"), "{sample}");
+    // Pieces are decoded to bytes and text, never printed as pieces (`Ġ` marks a space in
+    // byte-level BPE); the learned pieces of the text show up whole.
+    assert!(!sample.contains('Ġ') && !sample.contains('Ċ'), "{sample}");
+    assert!(sample.matches("Gödel").count() > 1, "{sample}");
+    let out = stdout_of(lstm_lm().arg("eval").arg(&run).arg("--text").arg(&train));
+    assert!(out.contains("bits per character"), "{out}");
+}

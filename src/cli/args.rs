@@ -47,6 +47,19 @@ pub enum Command {
     Report(ReportArgs),
     /// List the runs under a folder with their status, epochs and best perplexity.
     Runs(RunsArgs),
+    /// Print a text as a run's tokenizer cuts it: each line's tokens separated by spaces (a
+    /// whitespace character inside a token written <U+XXXX>), blank lines kept; what the
+    /// PyTorch reference reads to train on the same tokens.
+    Tokenize(TokenizeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TokenizeArgs {
+    /// The run folder whose tokenizer cuts the text.
+    pub run: PathBuf,
+    /// The text: one sentence per line, UTF-8.
+    #[arg(long)]
+    pub text: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

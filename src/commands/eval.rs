@@ -51,10 +51,9 @@ pub fn evaluate_run(request: &EvalRequest) -> Result<RunEvaluation> {
     let run = Run::open(&request.run_dir)?;
     let (config, vocab) = (run.config(), run.vocab());
     let (model, epoch) = run.load_model(request.epoch, &request.device)?;
-    let tokenizer = config.data.tokenizer;
     let text = encode_text(
         &request.text,
-        tokenizer,
+        run.codec(),
         vocab,
         &request.cache_dir,
         &mut |_| {},

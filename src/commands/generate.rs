@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::config::Batching;
-use crate::data::tokenizer::Tokenizer;
+use crate::data::tokenizer::{Codec, Tokenizer};
 use crate::data::vocab::{Vocab, EOS_ID, PAD_ID, UNK_ID};
 use crate::error::{Error, Result};
 use crate::model::lstm::LstmState;
@@ -103,8 +103,8 @@ pub struct GenerateRequest {
     /// the state so far but fed from zeros. False for stream-trained runs, which carry the
     /// state across sentences.
     pub fresh_sentences: bool,
-    /// The run's tokenizer: how the text is put back together, and whether a sentence may be
-    /// empty (a blank line, for characters).
+    /// The run's tokenizer: whether a sentence may be empty (a blank line, for characters and
+    /// BPE).
     pub tokenizer: Tokenizer,
 }
 
@@ -119,11 +119,11 @@ pub struct Generation {
 
 impl Generation {
     /// `prompt` followed by the generated text, one sentence per line (`<eos>` becomes a line
-    /// break), put together as `tokenizer` cut it: words joined by spaces, characters as they
-    /// are.
-    pub fn text(&self, prompt: &[String], tokenizer: Tokenizer) -> String {
+    /// break), put together as `codec` cut it: words joined by spaces, characters as they
+    /// are, BPE pieces decoded.
+    pub fn text(&self, prompt: &[String], codec: &Codec, vocab: &Vocab) -> String {
         let tokens = prompt.iter().chain(&self.tokens).map(String::as_str);
-        let mut out = tokenizer.detokenize(tokens);
+        let mut out = codec.detokenize(vocab, tokens);
         if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
         }
@@ -315,21 +315,22 @@ mod tests {
     #[test]
     fn text_breaks_lines_at_sentence_ends() {
         let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let vocab = Vocab::build([words("hello world").as_slice()], 0);
         let g = Generation {
             tokens: words("world <eos> the end <eos> more"),
             unknown_prompt_words: vec![],
         };
         assert_eq!(
-            g.text(&words("hello"), Tokenizer::Word),
+            g.text(&words("hello"), &Codec::Word, &vocab),
             "hello world\nthe end\nmore\n"
         );
-        assert_eq!(g.text(&[], Tokenizer::Word), "world\nthe end\nmore\n");
+        assert_eq!(g.text(&[], &Codec::Word, &vocab), "world\nthe end\nmore\n");
         let chars = Generation {
             tokens: words("l o , <eos> <eos> w"),
             unknown_prompt_words: vec![],
         };
         assert_eq!(
-            chars.text(&words("H e l"), Tokenizer::Char),
+            chars.text(&words("H e l"), &Codec::Char, &vocab),
             "Hello,\n\nw\n",
             "characters are not spaced out; a blank line stays"
         );

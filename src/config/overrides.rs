@@ -63,11 +63,14 @@ pub struct Overrides {
     /// Number of LSTM layers.
     #[arg(long)]
     pub layers: Option<usize>,
-    /// Largest vocabulary, specials included (0 = every training token), for every tokenizer.
+    /// Largest vocabulary, specials included, for every tokenizer (0 = every training token;
+    /// for bpe, 8,000 pieces).
     #[arg(long)]
     pub max_vocab: Option<usize>,
-    /// How lines become tokens: word (whitespace-separated, blank lines skipped) or char
-    /// (Unicode characters, spaces included, each line end an <eos>, blank lines kept).
+    /// How lines become tokens: word (whitespace-separated, blank lines skipped), char
+    /// (Unicode characters, spaces included, each line end an <eos>, blank lines kept) or bpe
+    /// (byte-level BPE learned on the training text, --max-vocab pieces, 8,000 when 0; blank
+    /// lines kept).
     #[arg(long, value_enum)]
     pub tokenizer: Option<Tokenizer>,
     /// Bucket lengths in tokens, comma-separated; longer sentences are dropped.

@@ -27,8 +27,8 @@ use sha2::{Digest, Sha256};
 
 use super::corpus::{CorpusSource, EMBEDDED_TINY_SHAKESPEARE};
 use super::store::{StoreWriter, Tokens};
-use super::tokenizer::{count_chars, Tokenizer};
-use super::vocab::{Vocab, EOS_ID, UNK_ID};
+use super::tokenizer::{count_chars, Codec, Tokenizer, BPE_FILE, DEFAULT_BPE_VOCAB};
+use super::vocab::{Vocab, EOS, EOS_ID, PAD, UNK};
 use crate::error::{Error, Result};
 
 /// Bytes of text a block holds (more when a line is longer).
@@ -75,6 +75,8 @@ pub enum PrepareEvent {
 pub struct Prepared {
     /// The vocabulary of the training split.
     pub vocab: Vocab,
+    /// The tokenizer, for BPE with its model (also in the folder, [`BPE_FILE`]).
+    pub codec: Codec,
     /// Training ids.
     pub train: Arc<Tokens>,
     /// Validation ids.
@@ -133,7 +135,7 @@ pub struct EncodedText {
 /// hold tokens.
 pub fn encode_text(
     paths: &[PathBuf],
-    tokenizer: Tokenizer,
+    codec: &Codec,
     vocab: &Vocab,
     cache_dir: &Path,
     report: &mut dyn FnMut(PrepareEvent),
@@ -142,7 +144,13 @@ pub fn encode_text(
     let words: Vec<&str> = (0..vocab.len()).filter_map(|i| vocab.token(i)).collect();
     let material = serde_json::json!({
         "format": FORMAT,
-        "tokenizer": tokenizer.name(),
+        "tokenizer": codec.kind().name(),
+        "bpe_crc32": match codec {
+            Codec::Bpe(model) => Some(crc32fast::hash(
+                model.to_string(false).unwrap_or_default().as_bytes(),
+            )),
+            _ => None,
+        },
         "vocab_crc32": crc32fast::hash(words.join("\n").as_bytes()),
         "vocab_size": vocab.len(),
         "text": inputs.iter().map(Input::fingerprint).collect::<Result<Vec<_>>>()?,
@@ -156,7 +164,7 @@ pub fn encode_text(
         let mut store = StoreWriter::create(&dir.join("text.tokens"), vocab.len())?;
         let mut tally = Tally::default();
         let counts = encode_inputs(
-            vocab, tokenizer, &inputs, None, &mut store, None, &mut tally, report,
+            vocab, codec, &inputs, None, &mut store, None, &mut tally, report,
         )?;
         check_each_has_tokens(&inputs, &counts)?;
         report(PrepareEvent::Finished);
@@ -229,6 +237,195 @@ fn in_cache<T>(
     Ok((open(&dir)?, false))
 }
 
+/// The tokenizer a prepared folder was made with, from its manifest's key.
+fn plan_tokenizer(stored: &serde_json::Value) -> Tokenizer {
+    match stored["key"]["tokenizer"].as_str() {
+        Some("char") => Tokenizer::Char,
+        Some("bpe") => Tokenizer::Bpe,
+        _ => Tokenizer::Word,
+    }
+}
+
+/// Learns a byte-level BPE of `max_vocab` pieces (specials included; [`DEFAULT_BPE_VOCAB`]
+/// when 0) on the training lines (held-out ones left out), streamed from the files, and writes
+/// it into `dir` as [`BPE_FILE`]. Its ids are the vocabulary's: the specials are its tokens
+/// 0, 1, 2.
+fn train_bpe(
+    dir: &Path,
+    plan: &Plan,
+    cut: Option<usize>,
+    max_vocab: usize,
+    report: &mut dyn FnMut(PrepareEvent),
+) -> Result<(Vocab, Codec)> {
+    use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+    use tokenizers::normalizers::NormalizerWrapper;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::processors::PostProcessorWrapper;
+    use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, TokenizerBuilder};
+
+    let size = if max_vocab == 0 {
+        DEFAULT_BPE_VOCAB
+    } else {
+        max_vocab
+    };
+    let path = dir.join(BPE_FILE);
+    let failed = |e: tokenizers::Error| Error::Corpus {
+        path: plan.train[0].path().to_path_buf(),
+        problem: format!("learning the BPE failed: {e}"),
+    };
+    report(PrepareEvent::Started {
+        stage: "learning BPE",
+        bytes: total_bytes(&plan.train)?,
+    });
+    let mut model = TokenizerBuilder::<
+        BPE,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    >::new()
+    .with_model(BPE::default())
+    .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false).into()))
+    .with_decoder(Some(ByteLevel::default().into()))
+    .build()
+    .map_err(failed)?;
+    let specials = [PAD, EOS, UNK]
+        .map(|s| AddedToken::from(s.to_string(), true))
+        .to_vec();
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(size)
+        .min_frequency(2)
+        .special_tokens(specials)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .show_progress(false)
+        .build();
+    let error = Arc::new(std::sync::Mutex::new(None));
+    let lines = TrainLines::new(plan.train.clone(), cut, error.clone());
+    model.train(&mut trainer, lines).map_err(failed)?;
+    if let Some(e) = error.lock().expect("line reader lock").take() {
+        return Err(e);
+    }
+    let model: tokenizers::Tokenizer = model.into();
+    let got = model.get_vocab_size(true);
+    if got < size {
+        return Err(Error::Corpus {
+            path: plan.train[0].path().to_path_buf(),
+            problem: format!(
+                "the training text allows only {got} BPE pieces (256 bytes, 3 specials and every \
+                 merge of a pair seen twice), fewer than the {size} asked for; pass --max-vocab \
+                 {got} or less, or more text"
+            ),
+        });
+    }
+    let tokens: Vec<String> = (0..got as u32)
+        .map(|i| model.id_to_token(i).unwrap_or_default())
+        .collect();
+    let vocab = Vocab::from_ordered(tokens).map_err(|problem| Error::Corpus {
+        path: path.clone(),
+        problem: format!("the learned BPE is not a vocabulary: {problem}"),
+    })?;
+    model.save(&path, true).map_err(|e| Error::Corpus {
+        path: path.clone(),
+        problem: format!("cannot write the BPE: {e}"),
+    })?;
+    report(PrepareEvent::Finished);
+    Ok((vocab, Codec::Bpe(Arc::new(model))))
+}
+
+/// The training lines of some inputs, streamed (line ends removed), up to global line `cut`;
+/// a read error ends the lines and is left in `error`.
+struct TrainLines {
+    inputs: std::vec::IntoIter<Input>,
+    current: Option<Box<dyn std::io::BufRead + Send>>,
+    path: PathBuf,
+    /// Lines read, over all inputs, and in the current one.
+    line: usize,
+    file_line: usize,
+    cut: Option<usize>,
+    error: Arc<std::sync::Mutex<Option<Error>>>,
+}
+
+impl TrainLines {
+    fn new(
+        inputs: Vec<Input>,
+        cut: Option<usize>,
+        error: Arc<std::sync::Mutex<Option<Error>>>,
+    ) -> Self {
+        Self {
+            inputs: inputs.into_iter(),
+            current: None,
+            path: PathBuf::new(),
+            line: 0,
+            file_line: 0,
+            cut,
+            error,
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Option<String> {
+        *self.error.lock().expect("line reader lock") = Some(e);
+        self.current = None;
+        self.inputs = Vec::new().into_iter();
+        None
+    }
+}
+
+impl Iterator for TrainLines {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        if self.cut.is_some_and(|c| self.line >= c) {
+            return None;
+        }
+        loop {
+            if self.current.is_none() {
+                let input = self.inputs.next()?;
+                self.path = input.path().to_path_buf();
+                self.file_line = 0;
+                self.current = Some(match input {
+                    Input::Embedded => Box::new(EMBEDDED_TINY_SHAKESPEARE.as_bytes()),
+                    Input::File(p) => match File::open(&p) {
+                        Ok(f) => Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
+                        Err(e) => return self.fail(Error::io("cannot read corpus file", &p, e)),
+                    },
+                });
+            }
+            let mut bytes = Vec::new();
+            let reader = self.current.as_mut().expect("an open input");
+            match reader.read_until(b'\n', &mut bytes) {
+                Ok(0) => {
+                    self.current = None;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let path = self.path.clone();
+                    return self.fail(Error::io("cannot read corpus file", &path, e));
+                }
+            }
+            self.line += 1;
+            self.file_line += 1;
+            if bytes.ends_with(b"\n") {
+                bytes.pop();
+                if bytes.ends_with(b"\r") {
+                    bytes.pop();
+                }
+            }
+            return match String::from_utf8(bytes) {
+                Ok(line) => Some(line),
+                Err(_) => {
+                    let problem = format!(
+                        "line {}: not valid UTF-8; convert the file to UTF-8",
+                        self.file_line
+                    );
+                    let path = self.path.clone();
+                    self.fail(Error::Corpus { path, problem })
+                }
+            };
+        }
+    }
+}
+
 /// Removes the temporary folders of preparations whose process is gone.
 fn remove_abandoned(cache: &Path) {
     let Ok(entries) = std::fs::read_dir(cache) else {
@@ -283,6 +480,7 @@ fn write_manifest(dir: &Path, manifest: &serde_json::Value) -> Result<()> {
 fn open(dir: &Path, material: &serde_json::Value, plan: &Plan) -> Result<Prepared> {
     let stored = read_manifest(dir, material)?;
     let vocab = Vocab::load(&dir.join("vocab.txt"))?;
+    let codec = Codec::load(plan_tokenizer(&stored), dir)?;
     let split = |name: &str| -> Result<Arc<Tokens>> {
         Ok(Arc::new(Tokens::open(
             &dir.join(format!("{name}.tokens")),
@@ -303,6 +501,7 @@ fn open(dir: &Path, material: &serde_json::Value, plan: &Plan) -> Result<Prepare
         },
         held_out,
         vocab,
+        codec,
         dir: dir.to_path_buf(),
         reused: false,
     })
@@ -699,17 +898,12 @@ struct Encoded {
     chars: u64,
 }
 
-fn encode_block(vocab: &Vocab, tokenizer: Tokenizer, text: &str) -> Encoded {
+fn encode_block(vocab: &Vocab, codec: &Codec, text: &str) -> Encoded {
     let (mut ids, mut lens, mut unknown) = (Vec::new(), Vec::new(), 0);
     for line in text.lines() {
         let start = ids.len();
-        let sentence = tokenizer.for_each_token(line, |token| {
-            let id = vocab.get(token).unwrap_or_else(|| {
-                unknown += 1;
-                UNK_ID
-            });
-            ids.push(id as u32);
-        });
+        let (sentence, unknowns) = codec.encode_line(vocab, line, &mut ids);
+        unknown += unknowns;
         if sentence {
             ids.push(EOS_ID as u32);
             lens.push((ids.len() - start) as u32);
@@ -728,7 +922,7 @@ fn encode_block(vocab: &Vocab, tokenizer: Tokenizer, text: &str) -> Encoded {
 #[allow(clippy::too_many_arguments)]
 fn encode_inputs(
     vocab: &Vocab,
-    tokenizer: Tokenizer,
+    codec: &Codec,
     inputs: &[Input],
     cut: Option<usize>,
     main: &mut StoreWriter,
@@ -740,7 +934,7 @@ fn encode_inputs(
     for_each_batch(inputs, cut, &mut |blocks| {
         let encoded: Vec<_> = blocks
             .par_iter()
-            .map(|b| encode_block(vocab, tokenizer, &b.text))
+            .map(|b| encode_block(vocab, codec, &b.text))
             .collect();
         for (block, e) in blocks.iter().zip(encoded) {
             sentences[block.input] += e.lens.len();
@@ -809,7 +1003,6 @@ fn write_prepared(
     options: &PrepareOptions,
     report: &mut dyn FnMut(PrepareEvent),
 ) -> Result<()> {
-    let tokenizer = options.tokenizer;
     let started = std::time::Instant::now();
     let (cut, total_lines) = match plan.held_out {
         Some(h) => {
@@ -818,7 +1011,11 @@ fn write_prepared(
         }
         None => (None, 0),
     };
-    let vocab = count_words(plan, cut, options, report)?;
+    let (vocab, codec) = match options.tokenizer {
+        Tokenizer::Bpe => train_bpe(dir, plan, cut, options.max_vocab, report)?,
+        Tokenizer::Word => (count_words(plan, cut, options, report)?, Codec::Word),
+        Tokenizer::Char => (count_words(plan, cut, options, report)?, Codec::Char),
+    };
     vocab.save(&dir.join("vocab.txt"))?;
     let store = |name: &str| StoreWriter::create(&dir.join(format!("{name}.tokens")), vocab.len());
     let all: Vec<&Input> = plan
@@ -835,7 +1032,7 @@ fn write_prepared(
     let (mut train, mut valid) = (store("train")?, store("valid")?);
     let train_counts = encode_inputs(
         &vocab,
-        tokenizer,
+        &codec,
         &plan.train,
         cut,
         &mut train,
@@ -849,7 +1046,7 @@ fn write_prepared(
             check_each_has_tokens(&plan.train, &train_counts)?;
             let counts = encode_inputs(
                 &vocab,
-                tokenizer,
+                &codec,
                 &plan.valid,
                 None,
                 &mut valid,
@@ -864,7 +1061,7 @@ fn write_prepared(
     if !plan.test.is_empty() {
         let mut test = store("test")?;
         let counts = encode_inputs(
-            &vocab, tokenizer, &plan.test, None, &mut test, None, &mut tally, report,
+            &vocab, &codec, &plan.test, None, &mut test, None, &mut tally, report,
         )?;
         check_each_has_tokens(&plan.test, &counts)?;
         test.finish()?;
@@ -961,6 +1158,7 @@ fn check_held_out(
 mod tests {
     use super::*;
     use crate::data::corpus::read_corpus;
+    use crate::data::vocab::UNK_ID;
 
     fn options(dir: &Path) -> PrepareOptions {
         PrepareOptions {
@@ -1218,5 +1416,68 @@ mod tests {
             }
         }
         assert_eq!(counted, [raw as u64, raw as u64]);
+    }
+
+    /// BPE: its ids are the vocabulary's (the specials 0, 1, 2), encoding then decoding the
+    /// held-out text gives it back exactly (non-ASCII, emoji, CRLF read as LF, blank lines),
+    /// the model is in the prepared folder, and a vocabulary larger than the text allows is
+    /// refused with the size it allows.
+    #[test]
+    fn bpe_round_trips_the_text_and_refuses_a_vocabulary_too_large() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut text = String::new();
+        for i in 0..300 {
+            text += &format!("Héllo wörld {i}, the cat sät on the mat 😀\r\n");
+            if i % 7 == 0 {
+                text += "\n";
+            }
+        }
+        let train = tmp.path().join("t.txt");
+        std::fs::write(&train, &text).unwrap();
+        let o = PrepareOptions {
+            tokenizer: Tokenizer::Bpe,
+            max_vocab: 300,
+            ..options(&tmp.path().join("cache"))
+        };
+        let (p, _) = prepare_quiet(&held_out(&train, 0.8), &o);
+        assert_eq!(p.vocab.len(), 300);
+        assert_eq!(
+            (0..3)
+                .map(|i| p.vocab.token(i).unwrap())
+                .collect::<Vec<_>>(),
+            [PAD, EOS, UNK]
+        );
+        assert!(matches!(p.codec, Codec::Bpe(_)));
+        assert!(p.dir.join(BPE_FILE).is_file());
+        let lines: Vec<&str> = text.lines().collect();
+        let cut = (lines.len() as f64 * 0.8) as usize;
+        let expected: String = lines[cut..].iter().map(|l| format!("{l}\n")).collect();
+        let tokens: Vec<String> = p
+            .valid
+            .to_sentences()
+            .into_iter()
+            .flatten()
+            .map(|i| p.vocab.token(i).unwrap().to_string())
+            .collect();
+        let decoded = p
+            .codec
+            .detokenize(&p.vocab, tokens.iter().map(String::as_str));
+        assert_eq!(decoded, expected);
+        assert!(
+            p.valid.len() < expected.len() / 2,
+            "BPE pieces span several bytes"
+        );
+
+        let too_many = PrepareOptions {
+            max_vocab: 100_000,
+            ..o.clone()
+        };
+        let e = prepare(&held_out(&train, 0.8), &too_many, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("allows only") && e.contains("--max-vocab"),
+            "{e}"
+        );
     }
 }

@@ -1,14 +1,25 @@
-//! How a line of text becomes tokens: words (whitespace-separated) or characters.
+//! How a line of text becomes tokens: words (whitespace-separated), characters, or byte-level
+//! BPE subwords.
 //!
 //! Every tokenizer ends each sentence with `<eos>`; what a sentence is differs:
 //! - [`Tokenizer::Word`]: a line's whitespace-separated words; blank lines are skipped (PTB's
 //!   format, the reference's behaviour).
 //! - [`Tokenizer::Char`]: a line's Unicode scalar values, spaces included; the line end is the
 //!   `<eos>` token, and a blank line is a sentence of only `<eos>`, so the text is kept whole.
+//! - [`Tokenizer::Bpe`]: a line's byte-level BPE pieces (Hugging Face's `tokenizers`, learned on
+//!   the training split, its `tokenizer.json` kept with the run); blank lines kept as for
+//!   characters. The BPE model's ids are the vocabulary's: `<pad>`, `<eos>`, `<unk>` are its
+//!   special tokens 0, 1, 2, so `<unk>` written in a text is the unknown token, as for words.
 //!
 //! A text's *characters* (the denominator of bits per character) are counted from the raw text
 //! the same way for every tokenizer: each line's Unicode scalar values plus one for its line
 //! end (CRLF counts once), blank lines included.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::vocab::{Vocab, EOS, UNK, UNK_ID};
+use crate::error::{Error, Result};
 
 /// The tokenizer a run reads its text with; saved in `config.json`.
 #[derive(
@@ -29,6 +40,9 @@ pub enum Tokenizer {
     Word,
     /// Unicode characters, the space included; each line end is `<eos>`; blank lines kept.
     Char,
+    /// Byte-level BPE learned on the training text (`--max-vocab` pieces, specials included;
+    /// 8,000 when it is 0); blank lines kept.
+    Bpe,
 }
 
 impl Tokenizer {
@@ -37,13 +51,16 @@ impl Tokenizer {
         match self {
             Tokenizer::Word => "word",
             Tokenizer::Char => "char",
+            Tokenizer::Bpe => "bpe",
         }
     }
 
     /// Calls `f` with each token of `line` (a line without its line end); returns whether the
-    /// line is a sentence (then `<eos>` follows its tokens).
+    /// line is a sentence (then `<eos>` follows its tokens). BPE pieces come from a trained
+    /// [`Codec`]; here BPE cuts nothing.
     pub fn for_each_token<'a>(self, line: &'a str, mut f: impl FnMut(&'a str)) -> bool {
         match self {
+            Tokenizer::Bpe => true,
             Tokenizer::Word => {
                 let mut any = false;
                 for word in line.split_whitespace() {
@@ -76,12 +93,12 @@ impl Tokenizer {
         let mut out = String::new();
         let mut line_start = true;
         for t in tokens {
-            if t == super::vocab::EOS {
+            if t == EOS {
                 out.push('\n');
                 line_start = true;
                 continue;
             }
-            if self == Tokenizer::Word && !line_start {
+            if self != Tokenizer::Char && !line_start {
                 out.push(' ');
             }
             out.push_str(t);
@@ -89,6 +106,152 @@ impl Tokenizer {
         }
         out
     }
+}
+
+/// The file a BPE model is kept in, in the prepared cache and in the run folder.
+pub const BPE_FILE: &str = "tokenizer.json";
+/// BPE vocabulary size when `--max-vocab` is 0.
+pub const DEFAULT_BPE_VOCAB: usize = 8_000;
+
+/// A tokenizer ready to cut and rebuild text: words or characters, or a trained BPE model.
+#[derive(Clone)]
+pub enum Codec {
+    /// Whitespace-separated words.
+    Word,
+    /// Unicode characters.
+    Char,
+    /// A trained byte-level BPE model whose ids are the vocabulary's.
+    Bpe(Arc<tokenizers::Tokenizer>),
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind().name())
+    }
+}
+
+impl Codec {
+    /// The kind of tokenizer.
+    pub fn kind(&self) -> Tokenizer {
+        match self {
+            Codec::Word => Tokenizer::Word,
+            Codec::Char => Tokenizer::Char,
+            Codec::Bpe(_) => Tokenizer::Bpe,
+        }
+    }
+
+    /// The codec of `kind`; BPE reads its model from [`BPE_FILE`] in `dir`.
+    pub fn load(kind: Tokenizer, dir: &Path) -> Result<Self> {
+        match kind {
+            Tokenizer::Word => Ok(Codec::Word),
+            Tokenizer::Char => Ok(Codec::Char),
+            Tokenizer::Bpe => {
+                let path = dir.join(BPE_FILE);
+                let model = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Corpus {
+                    path: path.clone(),
+                    problem: format!("not a readable BPE tokenizer ({e})"),
+                })?;
+                Ok(Codec::Bpe(Arc::new(model)))
+            }
+        }
+    }
+
+    /// Appends the ids of `line`'s tokens to `ids` (`<eos>` not included); returns whether the
+    /// line is a sentence and how many of its tokens are not in `vocab`.
+    pub fn encode_line(&self, vocab: &Vocab, line: &str, ids: &mut Vec<u32>) -> (bool, usize) {
+        match self {
+            Codec::Bpe(model) => {
+                // Byte-level BPE cuts any text; the model's ids are the vocabulary's.
+                if let Ok(encoding) = model.encode(line, false) {
+                    ids.extend_from_slice(encoding.get_ids());
+                }
+                (true, 0)
+            }
+            _ => {
+                let mut unknown = 0;
+                let sentence = self.kind().for_each_token(line, |token| {
+                    let id = vocab.get(token).unwrap_or_else(|| {
+                        unknown += 1;
+                        UNK_ID
+                    });
+                    ids.push(id as u32);
+                });
+                (sentence, unknown)
+            }
+        }
+    }
+
+    /// The tokens of `text` (a prompt), as strings of the vocabulary; line ends not included.
+    pub fn tokens_of(&self, vocab: &Vocab, text: &str) -> Vec<String> {
+        match self {
+            Codec::Bpe(_) => {
+                let mut ids = Vec::new();
+                for line in text.lines() {
+                    self.encode_line(vocab, line, &mut ids);
+                }
+                ids.iter()
+                    .map(|&i| vocab.token(i as usize).unwrap_or(UNK).to_string())
+                    .collect()
+            }
+            _ => self
+                .kind()
+                .tokens_of(text)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }
+    }
+
+    /// Text from tokens: words joined by spaces, characters as they are, BPE pieces decoded
+    /// to their bytes (invalid UTF-8 shown as U+FFFD, never printed broken); `<eos>` becomes
+    /// a line end.
+    pub fn detokenize<'a>(
+        &self,
+        vocab: &Vocab,
+        tokens: impl IntoIterator<Item = &'a str>,
+    ) -> String {
+        let Codec::Bpe(model) = self else {
+            return self.kind().detokenize(tokens);
+        };
+        let mut out = String::new();
+        let mut line: Vec<u32> = Vec::new();
+        let flush = |line: &mut Vec<u32>, out: &mut String| {
+            if !line.is_empty() {
+                out.push_str(&model.decode(line, false).unwrap_or_default());
+                line.clear();
+            }
+        };
+        for t in tokens {
+            if t == EOS {
+                flush(&mut line, &mut out);
+                out.push('\n');
+            } else {
+                line.push(vocab.get(t).unwrap_or(UNK_ID) as u32);
+            }
+        }
+        flush(&mut line, &mut out);
+        out
+    }
+}
+
+/// Tokens separated by spaces, a whitespace character inside a token written `<U+XXXX>`, so
+/// that splitting the line at whitespace gives the tokens back.
+pub fn spaced(tokens: &[String]) -> String {
+    tokens
+        .iter()
+        .map(|t| {
+            t.chars()
+                .map(|c| {
+                    if c.is_whitespace() {
+                        format!("<U+{:04X}>", c as u32)
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Characters of `text` as the module docs count them: each line's Unicode scalar values plus

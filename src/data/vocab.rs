@@ -138,22 +138,27 @@ impl Vocab {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io("cannot read vocabulary", path, e))?;
         let tokens: Vec<String> = text.lines().map(str::to_owned).collect();
-        let bad = |problem: String| Error::BadRun {
+        Self::from_ordered(tokens).map_err(|problem| Error::BadRun {
             dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
             problem: format!("{}: {problem}", path.display()),
-        };
+        })
+    }
+
+    /// The vocabulary whose id `i` is `tokens[i]` (a subword model's own order); it must start
+    /// with the three specials and hold no token twice.
+    pub fn from_ordered(tokens: Vec<String>) -> std::result::Result<Self, String> {
         if tokens.len() < 3
             || tokens[PAD_ID] != PAD
             || tokens[EOS_ID] != EOS
             || tokens[UNK_ID] != UNK
         {
-            return Err(bad(format!(
+            return Err(format!(
                 "not a vocabulary file (it must start with {PAD}, {EOS}, {UNK})"
-            )));
+            ));
         }
         let vocab = Self::from_tokens(tokens);
         if vocab.ids.len() != vocab.tokens.len() {
-            return Err(bad("a token appears twice".into()));
+            return Err("a token appears twice".into());
         }
         Ok(vocab)
     }

@@ -4,6 +4,7 @@
 //! `curves.svg`, `test.json`, the per-batch metric logs (`train/`, `valid/`), burn-train's
 //! `experiment.log` and `checkpoint/` (see [`files`]).
 
+use crate::data::tokenizer::Codec;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
@@ -198,6 +199,7 @@ pub struct Run {
     dir: PathBuf,
     config: ExperimentConfig,
     vocab: Vocab,
+    codec: Codec,
 }
 
 impl Run {
@@ -207,15 +209,17 @@ impl Run {
         let path = dir.join(files::CONFIG);
         let text =
             std::fs::read_to_string(&path).map_err(|e| Error::io("cannot read", &path, e))?;
-        let config = serde_json::from_str(&text).map_err(|e| Error::BadRun {
+        let config: ExperimentConfig = serde_json::from_str(&text).map_err(|e| Error::BadRun {
             dir: dir.to_path_buf(),
             problem: format!("{} is not a valid config ({e})", files::CONFIG),
         })?;
         let vocab = Vocab::load(&dir.join(files::VOCAB))?;
+        let codec = Codec::load(config.data.tokenizer, dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
             vocab,
+            codec,
         })
     }
 
@@ -232,6 +236,11 @@ impl Run {
     /// Its vocabulary.
     pub fn vocab(&self) -> &Vocab {
         &self.vocab
+    }
+
+    /// Its tokenizer (for BPE, the model kept in the run folder).
+    pub fn codec(&self) -> &Codec {
+        &self.codec
     }
 
     /// Its name for titles: the folder's name.

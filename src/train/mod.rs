@@ -34,6 +34,7 @@ use crate::config::{Batching, ExperimentConfig};
 use crate::data::corpus::CorpusSource;
 use crate::data::prepare::{prepare, PrepareOptions};
 use crate::data::store::Tokens;
+use crate::data::tokenizer::{Codec, BPE_FILE};
 use crate::data::vocab::Vocab;
 use crate::error::{Error, Result};
 use crate::format::format_rate;
@@ -160,6 +161,12 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         return Ok(report(resumed_from, Vec::new(), false, None));
     }
     save_run(&run_dir, &config, &vocab, resumed_from.unwrap_or(0))?;
+    if let Codec::Bpe(_) = corpus.codec {
+        // The BPE model goes with the run: eval, generate and resume read it there.
+        let from = corpus.dir.join(BPE_FILE);
+        let bytes = std::fs::read(&from).map_err(|e| Error::io("cannot read", &from, e))?;
+        crate::fsutil::write_atomic(&run_dir.join(BPE_FILE), &bytes)?;
+    }
 
     let first_epoch = resumed_from.unwrap_or(0) + 1;
     let loaders = loaders(
