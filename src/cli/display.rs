@@ -85,13 +85,16 @@ impl Display {
                 }
             }
             TrainEvent::EpochEnded { stats, epochs } => self.println(format!(
-                "epoch {}/{epochs}: train ppl {:.2} | valid ppl {:.2}{} | lr {} | {:.0} tok/s | {:.1} s",
+                "epoch {}/{epochs}: train ppl {:.2} | valid ppl {:.2}{}{} | lr {} | {:.0} tok/s | {:.1} s",
                 stats.epoch,
                 stats.train_perplexity,
                 stats.valid_perplexity,
                 stats
                     .valid_bits_per_char
                     .map_or(String::new(), |b| format!(" | valid bpc {b:.4}")),
+                stats
+                    .valid_word_perplexity
+                    .map_or(String::new(), |p| format!(" | valid word ppl {p:.2}")),
                 stats.lr,
                 stats.tokens_per_second,
                 stats.seconds

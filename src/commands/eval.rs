@@ -6,7 +6,7 @@ use burn::tensor::Device;
 
 use crate::data::prepare::encode_text;
 use crate::error::{Error, Result};
-use crate::run::history::bits_per_char;
+use crate::run::history::{bits_per_char, word_perplexity};
 use crate::run::Run;
 use crate::train::evaluate::{evaluate_bucketed, evaluate_stream, Evaluation};
 
@@ -44,6 +44,8 @@ pub struct RunEvaluation {
     pub unknown_tokens: usize,
     /// Bits per character of the text.
     pub bits_per_char: Option<f64>,
+    /// Perplexity per word of the text (character and subword models).
+    pub word_perplexity: Option<f64>,
 }
 
 /// Perplexity of a saved run on `request.text`; the checkpoint may come from any backend.
@@ -60,6 +62,7 @@ pub fn evaluate_run(request: &EvalRequest) -> Result<RunEvaluation> {
     )?;
     let (ids, unknown_tokens) = (text.tokens, text.unknown);
     let tokens_per_char = ids.tokens_per_char();
+    let tokens_per_word = crate::train::per_word(config, &ids);
     let evaluation = if request.sentences {
         evaluate_bucketed(
             &model,
@@ -80,6 +83,7 @@ pub fn evaluate_run(request: &EvalRequest) -> Result<RunEvaluation> {
     }
     Ok(RunEvaluation {
         bits_per_char: bits_per_char(evaluation.loss, tokens_per_char),
+        word_perplexity: word_perplexity(evaluation.loss, tokens_per_word),
         evaluation,
         epoch,
         unknown_tokens,
@@ -102,14 +106,15 @@ impl RunEvaluation {
         };
         format!(
             "{} (epoch {}) on {text_name} ({how}): {} tokens ({} not in the vocabulary, scored \
-             as <unk>), loss {:.4}, perplexity {:.2}{}",
+             as <unk>), loss {:.4}, perplexity {:.2}{}{}",
             request.run_dir.display(),
             self.epoch,
             e.tokens,
             self.unknown_tokens,
             e.loss,
             e.perplexity,
-            crate::train::bpc_text(self.bits_per_char)
+            crate::train::bpc_text(self.bits_per_char),
+            crate::train::word_ppl_text(self.word_perplexity)
         )
     }
 }

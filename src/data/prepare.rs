@@ -27,14 +27,14 @@ use sha2::{Digest, Sha256};
 
 use super::corpus::{CorpusSource, EMBEDDED_TINY_SHAKESPEARE};
 use super::store::{StoreWriter, Tokens};
-use super::tokenizer::{count_chars, Codec, Tokenizer, BPE_FILE, DEFAULT_BPE_VOCAB};
+use super::tokenizer::{count_chars, count_words, Codec, Tokenizer, BPE_FILE, DEFAULT_BPE_VOCAB};
 use super::vocab::{Vocab, EOS, EOS_ID, PAD, UNK};
 use crate::error::{Error, Result};
 
 /// Bytes of text a block holds (more when a line is longer).
 const BLOCK_BYTES: usize = 16 << 20;
 /// Version of the prepared folder's layout; part of the cache key.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 /// The prepared folder's description of itself.
 const MANIFEST: &str = "prepared.json";
 
@@ -840,8 +840,8 @@ fn count_block(text: &str, tokenizer: Tokenizer) -> Counts<&str> {
     counts
 }
 
-/// Counts the training words (held-out lines left out) and ranks them into a vocabulary.
-fn count_words(
+/// Counts the training tokens (held-out lines left out) and ranks them into a vocabulary.
+fn count_tokens(
     plan: &Plan,
     cut: Option<usize>,
     options: &PrepareOptions,
@@ -896,6 +896,7 @@ struct Encoded {
     lens: Vec<u32>,
     unknown: usize,
     chars: u64,
+    words: u64,
 }
 
 fn encode_block(vocab: &Vocab, codec: &Codec, text: &str) -> Encoded {
@@ -914,6 +915,7 @@ fn encode_block(vocab: &Vocab, codec: &Codec, text: &str) -> Encoded {
         lens,
         unknown,
         chars: count_chars(text),
+        words: count_words(text),
     }
 }
 
@@ -945,6 +947,7 @@ fn encode_inputs(
             };
             out.push_sentences(&e.ids, &e.lens)?;
             out.add_chars(e.chars);
+            out.add_words(e.words);
             tally.bytes += block.text.len() as u64;
         }
         report(PrepareEvent::Advanced { bytes: tally.bytes });
@@ -1013,8 +1016,8 @@ fn write_prepared(
     };
     let (vocab, codec) = match options.tokenizer {
         Tokenizer::Bpe => train_bpe(dir, plan, cut, options.max_vocab, report)?,
-        Tokenizer::Word => (count_words(plan, cut, options, report)?, Codec::Word),
-        Tokenizer::Char => (count_words(plan, cut, options, report)?, Codec::Char),
+        Tokenizer::Word => (count_tokens(plan, cut, options, report)?, Codec::Word),
+        Tokenizer::Char => (count_tokens(plan, cut, options, report)?, Codec::Char),
     };
     vocab.save(&dir.join("vocab.txt"))?;
     let store = |name: &str| StoreWriter::create(&dir.join(format!("{name}.tokens")), vocab.len());
@@ -1382,9 +1385,9 @@ mod tests {
         );
     }
 
-    /// Words and characters of one text: the same character count (checked against a count
-    /// of the raw bytes' scalar values), characters keep blank lines as sentences of `<eos>`,
-    /// and the character vocabulary holds every character once.
+    /// Words, characters and BPE pieces of one text: the same character and word counts
+    /// (checked against counts of the raw text), characters keep blank lines as sentences of
+    /// `<eos>`, and the character vocabulary holds every character once.
     #[test]
     fn words_and_characters_of_one_text_count_the_same_characters() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1394,13 +1397,24 @@ mod tests {
         // Independently: every scalar value but the \r of a CRLF, plus the missing final \n.
         let raw = text.chars().count() - text.matches("\r\n").count() + 1;
         let mut counted = Vec::new();
-        for tokenizer in [Tokenizer::Word, Tokenizer::Char] {
+        // Words as a word model counts its tokens: the words, plus an end a non-blank line.
+        let words = (2 + 1) + (3 + 1) + (4 + 1) + (1 + 1);
+        for tokenizer in [Tokenizer::Word, Tokenizer::Char, Tokenizer::Bpe] {
             let o = PrepareOptions {
                 tokenizer,
+                // The 256 bytes and 3 specials: a text this short has no pair to merge twice.
+                max_vocab: if tokenizer == Tokenizer::Bpe { 259 } else { 0 },
                 ..options(&tmp.path().join("cache"))
             };
             let (p, _) = prepare_quiet(&held_out(&train, 0.6), &o);
             counted.push(p.train.chars().unwrap() + p.valid.chars().unwrap());
+            let (tw, vw) = (p.train.tokens_per_word(), p.valid.tokens_per_word());
+            let counted_words =
+                p.train.len() as f64 / tw.unwrap() + p.valid.len() as f64 / vw.unwrap();
+            assert!(
+                (counted_words - words as f64).abs() < 1e-6,
+                "{tokenizer:?}: {counted_words}"
+            );
             if tokenizer == Tokenizer::Char {
                 let eos = p.vocab.id("<eos>");
                 assert_eq!(p.train.to_sentences()[2], [eos], "the blank line");
@@ -1411,11 +1425,11 @@ mod tests {
                 let distinct: std::collections::HashSet<char> =
                     "Fïrst Citizen:Before we proceed,".chars().collect();
                 assert_eq!(p.vocab.len(), 3 + distinct.len());
-            } else {
+            } else if tokenizer == Tokenizer::Word {
                 assert_eq!(p.train.num_sentences() + p.valid.num_sentences(), 4);
             }
         }
-        assert_eq!(counted, [raw as u64, raw as u64]);
+        assert_eq!(counted, [raw as u64; 3]);
     }
 
     /// BPE: its ids are the vocabulary's (the specials 0, 1, 2), encoding then decoding the

@@ -8,16 +8,15 @@
 //! | bytes | field |
 //! |---|---|
 //! | 0..8 | magic `LSTMTOK\0` |
-//! | 8..12 | format version (1) |
+//! | 8..12 | format version (3) |
 //! | 12..16 | bytes per id (2 or 4) |
 //! | 16..24 | ids |
 //! | 24..32 | sentences |
 //! | 32..40 | vocabulary size |
 //! | 40..44 | CRC-32 of everything after the header |
-//! | 44..48 | zero |
-//! | 48..56 | characters of the raw text the ids encode (0: not counted) |
-//! | 56..60 | CRC-32 of bytes 0..56 |
-//! | 60..64 | zero |
+//! | 44..52 | words of the raw text (whitespace-separated, plus one end of sentence a line that has any; 0: not counted) |
+//! | 52..60 | characters of the raw text the ids encode (0: not counted) |
+//! | 60..64 | CRC-32 of bytes 0..60 |
 //!
 //! Opening checks the header's checksum, the file's length against it, and the offsets' first
 //! and last values; the checksum of the data is checked too when the data is at most
@@ -35,7 +34,7 @@ use memmap2::Mmap;
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"LSTMTOK\0";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const HEADER: usize = 64;
 /// Stores whose data is at most this many bytes get their data checksum checked on opening.
 pub const FULL_CHECK_BYTES: u64 = 256 << 20;
@@ -103,6 +102,7 @@ enum Inner {
         sentences: usize,
         layout: Layout,
         chars: u64,
+        words: u64,
     },
     Owned {
         ids: Vec<u32>,
@@ -177,7 +177,7 @@ impl Tokens {
         if &header[..8] != MAGIC {
             return Err(bad("not a token store (wrong magic bytes)".into()));
         }
-        if crc32fast::hash(&header[..56]) != u32_at(header, 56) {
+        if crc32fast::hash(&header[..60]) != u32_at(header, 60) {
             return Err(bad("the header's checksum does not match".into()));
         }
         let version = u32_at(header, 8);
@@ -208,7 +208,7 @@ impl Tokens {
         if data.len() as u64 <= FULL_CHECK_BYTES && crc32fast::hash(data) != u32_at(header, 40) {
             return Err(bad("the data's checksum does not match".into()));
         }
-        let chars = u64_at(header, 48);
+        let (words, chars) = (u64_at(header, 44), u64_at(header, 52));
         let tokens = Self {
             inner: Inner::Mapped {
                 map,
@@ -217,6 +217,7 @@ impl Tokens {
                 sentences,
                 layout: layout(width, ids, sentences),
                 chars,
+                words,
             },
         };
         let offsets = tokens.offsets();
@@ -289,6 +290,15 @@ impl Tokens {
         }
     }
 
+    /// Tokens per word of the text (words as [`super::tokenizer::count_words`] counts them),
+    /// when counted: a subword model's loss per token times this is its loss per word.
+    pub fn tokens_per_word(&self) -> Option<f64> {
+        match &self.inner {
+            Inner::Mapped { words, .. } if *words > 0 => Some(self.len() as f64 / *words as f64),
+            _ => None,
+        }
+    }
+
     /// Tokens per character of the text, when its characters were counted.
     pub fn tokens_per_char(&self) -> Option<f64> {
         self.chars().map(|c| self.len() as f64 / c as f64)
@@ -354,6 +364,7 @@ pub struct StoreWriter {
     ids: u64,
     sentences: u64,
     chars: u64,
+    words: u64,
 }
 
 impl StoreWriter {
@@ -384,6 +395,7 @@ impl StoreWriter {
             ids: 0,
             sentences: 0,
             chars: 0,
+            words: 0,
         })
     }
 
@@ -420,6 +432,11 @@ impl StoreWriter {
         self.chars += n;
     }
 
+    /// Counts `n` more words of the raw text.
+    pub fn add_words(&mut self, n: u64) {
+        self.words += n;
+    }
+
     /// Sentences written so far.
     pub fn sentences(&self) -> usize {
         self.sentences as usize
@@ -445,9 +462,10 @@ impl StoreWriter {
         header[24..32].copy_from_slice(&(self.sentences() as u64).to_le_bytes());
         header[32..40].copy_from_slice(&(self.vocab_size as u64).to_le_bytes());
         header[40..44].copy_from_slice(&self.crc.clone().finalize().to_le_bytes());
-        header[48..56].copy_from_slice(&self.chars.to_le_bytes());
-        let check = crc32fast::hash(&header[..56]);
-        header[56..60].copy_from_slice(&check.to_le_bytes());
+        header[44..52].copy_from_slice(&self.words.to_le_bytes());
+        header[52..60].copy_from_slice(&self.chars.to_le_bytes());
+        let check = crc32fast::hash(&header[..60]);
+        header[60..64].copy_from_slice(&check.to_le_bytes());
         let io = |e| Error::io("cannot write", &self.tmp, e);
         let mut file = self.out.into_inner().map_err(|e| io(e.into_error()))?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;

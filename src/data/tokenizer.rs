@@ -254,6 +254,17 @@ pub fn spaced(tokens: &[String]) -> String {
         .join(" ")
 }
 
+/// Words of `text` as a word model counts its tokens: the whitespace-separated words, plus one
+/// end of sentence for each line that has any (the denominator of a per-word perplexity).
+pub fn count_words(text: &str) -> u64 {
+    text.lines()
+        .map(|l| match l.split_whitespace().count() {
+            0 => 0,
+            n => n as u64 + 1,
+        })
+        .sum()
+}
+
 /// Characters of `text` as the module docs count them: each line's Unicode scalar values plus
 /// one for its line end.
 pub fn count_chars(text: &str) -> u64 {

@@ -31,6 +31,18 @@ pub struct EpochStats {
     /// Validation bits per character, where the characters were counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_bits_per_char: Option<f64>,
+    /// Validation perplexity per word (see [`word_perplexity`]), for character and subword
+    /// models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_word_perplexity: Option<f64>,
+}
+
+/// Perplexity per word of a split scored at `loss` nats per token, whose text has
+/// `tokens_per_word` tokens a word (words as a word model counts its tokens: whitespace-
+/// separated words plus one end of sentence a non-blank line): `exp(loss * tokens / words)`,
+/// comparable with a word model's perplexity on the same text.
+pub fn word_perplexity(loss: f64, tokens_per_word: Option<f64>) -> Option<f64> {
+    tokens_per_word.map(|r| (loss * r).exp())
 }
 
 /// Bits per character of a split scored at `loss` nats per token, whose text has

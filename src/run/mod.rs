@@ -47,6 +47,9 @@ pub struct TestScore {
     /// Bits per character, where the text's characters were counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bits_per_char: Option<f64>,
+    /// Perplexity per word, for character and subword models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub word_perplexity: Option<f64>,
 }
 
 /// Writes `score` as the run's `test.json`.

@@ -220,6 +220,7 @@ mod tests {
             lr,
             train_bits_per_char: None,
             valid_bits_per_char: None,
+            valid_word_perplexity: None,
         }
     }
 

@@ -111,6 +111,7 @@ mod tests {
             lr: 1.0,
             train_bits_per_char: None,
             valid_bits_per_char: None,
+            valid_word_perplexity: None,
         }
     }
 

@@ -159,12 +159,14 @@ impl RunSummary {
             "  test ppl         {}\n",
             self.test
                 .map_or("- (no test split scored)".into(), |t| format!(
-                    "{:.2} (epoch {}, {} tokens){}",
+                    "{:.2} (epoch {}, {} tokens){}{}",
                     t.perplexity,
                     t.epoch,
                     t.tokens,
                     t.bits_per_char
-                        .map_or(String::new(), |b| format!(", {b:.4} bits per character"))
+                        .map_or(String::new(), |b| format!(", {b:.4} bits per character")),
+                    t.word_perplexity
+                        .map_or(String::new(), |p| format!(", perplexity per word {p:.2}"))
                 ))
         );
         out += &format!(

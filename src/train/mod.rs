@@ -34,7 +34,7 @@ use crate::config::{Batching, ExperimentConfig};
 use crate::data::corpus::CorpusSource;
 use crate::data::prepare::{prepare, PrepareOptions};
 use crate::data::store::Tokens;
-use crate::data::tokenizer::{Codec, BPE_FILE};
+use crate::data::tokenizer::{Codec, Tokenizer, BPE_FILE};
 use crate::data::vocab::Vocab;
 use crate::error::{Error, Result};
 use crate::format::format_rate;
@@ -43,7 +43,7 @@ use crate::run::checkpoint::{
     checkpoint_dir, last_complete_checkpoint, remove_stale_temporaries, AtomicFileCheckpointer,
     KeepNewestComplete,
 };
-use crate::run::history::{bits_per_char, EpochStats};
+use crate::run::history::{bits_per_char, word_perplexity, EpochStats};
 use crate::run::recorder::{EpochRates, EpochRecorder};
 use crate::run::{check_resume, clear_run, save_run, save_test_score, RunLock, TestScore};
 
@@ -191,6 +191,7 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
             corpus.train.tokens_per_char(),
             corpus.valid.tokens_per_char(),
         ),
+        tokens_per_word: per_word(&config, &corpus.valid),
     };
     announce_start(&setup, steps_per_epoch, &partial, &events);
 
@@ -349,6 +350,8 @@ struct Setup<'a> {
     checkpoint_every: Option<Duration>,
     /// Tokens per character of the training and validation text.
     tokens_per_char: (Option<f64>, Option<f64>),
+    /// Tokens per word of the validation text (character and subword models).
+    tokens_per_word: Option<f64>,
 }
 
 /// burn-train's supervised training of `setup`: metrics, metric logs, atomic checkpoints, the
@@ -365,7 +368,7 @@ fn supervised(
     let batch_items = setup.config.data.batch_size;
     let tracker =
         ProgressTracker::new(batch_items, recorder.clone(), guard.clone(), events.clone())
-            .with_tokens_per_char(setup.tokens_per_char.0, setup.tokens_per_char.1);
+            .with_text_ratios(setup.tokens_per_char, setup.tokens_per_word);
     let ckpt = checkpoint_dir(setup.run_dir);
     // The training perplexity's running sums, which a checkpoint within an epoch saves.
     let sums = Arc::new(Mutex::new(EpochSums::default()));
@@ -467,11 +470,12 @@ fn score_test(
         Batching::Stream => {
             let e = evaluate_stream(model, test, 1, config.data.bptt, device);
             events.info(format!(
-                "test (full context): {} tokens, loss {:.4}, perplexity {:.2}{}",
+                "test (full context): {} tokens, loss {:.4}, perplexity {:.2}{}{}",
                 e.tokens,
                 e.loss,
                 e.perplexity,
-                bpc_text(bits_per_char(e.loss, test.tokens_per_char()))
+                bpc_text(bits_per_char(e.loss, test.tokens_per_char())),
+                word_ppl_text(word_perplexity(e.loss, per_word(config, test)))
             ));
             e
         }
@@ -498,11 +502,25 @@ fn score_test(
         loss: score.loss,
         perplexity: score.perplexity,
         bits_per_char: bits_per_char(score.loss, test.tokens_per_char()),
+        word_perplexity: word_perplexity(score.loss, per_word(config, test)),
     };
     if let Err(e) = save_test_score(run_dir, &record) {
         events.warn(format!("the test score is not recorded: {e}"));
     }
     score
+}
+
+/// Tokens per word of `tokens` for a character or subword model (`None` for a word model,
+/// whose perplexity is already per word).
+pub fn per_word(config: &ExperimentConfig, tokens: &Tokens) -> Option<f64> {
+    (config.data.tokenizer != Tokenizer::Word)
+        .then(|| tokens.tokens_per_word())
+        .flatten()
+}
+
+/// `", perplexity per word N"`, or nothing.
+pub fn word_ppl_text(ppl: Option<f64>) -> String {
+    ppl.map_or(String::new(), |p| format!(", perplexity per word {p:.2}"))
 }
 
 /// `", N bits per character"`, or nothing when the characters were not counted.

@@ -14,7 +14,7 @@ use burn::train::renderer::{
 };
 use burn::train::LearnerSummary;
 
-use crate::run::history::{bits_per_char, EpochStats};
+use crate::run::history::{bits_per_char, word_perplexity, EpochStats};
 use crate::run::recorder::{EpochRates, EpochRecorder};
 
 use super::events::{EventSink, Split, SplitProgress, TrainEvent};
@@ -37,6 +37,8 @@ pub struct ProgressTracker {
     valid_ppl: f64,
     /// Tokens per character of the training and validation text, where counted.
     tokens_per_char: (Option<f64>, Option<f64>),
+    /// Tokens per word of the validation text, for character and subword models.
+    tokens_per_word: Option<f64>,
     tokens_per_second: f64,
     epoch_start: Instant,
     recorder: Arc<Mutex<EpochRecorder>>,
@@ -70,6 +72,7 @@ impl ProgressTracker {
             train_ppl: f64::NAN,
             valid_ppl: f64::NAN,
             tokens_per_char: (None, None),
+            tokens_per_word: None,
             tokens_per_second: f64::NAN,
             epoch_start: Instant::now(),
             recorder,
@@ -80,9 +83,14 @@ impl ProgressTracker {
     }
 
     /// Also reports bits per character, given the training and validation texts' tokens per
-    /// character.
-    pub fn with_tokens_per_char(mut self, train: Option<f64>, valid: Option<f64>) -> Self {
-        self.tokens_per_char = (train, valid);
+    /// character, and the validation perplexity per word, given its tokens per word.
+    pub fn with_text_ratios(
+        mut self,
+        per_char: (Option<f64>, Option<f64>),
+        per_word: Option<f64>,
+    ) -> Self {
+        self.tokens_per_char = per_char;
+        self.tokens_per_word = per_word;
         self
     }
 
@@ -191,6 +199,7 @@ impl TrainingProgressLogger for ProgressTracker {
             lr: self.rates.lr(epoch),
             train_bits_per_char: bits_per_char(self.train_ppl.ln(), self.tokens_per_char.0),
             valid_bits_per_char: bits_per_char(self.valid_ppl.ln(), self.tokens_per_char.1),
+            valid_word_perplexity: word_perplexity(self.valid_ppl.ln(), self.tokens_per_word),
         };
         if self.guard.tripped().is_none() {
             let warnings = self.recorder.lock().expect("recorder lock").record(&stats);
