@@ -6,7 +6,7 @@ use burn::tensor::Device;
 
 use crate::data::prepare::encode_text;
 use crate::error::{Error, Result};
-use crate::run::history::{bits_per_char, word_perplexity};
+use crate::run::history::{bits_per_char, bpc_text, word_perplexity, word_ppl_text};
 use crate::run::Run;
 use crate::train::evaluate::{evaluate_bucketed, evaluate_stream, Evaluation};
 
@@ -113,8 +113,8 @@ impl RunEvaluation {
             self.unknown_tokens,
             e.loss,
             e.perplexity,
-            crate::train::bpc_text(self.bits_per_char),
-            crate::train::word_ppl_text(self.word_perplexity)
+            bpc_text(self.bits_per_char),
+            word_ppl_text(self.word_perplexity)
         )
     }
 }

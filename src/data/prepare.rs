@@ -382,13 +382,12 @@ impl Iterator for TrainLines {
                 let input = self.inputs.next()?;
                 self.path = input.path().to_path_buf();
                 self.file_line = 0;
-                self.current = Some(match input {
-                    Input::Embedded => Box::new(EMBEDDED_TINY_SHAKESPEARE.as_bytes()),
-                    Input::File(p) => match File::open(&p) {
-                        Ok(f) => Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
-                        Err(e) => return self.fail(Error::io("cannot read corpus file", &p, e)),
-                    },
-                });
+                match input.open() {
+                    Ok(r) => {
+                        self.current = Some(Box::new(std::io::BufReader::with_capacity(1 << 20, r)))
+                    }
+                    Err(e) => return self.fail(e),
+                }
             }
             let mut bytes = Vec::new();
             let reader = self.current.as_mut().expect("an open input");
@@ -519,6 +518,16 @@ impl Input {
         match self {
             Input::Embedded => Path::new("<embedded>"),
             Input::File(p) => p,
+        }
+    }
+
+    /// Its text, from the start.
+    fn open(&self) -> Result<Box<dyn Read + Send>> {
+        match self {
+            Input::Embedded => Ok(Box::new(EMBEDDED_TINY_SHAKESPEARE.as_bytes())),
+            Input::File(p) => Ok(Box::new(
+                File::open(p).map_err(|e| Error::io("cannot read corpus file", p, e))?,
+            )),
         }
     }
 
@@ -707,12 +716,7 @@ fn for_each_batch(
     let mut batch = Vec::with_capacity(per_batch);
     let mut lines_before = 0usize;
     for (index, input) in inputs.iter().enumerate() {
-        let mut reader: Box<dyn Read> = match input {
-            Input::Embedded => Box::new(EMBEDDED_TINY_SHAKESPEARE.as_bytes()),
-            Input::File(p) => {
-                Box::new(File::open(p).map_err(|e| Error::io("cannot read corpus file", p, e))?)
-            }
-        };
+        let mut reader = input.open()?;
         let path = input.path();
         let (mut pending, mut offset, mut line) = (Vec::new(), 0usize, 1usize);
         let mut eof = false;
@@ -956,22 +960,11 @@ fn encode_inputs(
     Ok(sentences)
 }
 
-/// Total lines of `inputs` taken together, as `str::lines` counts them per input.
-fn count_all_lines(inputs: &[Input]) -> Result<usize> {
-    let mut total = 0;
-    for_each_lines_only(inputs, &mut |n| total += n)?;
-    Ok(total)
-}
-
-/// Counts each input's lines without decoding its text.
-fn for_each_lines_only(inputs: &[Input], f: &mut dyn FnMut(usize)) -> Result<()> {
+/// Each input's lines, as `str::lines` counts them, without decoding the text.
+fn lines_per_input(inputs: &[Input]) -> Result<Vec<usize>> {
+    let mut counts = Vec::with_capacity(inputs.len());
     for input in inputs {
-        let mut reader: Box<dyn Read> = match input {
-            Input::Embedded => Box::new(EMBEDDED_TINY_SHAKESPEARE.as_bytes()),
-            Input::File(p) => {
-                Box::new(File::open(p).map_err(|e| Error::io("cannot read corpus file", p, e))?)
-            }
-        };
+        let mut reader = input.open()?;
         let mut buf = vec![0u8; 1 << 20];
         let (mut lines, mut last) = (0usize, b'\n');
         loop {
@@ -983,9 +976,9 @@ fn for_each_lines_only(inputs: &[Input], f: &mut dyn FnMut(usize)) -> Result<()>
             lines += memchr::memchr_iter(b'\n', &buf[..n]).count();
             last = buf[n - 1];
         }
-        f(lines + usize::from(last != b'\n'));
+        counts.push(lines + usize::from(last != b'\n'));
     }
-    Ok(())
+    Ok(counts)
 }
 
 /// The error for an input without tokens.
@@ -1007,13 +1000,14 @@ fn write_prepared(
     report: &mut dyn FnMut(PrepareEvent),
 ) -> Result<()> {
     let started = std::time::Instant::now();
-    let (cut, total_lines) = match plan.held_out {
-        Some(h) => {
-            let total = count_all_lines(&plan.train)?;
-            (Some((total as f64 * h.train_fraction) as usize), total)
-        }
-        None => (None, 0),
+    // Held out: the lines of each training input, read once, place the cut.
+    let train_lines = match plan.held_out {
+        Some(_) => lines_per_input(&plan.train)?,
+        None => Vec::new(),
     };
+    let cut = plan
+        .held_out
+        .map(|h| (train_lines.iter().sum::<usize>() as f64 * h.train_fraction) as usize);
     let (vocab, codec) = match options.tokenizer {
         Tokenizer::Bpe => train_bpe(dir, plan, cut, options.max_vocab, report)?,
         Tokenizer::Word => (count_tokens(plan, cut, options, report)?, Codec::Word),
@@ -1044,7 +1038,7 @@ fn write_prepared(
         report,
     )?;
     let held_out = match plan.held_out {
-        Some(h) => check_held_out(plan, h, &train_counts, &train, &valid, total_lines, cut)?,
+        Some(h) => check_held_out(plan, h, &train_counts, &train, &valid, &train_lines, cut)?,
         None => {
             check_each_has_tokens(&plan.train, &train_counts)?;
             let counts = encode_inputs(
@@ -1099,10 +1093,11 @@ fn check_held_out(
     train_counts: &[usize],
     train: &StoreWriter,
     valid: &StoreWriter,
-    total: usize,
+    lines_each: &[usize],
     cut: Option<usize>,
 ) -> Result<Option<String>> {
     let n = cut.unwrap_or(0);
+    let total: usize = lines_each.iter().sum();
     let pct = (1.0 - h.train_fraction) * 100.0;
     let tf = h.train_fraction;
     if let [input] = plan.train.as_slice() {
@@ -1139,9 +1134,7 @@ fn check_held_out(
     }
     // Where line `n` falls: the file and its line.
     let mut before = 0;
-    let mut lines_each = Vec::new();
-    for_each_lines_only(&plan.train, &mut |l| lines_each.push(l))?;
-    for (input, lines) in plan.train.iter().zip(lines_each) {
+    for (input, &lines) in plan.train.iter().zip(lines_each) {
         if n < before + lines {
             return Ok(Some(format!(
                 "validation: the last {} of the {total} lines of the {} training files, from \

@@ -107,7 +107,6 @@ enum Inner {
     Owned {
         ids: Vec<u32>,
         offsets: Vec<u64>,
-        chars: u64,
     },
 }
 
@@ -133,29 +132,17 @@ impl Tokens {
             offsets.push(ids.len() as u64);
         }
         Self {
-            inner: Inner::Owned {
-                ids,
-                offsets,
-                chars: 0,
-            },
+            inner: Inner::Owned { ids, offsets },
         }
-    }
-
-    /// The same ids, encoding a text of `chars` characters.
-    pub fn with_chars(mut self, n: u64) -> Self {
-        match &mut self.inner {
-            Inner::Mapped { chars, .. } | Inner::Owned { chars, .. } => *chars = n,
-        }
-        self
     }
 
     /// Characters of the raw text these ids encode (see [`super::tokenizer::count_chars`]),
-    /// when counted.
+    /// when counted (stores only: ids held in memory come from no raw text).
     pub fn chars(&self) -> Option<u64> {
-        let n = match &self.inner {
-            Inner::Mapped { chars, .. } | Inner::Owned { chars, .. } => *chars,
-        };
-        (n > 0).then_some(n)
+        match &self.inner {
+            Inner::Mapped { chars, .. } if *chars > 0 => Some(*chars),
+            _ => None,
+        }
     }
 
     /// Opens the store file at `path`, checked as the module docs say; `vocab_size`, when

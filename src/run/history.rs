@@ -54,6 +54,16 @@ pub fn bits_per_char(loss: f64, tokens_per_char: Option<f64>) -> Option<f64> {
     tokens_per_char.map(|r| loss / std::f64::consts::LN_2 * r)
 }
 
+/// `", perplexity per word N"`, or nothing.
+pub fn word_ppl_text(ppl: Option<f64>) -> String {
+    ppl.map_or(String::new(), |p| format!(", perplexity per word {p:.2}"))
+}
+
+/// `", N bits per character"`, or nothing when the characters were not counted.
+pub fn bpc_text(bpc: Option<f64>) -> String {
+    bpc.map_or(String::new(), |b| format!(", {b:.4} bits per character"))
+}
+
 /// The finished epochs recorded in a run folder (unreadable lines are skipped).
 pub fn read_history(run_dir: &Path) -> Vec<EpochStats> {
     std::fs::read_to_string(run_dir.join(files::HISTORY))

@@ -1,6 +1,7 @@
 //! What a run folder says about its run: status, epochs, best and test perplexity, speed, wall
 //! time (`lstm-lm report`), and the list of runs under a folder (`lstm-lm runs`).
 
+use super::history::{bpc_text, word_ppl_text};
 use std::path::{Path, PathBuf};
 
 use crate::config::{Batching, ExperimentConfig};
@@ -163,10 +164,8 @@ impl RunSummary {
                     t.perplexity,
                     t.epoch,
                     t.tokens,
-                    t.bits_per_char
-                        .map_or(String::new(), |b| format!(", {b:.4} bits per character")),
-                    t.word_perplexity
-                        .map_or(String::new(), |p| format!(", perplexity per word {p:.2}"))
+                    bpc_text(t.bits_per_char),
+                    word_ppl_text(t.word_perplexity)
                 ))
         );
         out += &format!(

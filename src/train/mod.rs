@@ -43,7 +43,7 @@ use crate::run::checkpoint::{
     checkpoint_dir, last_complete_checkpoint, remove_stale_temporaries, AtomicFileCheckpointer,
     KeepNewestComplete,
 };
-use crate::run::history::{bits_per_char, word_perplexity, EpochStats};
+use crate::run::history::{bits_per_char, bpc_text, word_perplexity, word_ppl_text, EpochStats};
 use crate::run::recorder::{EpochRates, EpochRecorder};
 use crate::run::{check_resume, clear_run, save_run, save_test_score, RunLock, TestScore};
 
@@ -516,16 +516,6 @@ pub fn per_word(config: &ExperimentConfig, tokens: &Tokens) -> Option<f64> {
     (config.data.tokenizer != Tokenizer::Word)
         .then(|| tokens.tokens_per_word())
         .flatten()
-}
-
-/// `", perplexity per word N"`, or nothing.
-pub fn word_ppl_text(ppl: Option<f64>) -> String {
-    ppl.map_or(String::new(), |p| format!(", perplexity per word {p:.2}"))
-}
-
-/// `", N bits per character"`, or nothing when the characters were not counted.
-pub fn bpc_text(bpc: Option<f64>) -> String {
-    bpc.map_or(String::new(), |b| format!(", {b:.4} bits per character"))
 }
 
 #[cfg(test)]
