@@ -311,7 +311,7 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
     config.model.vocab_size = vocab.len().max(request.min_vocab);
     let mut model = config.model.init(request.seed, &device);
     model.max_grad_norm = config.clip;
-    let mut optim = optimizer(&config.optimizer);
+    let mut optim = optimizer(&config.optimizer, &mut model);
     let lr = config.optimizer.lr();
 
     let (mut tokens, mut positions, mut samples, mut flops) = (0, 0, 0, 0.0);

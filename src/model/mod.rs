@@ -111,6 +111,7 @@ impl LmConfig {
             loss_per_batch: self.loss_norm == LossNorm::Batch,
             max_grad_norm: 0.0,
             devices: 1,
+            clip_scale: None,
         }
     }
 
@@ -180,6 +181,11 @@ pub struct LanguageModel {
     /// A training setting, never checkpointed.
     #[module(skip)]
     pub devices: usize,
+    /// Where the clipping scale goes when the optimizer applies it in its own pass (plain SGD on
+    /// the CPU: [`fused::update::sgd_step`]); `None`: clipping scales the gradients itself.
+    /// A training setting, never checkpointed.
+    #[module(skip)]
+    pub clip_scale: Option<fused::update::ClipScale>,
 }
 
 impl LanguageModel {

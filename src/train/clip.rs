@@ -2,19 +2,26 @@
 //!
 //! The norm is taken over all gradients of a module together (burn-optim's clipping works
 //! per tensor); when it exceeds `max_norm`, every gradient is scaled by
-//! `max_norm / (norm + 1e-6)`. The scale is computed on the device, so no host sync is added.
+//! `max_norm / (norm + 1e-6)`. The scale is computed on the device. On the CPU (flex, eager)
+//! it is read back: handed to an optimizer that applies it in its own pass (plain SGD, see
+//! [`ClipScale`]), or applied here unless it is exactly 1 (the same result bit for bit
+//! either way). On a GPU the scale stays on the device, so no host sync is added.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
-/// Scales `grads` of `module` so that their global L2 norm is at most `max_norm`.
+use crate::model::fused::update::ClipScale;
+
+/// Scales `grads` of `module` so that their global L2 norm is at most `max_norm`; on the CPU,
+/// with `fold` given, leaves them as they are and sets the scale there for the optimizer.
 ///
 /// Returns the norm before clipping `[1]`.
 pub fn clip_grad_norm<M: Module>(
     module: &M,
     grads: &mut GradientsParams,
     max_norm: f64,
+    fold: Option<&ClipScale>,
 ) -> Option<Tensor<1>> {
     let mut squares = SumOfSquares {
         grads,
@@ -30,7 +37,16 @@ pub fn clip_grad_norm<M: Module>(
         .recip()
         .mul_scalar(max_norm)
         .clamp_max(1.0);
-    module.visit(&mut Scale { grads, scale });
+    if scale.device().without_autodiff() != Device::flex() {
+        module.visit(&mut Scale { grads, scale });
+        return Some(norm);
+    }
+    let host = scale.clone().into_scalar::<f32>();
+    match fold {
+        Some(fold) => fold.set(host),
+        None if host != 1.0 => module.visit(&mut Scale { grads, scale }),
+        None => {}
+    }
     Some(norm)
 }
 
@@ -65,7 +81,6 @@ impl ModuleVisitor for Scale<'_> {
 mod tests {
     use super::*;
     use burn::nn::{Linear, LinearConfig};
-    use burn::tensor::Device;
 
     fn grads_of(model: &Linear, scale_w: f32, scale_b: f32) -> GradientsParams {
         // loss = scale_w * sum(W) + scale_b * sum(b): dL/dW = scale_w, dL/db = scale_b.
@@ -88,7 +103,7 @@ mod tests {
         // W [3, 4] (12 entries) and b [4]: grads 1.0 and 2.0 -> norm sqrt(12 + 16) = sqrt(28).
         let model = LinearConfig::new(3, 4).init(&device);
         let mut grads = grads_of(&model, 1.0, 2.0);
-        let norm = clip_grad_norm(&model, &mut grads, 1.0).unwrap();
+        let norm = clip_grad_norm(&model, &mut grads, 1.0, None).unwrap();
         let norm = norm.into_data().try_into_vec::<f32>().unwrap()[0];
         assert!((norm - 28f32.sqrt()).abs() < 1e-5, "norm {norm}");
         let k = 1.0 / (28f32.sqrt() + 1e-6);
@@ -106,7 +121,7 @@ mod tests {
         let device = Device::flex().autodiff();
         let model = LinearConfig::new(3, 4).init(&device);
         let mut grads = grads_of(&model, 0.1, -0.2);
-        clip_grad_norm(&model, &mut grads, 5.0).unwrap();
+        clip_grad_norm(&model, &mut grads, 5.0, None).unwrap();
         let w = values(&grads, &model.weight);
         let b = values(&grads, model.bias.as_ref().unwrap());
         assert!(w.iter().all(|&x| (x - 0.1).abs() < 1e-7));

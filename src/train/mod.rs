@@ -179,7 +179,7 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     )?;
     let partial = partial_to_resume(&run_dir, first_epoch, devices.len(), &events);
     let steps_per_epoch = steps_per_epoch_on(&loaders, &devices, &config);
-    let model = init_model(&config, &devices, &run_dir, &events);
+    let mut model = init_model(&config, &devices, &run_dir, &events);
     let setup = Setup {
         run_dir: &run_dir,
         config: &config,
@@ -202,9 +202,10 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     )));
     let rates = recorder.lock().expect("recorder lock").rates();
     let scheduler = EpochLrScheduler::new(rates.clone(), steps_per_epoch);
+    let optim = optimizer(&config.optimizer, &mut model);
     let learner = Learner::new(
         model,
-        optimizer(&config.optimizer),
+        optim,
         ModuleLrScheduler::new(scheduler),
     );
     // Stops the run at the first NaN or infinite batch loss, before any checkpoint holds it.

@@ -5,12 +5,15 @@ use burn::module::ParamGroup;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
-use burn::tensor::{ExecutionError, Tensor};
+use burn::optim::{
+    AdamConfig, GradientsParams, LearningRate, ModuleOptimizer, Optimizer, SgdConfig, SgdState,
+};
+use burn::tensor::{Device, ExecutionError, Tensor};
 use burn::train::metric::Adaptor;
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 
 use crate::config::OptimizerConfig;
+use crate::model::fused::update::{sgd_step, ClipScale};
 use crate::model::{LanguageModel, LmBatch};
 
 use super::clip::clip_grad_norm;
@@ -93,7 +96,12 @@ impl TrainStep for LanguageModel {
         mut grads: GradientsParams,
     ) -> Self {
         if self.max_grad_norm > 0.0 {
-            clip_grad_norm(&self, &mut grads, self.max_grad_norm);
+            clip_grad_norm(
+                &self,
+                &mut grads,
+                self.max_grad_norm,
+                self.clip_scale.as_ref(),
+            );
         }
         optim.step(lr, self, grads)
     }
@@ -114,12 +122,24 @@ impl InferenceStep for LanguageModel {
     }
 }
 
-/// The optimizer of `config`; biases are never weight-decayed (MXNet's `wd_mult` is 0 on
-/// biases).
-pub fn optimizer(config: &OptimizerConfig) -> ModuleOptimizer {
+/// The optimizer of `config` for `model`; biases are never weight-decayed (MXNet's `wd_mult`
+/// is 0 on biases). Plain SGD (no momentum, no weight decay) is [`PlainSgd`]: on the CPU it
+/// takes the clipping scale from the training step and applies it in its own pass, so `model`
+/// is given the [`ClipScale`] they share.
+pub fn optimizer(config: &OptimizerConfig, model: &mut LanguageModel) -> ModuleOptimizer {
     let decay = |wd: f64| (wd > 0.0).then(|| WeightDecayConfig::new(wd as f32));
     let biases = ParamGroup::from_predicate("bias");
+    model.clip_scale = None;
     match *config {
+        OptimizerConfig::Sgd {
+            momentum: 0.0,
+            weight_decay: 0.0,
+            ..
+        } => {
+            let scale = ClipScale::default();
+            model.clip_scale = Some(scale.clone());
+            ModuleOptimizer::from(PlainSgd { scale })
+        }
         OptimizerConfig::Sgd {
             momentum,
             weight_decay,
@@ -140,5 +160,34 @@ pub fn optimizer(config: &OptimizerConfig) -> ModuleOptimizer {
             .with_weight_decay(decay(weight_decay))
             .init()
             .with_group(biases, AdamConfig::new().build(), None),
+    }
+}
+
+/// SGD without momentum or weight decay, `param - (grad * scale) * lr`, where `scale` is the
+/// clipping scale the training step left in the shared [`ClipScale`] (1 where clipping scaled
+/// the gradients itself). Bit for bit Burn's `Sgd` on clipped gradients, in one in-place pass
+/// instead of three (see [`sgd_step`]). Its per-parameter state is `Sgd`'s, empty, so
+/// checkpoints of either load into the other.
+#[derive(Clone, Debug)]
+pub struct PlainSgd {
+    scale: ClipScale,
+}
+
+impl Optimizer for PlainSgd {
+    type State<const D: usize> = SgdState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        _state: Option<SgdState<D>>,
+    ) -> (Tensor<D>, Option<SgdState<D>>) {
+        let stepped = sgd_step(tensor, grad, self.scale.get(), lr as f32);
+        (stepped, Some(SgdState { momentum: None }))
+    }
+
+    fn to_device<const D: usize>(state: SgdState<D>, _device: &Device) -> SgdState<D> {
+        state
     }
 }

@@ -17,6 +17,7 @@ pub(crate) mod matmul;
 pub mod output;
 mod panels;
 mod simd;
+pub mod update;
 mod xent;
 
 use std::sync::atomic::{AtomicBool, Ordering};
