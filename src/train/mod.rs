@@ -203,11 +203,7 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     let rates = recorder.lock().expect("recorder lock").rates();
     let scheduler = EpochLrScheduler::new(rates.clone(), steps_per_epoch);
     let optim = optimizer(&config.optimizer, &mut model);
-    let learner = Learner::new(
-        model,
-        optim,
-        ModuleLrScheduler::new(scheduler),
-    );
+    let learner = Learner::new(model, optim, ModuleLrScheduler::new(scheduler));
     // Stops the run at the first NaN or infinite batch loss, before any checkpoint holds it.
     let guard = DivergenceGuard::new(interrupter.clone());
     let result = supervised(&setup, loaders, partial, &guard, &recorder, &events)

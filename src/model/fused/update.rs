@@ -90,12 +90,24 @@ impl UpdateOps for Flex {
         lr: f32,
     ) -> FloatTensor<Self> {
         let shape = param.layout().shape().clone();
-        assert_eq!(shape, *grad.layout().shape(), "parameter and gradient shapes differ");
+        assert_eq!(
+            shape,
+            *grad.layout().shape(),
+            "parameter and gradient shapes differ"
+        );
         let (grad, _) = host_f32::<1>(grad.reshape([shape.num_elements()].into()), "grad");
         // The parameter's buffer is written in place when nothing else holds it (the
         // optimizer owns it here); otherwise `storage_mut` copies it first.
-        let mut param = if param.is_contiguous() { param } else { param.to_contiguous() };
-        assert_eq!(param.dtype(), DType::F32, "the fused ops are f32 only (param)");
+        let mut param = if param.is_contiguous() {
+            param
+        } else {
+            param.to_contiguous()
+        };
+        assert_eq!(
+            param.dtype(),
+            DType::F32,
+            "the fused ops are f32 only (param)"
+        );
         let g = values(&grad);
         let p: &mut [f32] = param.storage_mut();
         p.par_chunks_mut(CHUNK)
