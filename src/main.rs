@@ -15,6 +15,7 @@ use cli::display::Display;
 use lstm_lm::commands::{bench, eval, generate};
 use lstm_lm::data::corpus::{self, CorpusSource};
 use lstm_lm::device::{self, DeviceChoice};
+use lstm_lm::model::Softmax;
 use lstm_lm::run::{self, summary, Run};
 use lstm_lm::train::{self, events::EventSink};
 
@@ -146,6 +147,10 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         device: choose_device(args.device)?,
         seed: args.seed,
         composed: args.composed,
+        softmax: args.cutoffs.map(|cutoffs| Softmax::Adaptive {
+            cutoffs,
+            div_value: args.div_value,
+        }),
         ceiling: !args.no_ceiling,
     })?;
     if args.json {

@@ -1177,3 +1177,98 @@ fn a_bpe_model_keeps_its_tokenizer_and_writes_text() {
     let out = stdout_of(lstm_lm().arg("eval").arg(&run).arg("--text").arg(&train));
     assert!(out.contains("bits per character"), "{out}");
 }
+
+/// The adaptive softmax end to end: saved in config.json, resumed, evaluated with the
+/// perplexity training printed, sampled from; bad cutoffs and `--tied` refused before any
+/// run folder is written.
+#[test]
+fn an_adaptive_softmax_run_trains_resumes_evaluates_and_generates() {
+    use std::ffi::OsStr;
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("train.txt");
+    let valid = tmp.path().join("valid.txt");
+    let mut text = String::new();
+    for i in 0..400 {
+        text += &format!(
+            "w{} the w{} of w{} and w{}\n",
+            i % 7,
+            i % 31,
+            i % 97,
+            i % 180
+        );
+    }
+    std::fs::write(&train, &text).unwrap();
+    std::fs::write(&valid, text.lines().take(60).collect::<Vec<_>>().join("\n")).unwrap();
+    let run = tmp.path().join("run");
+    let mut args = train_args(&train, &valid, &run);
+    set_flag(&mut args, "--epochs", "1");
+    let mut adaptive = args.clone();
+    adaptive.extend([OsStr::new("--cutoffs"), OsStr::new("20,80")]);
+    let out = stdout_of(lstm_lm().arg("train").args(&adaptive));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["model"]["softmax"],
+        serde_json::json!({"kind": "adaptive", "cutoffs": [20, 80], "div_value": 4.0})
+    );
+    assert!(out.contains("valid ppl"), "{out}");
+    // Resuming without the flags is a config change, refused by name; with them it goes on.
+    let resumed = lstm_lm().arg("train").args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        !resumed.status.success() && err.contains("softmax"),
+        "{err}"
+    );
+    set_flag(&mut adaptive, "--epochs", "2");
+    stdout_of(lstm_lm().arg("train").args(&adaptive));
+
+    let history = std::fs::read_to_string(run.join("history.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(history.lines().last().unwrap()).unwrap();
+    let printed = format!(
+        "perplexity {:.2}",
+        last["valid_perplexity"].as_f64().unwrap()
+    );
+    // A bucket run: scored sentence by sentence, as its validation was.
+    let eval = stdout_of(
+        lstm_lm()
+            .arg("eval")
+            .arg(&run)
+            .arg("--sentences")
+            .arg("--text")
+            .arg(&valid),
+    );
+    assert!(eval.contains(&printed), "{printed} in {eval}");
+    let sample = stdout_of(
+        lstm_lm()
+            .arg("generate")
+            .arg(&run)
+            .args(["--length", "300", "--seed", "1", "--no-unk"]),
+    );
+    let words: std::collections::HashSet<&str> = sample.split_whitespace().collect();
+    assert!(
+        words
+            .iter()
+            .any(|w| w[1..].parse::<usize>().is_ok_and(|k| k >= 31)),
+        "samples reach the tail clusters' words: {sample}"
+    );
+
+    for (flag, value, says) in [
+        ("--cutoffs", "80,20", "increasing"),
+        ("--cutoffs", "20,5000", "below the vocabulary size"),
+    ] {
+        let fresh = tmp.path().join(format!("bad-{value}"));
+        let mut bad = train_args(&train, &valid, &fresh);
+        bad.extend([OsStr::new(flag), OsStr::new(value)]);
+        let out = lstm_lm().arg("train").args(&bad).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{err}");
+        assert!(!fresh.join("config.json").exists(), "{}", listing(&fresh));
+    }
+    let fresh = tmp.path().join("tied");
+    let mut tied = train_args(&train, &valid, &fresh);
+    set_flag(&mut tied, "--hidden", "16");
+    tied.extend(["--tied", "--cutoffs", "20"].map(OsStr::new));
+    let out = lstm_lm().arg("train").args(&tied).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--tied"), "{err}");
+}

@@ -19,6 +19,7 @@ fn forward_shapes_on_every_backend() {
             loss_norm: LossNorm::Token,
             dropout: 0.0,
             tied: false,
+            softmax: Default::default(),
         };
         let model = config.init(1, &device);
         let inputs =
@@ -101,6 +102,7 @@ fn padding_is_neither_in_the_loss_nor_in_its_gradients() {
             loss_norm: LossNorm::Batch,
             dropout: 0.0,
             tied: false,
+            softmax: Default::default(),
         };
         let model = config.init(3, &device);
         let (a, b) = (vec![5, 6, 7, 9, 1], vec![8, 4, 1]);
@@ -135,6 +137,19 @@ fn padding_is_neither_in_the_loss_nor_in_its_gradients() {
                 (x - (y + z)).abs() < 1e-5,
                 "{name}: bias gradient {x} vs {y} + {z}"
             );
+        }
+    }
+}
+
+/// The adaptive softmax's loss and gradients against its full log-probabilities on every CPU
+/// backend: flex runs the fused output op for each part, ndarray Burn's composed ops (the path
+/// wgpu takes too).
+#[test]
+fn the_adaptive_softmax_matches_its_reference_on_every_backend() {
+    for (name, device) in common::cpu_devices() {
+        for (what, err) in lstm_lm::model::adaptive::errors_against_reference(&device) {
+            let bound = if what == "values" { 1e-5 } else { 1e-4 };
+            assert!(err < bound, "{name}, {what}: {err}");
         }
     }
 }

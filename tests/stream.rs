@@ -36,6 +36,7 @@ fn lm(vocab: usize, dropout: f64, tied: bool) -> LmConfig {
         loss_norm: LossNorm::Batch,
         dropout,
         tied,
+        softmax: Default::default(),
     }
 }
 

@@ -226,3 +226,14 @@ fn device_choice_never_panics() {
         "{text}"
     );
 }
+
+/// The adaptive softmax on wgpu (Burn's ops for every part, each cluster's rows padded to a
+/// power of two): its loss and gradients against the full log-probabilities, as on flex.
+/// (About 100 s on lavapipe, nearly all of it compiling shaders.)
+#[test]
+fn the_adaptive_softmax_matches_its_reference() {
+    for (what, err) in lstm_lm::model::adaptive::errors_against_reference(&wgpu()) {
+        let bound = if what == "values" { 1e-5 } else { 1e-4 };
+        assert!(err < bound, "{what}: {err}");
+    }
+}

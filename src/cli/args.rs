@@ -164,6 +164,13 @@ pub struct BenchArgs {
     /// output layer with its loss), to time what the fused ops replace.
     #[arg(long)]
     pub composed: bool,
+    /// Time the adaptive softmax with these cluster bounds (as `train --cutoffs`) instead of
+    /// the full softmax.
+    #[arg(long, value_delimiter = ',')]
+    pub cutoffs: Option<Vec<usize>>,
+    /// The adaptive softmax's `div_value` (as `train --div-value`).
+    #[arg(long, default_value_t = lstm_lm::model::adaptive::DEFAULT_DIV_VALUE, requires = "cutoffs")]
+    pub div_value: f64,
     /// Skip measuring this machine's sgemm ceiling (a [2048, 2048] product on every core, by
     /// each path this build has, about 3 s), against which the report puts the step's GFLOP/s.
     #[arg(long)]

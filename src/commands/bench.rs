@@ -34,7 +34,8 @@ use crate::data::store::Tokens;
 use crate::data::stream::{Stream, StreamLoader};
 use crate::data::vocab::{Vocab, EOS_ID, PAD_ID};
 use crate::error::{Error, Result};
-use crate::model::{LmBatch, LmConfig};
+use crate::model::adaptive::tail_width;
+use crate::model::{LmBatch, LmConfig, Softmax};
 use crate::train::step::optimizer;
 
 /// A named benchmark configuration.
@@ -99,6 +100,8 @@ pub struct BenchRequest {
     pub seed: u64,
     /// Run Burn's composed ops instead of the fused ones, to time what the fused ops replace.
     pub composed: bool,
+    /// The output softmax, in place of the config's (full) when given.
+    pub softmax: Option<Softmax>,
     /// Measure this machine's sgemm ceiling too (about 3 s; see [`sgemm_ceiling`]).
     pub ceiling: bool,
 }
@@ -170,21 +173,55 @@ pub struct Ceiling {
 /// `in` = `d_embed` for the first layer, `H` above), and the output layer on the `scored`
 /// positions it sees (`2·S·H·V`: every position of a stream, the real targets of a bucket
 /// batch); backward twice the forward (the gradients of the inputs and of the weights).
+/// With the adaptive softmax the output layer is its head on every scored position
+/// (`2·S·H·(c_0 + clusters)`) and tail cluster `i` on the share `tail_shares[i]` of them whose
+/// target it holds (`2·S·share·(H·d_i + d_i·size_i)`).
 /// Element-wise work (gates, softmax, the optimizer) is left out.
-pub fn step_flops(model: &LmConfig, positions: usize, scored: usize) -> f64 {
-    let (e, h, v) = (
-        model.d_embed as f64,
-        model.d_hidden as f64,
-        model.vocab_size as f64,
-    );
+pub fn step_flops(model: &LmConfig, positions: usize, scored: usize, tail_shares: &[f64]) -> f64 {
+    let (e, h) = (model.d_embed as f64, model.d_hidden as f64);
     let p = positions as f64;
+    let s = scored as f64;
     let lstm: f64 = (0..model.n_layers)
         .map(|l| {
             let input = if l == 0 { e } else { h };
             2.0 * p * (input + h) * 4.0 * h
         })
         .sum();
-    3.0 * (lstm + 2.0 * scored as f64 * h * v)
+    let output = match &model.softmax {
+        Softmax::Full => 2.0 * s * h * model.vocab_size as f64,
+        Softmax::Adaptive { cutoffs, div_value } => {
+            let mut bounds = cutoffs.clone();
+            bounds.push(model.vocab_size);
+            let tails: f64 = bounds
+                .windows(2)
+                .zip(tail_shares)
+                .enumerate()
+                .map(|(i, (w, share))| {
+                    let d = tail_width(model.d_hidden, *div_value, i) as f64;
+                    2.0 * s * share * (h * d + d * (w[1] - w[0]) as f64)
+                })
+                .sum();
+            2.0 * s * h * (cutoffs[0] + cutoffs.len()) as f64 + tails
+        }
+    };
+    3.0 * (lstm + output)
+}
+
+/// The share of `ids` in each tail cluster of `softmax` (none for the full softmax).
+fn tail_shares(softmax: &Softmax, ids: &Tokens) -> Vec<f64> {
+    let Softmax::Adaptive { cutoffs, .. } = softmax else {
+        return Vec::new();
+    };
+    let mut counts = vec![0usize; cutoffs.len()];
+    let all = ids.ids();
+    for i in 0..all.len() {
+        let cluster = cutoffs.partition_point(|&c| c <= all.get(i));
+        if cluster > 0 {
+            counts[cluster - 1] += 1;
+        }
+    }
+    let n = all.len().max(1) as f64;
+    counts.into_iter().map(|c| c as f64 / n).collect()
 }
 
 /// Measures [`Ceiling`]: the `n x n x n` product (2048 in the bench) through the `gemm` crate cut
@@ -295,6 +332,9 @@ impl Batches {
 pub fn run(request: &BenchRequest) -> Result<BenchReport> {
     crate::model::fused::set_enabled(!request.composed);
     let mut config = request.config.experiment();
+    if let Some(softmax) = &request.softmax {
+        config.model.softmax = softmax.clone();
+    }
     let vocab = Vocab::build(request.text.iter().map(Vec::as_slice), 0);
     let ids: Vec<Vec<usize>> = request.text.iter().map(|s| vocab.encode(s)).collect();
     let ids = Arc::new(Tokens::from_sentences(&ids));
@@ -309,6 +349,11 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
         )));
     }
     config.model.vocab_size = vocab.len().max(request.min_vocab);
+    config.validate()?;
+    (config.model.softmax)
+        .check_vocab(config.model.vocab_size)
+        .map_err(Error::Config)?;
+    let shares = tail_shares(&config.model.softmax, &ids);
     let mut model = config.model.init(request.seed, &device);
     model.max_grad_norm = config.clip;
     let mut optim = optimizer(&config.optimizer, &mut model);
@@ -345,7 +390,7 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
             positions += rows * seq;
             samples += rows;
             tokens += counted;
-            flops += step_flops(&config.model, rows * seq, scored);
+            flops += step_flops(&config.model, rows * seq, scored, &shares);
         }
     }
     let seconds = start.elapsed().as_secs_f64();

@@ -158,6 +158,13 @@ impl ExperimentConfig {
                         equal to --hidden",
             );
         }
+        m.softmax.check(m.d_hidden, m.tied).map_err(Error::Config)?;
+        if self.data.max_vocab > 0 {
+            // Caught here before preparing the data when the cap already rules it out.
+            m.softmax
+                .check_vocab(self.data.max_vocab)
+                .map_err(Error::Config)?;
+        }
         if !(self.clip >= 0.0 && self.clip.is_finite()) {
             return bad("--clip must be 0 (off) or a positive number, e.g. 5");
         }

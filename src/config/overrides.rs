@@ -3,7 +3,8 @@
 //! into its `train` arguments; [`Overrides::apply`] makes the config.
 
 use crate::data::tokenizer::Tokenizer;
-use crate::model::{InitScheme, LossNorm};
+use crate::model::adaptive::DEFAULT_DIV_VALUE;
+use crate::model::{InitScheme, LossNorm, Softmax};
 
 use super::schedule::LrSchedule;
 use super::{Batching, ExperimentConfig, OptimizerConfig};
@@ -37,6 +38,15 @@ pub enum ScheduleChoice {
     Step,
     /// Divide when validation stops improving.
     Plateau,
+}
+
+/// An output softmax to switch to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SoftmaxChoice {
+    /// One softmax over the whole vocabulary.
+    Full,
+    /// The adaptive softmax (needs --cutoffs).
+    Adaptive,
 }
 
 /// The config values the `train` command line can set; `None` keeps the preset's.
@@ -88,6 +98,18 @@ pub struct Overrides {
     /// Tie the output layer to the embedding (needs --embed equal to --hidden).
     #[arg(long)]
     pub tied: bool,
+    /// The output layer's softmax: full, or adaptive for large vocabularies (with --cutoffs;
+    /// --cutoffs alone selects it too).
+    #[arg(long, value_enum)]
+    pub softmax: Option<SoftmaxChoice>,
+    /// The adaptive softmax's cluster bounds, comma-separated and increasing: the first is the
+    /// head's shortlist size, each next one where a tail cluster begins (ids are frequency
+    /// ranks), e.g. 20000,60000.
+    #[arg(long, value_delimiter = ',')]
+    pub cutoffs: Option<Vec<usize>>,
+    /// How much narrower each tail cluster's projection is than the one before [default: 4].
+    #[arg(long)]
+    pub div_value: Option<f64>,
     /// Clip the global gradient norm to this value (0 = off).
     #[arg(long)]
     pub clip: Option<f64>,
@@ -147,6 +169,7 @@ impl Overrides {
         if self.tied {
             c.model.tied = true;
         }
+        c.model.softmax = self.softmax(c.model.softmax);
         if let Some(range) = self.init_range {
             c.model.init = InitScheme::Uniform { range };
         }
@@ -156,6 +179,27 @@ impl Overrides {
             c.optimizer = c.optimizer.with_lr(lr);
         }
         c
+    }
+
+    /// `current`, or the softmax asked for: `--cutoffs` or `--div-value` select the adaptive
+    /// one unless `--softmax full` is given; what they leave out keeps `current`'s values.
+    fn softmax(&self, current: Softmax) -> Softmax {
+        let adaptive = match self.softmax {
+            Some(SoftmaxChoice::Full) => return Softmax::Full,
+            Some(SoftmaxChoice::Adaptive) => true,
+            None => self.cutoffs.is_some() || self.div_value.is_some(),
+        };
+        if !adaptive {
+            return current;
+        }
+        let (cutoffs, div_value) = match current {
+            Softmax::Adaptive { cutoffs, div_value } => (cutoffs, div_value),
+            Softmax::Full => (Vec::new(), DEFAULT_DIV_VALUE),
+        };
+        Softmax::Adaptive {
+            cutoffs: self.cutoffs.clone().unwrap_or(cutoffs),
+            div_value: self.div_value.unwrap_or(div_value),
+        }
     }
 
     /// `current`, or the optimizer switched to, at its default rate.

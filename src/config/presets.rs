@@ -1,7 +1,7 @@
 //! Named starting points for a config (`--preset`), each written out field by field.
 
 use crate::data::tokenizer::Tokenizer;
-use crate::model::{InitScheme, LmConfig, LossNorm};
+use crate::model::{InitScheme, LmConfig, LossNorm, Softmax};
 
 use super::schedule::LrSchedule;
 use super::{Batching, DataConfig, ExperimentConfig, OptimizerConfig, REFERENCE_BUCKETS};
@@ -67,6 +67,7 @@ impl Zaremba {
                 loss_norm: LossNorm::Batch,
                 dropout: self.dropout,
                 tied: false,
+                softmax: Softmax::Full,
             },
             data: DataConfig {
                 batching: Batching::Stream,
@@ -162,6 +163,7 @@ fn default() -> ExperimentConfig {
             loss_norm: LossNorm::Token,
             dropout: 0.0,
             tied: false,
+            softmax: Softmax::Full,
         },
         data: DataConfig {
             batching: Batching::Buckets,
@@ -218,6 +220,7 @@ fn char_rnn() -> ExperimentConfig {
             loss_norm: LossNorm::Token,
             dropout: 0.0,
             tied: false,
+            softmax: Softmax::Full,
         },
         data: DataConfig {
             batching: Batching::Stream,

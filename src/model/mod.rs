@@ -9,13 +9,16 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+pub mod adaptive;
 pub mod carry;
 pub mod fused;
 pub mod init;
 pub mod lstm;
 
+pub use adaptive::Softmax;
 pub use init::InitScheme;
 
+use adaptive::AdaptiveSoftmax;
 use carry::CarryKey;
 use fused::output::linear_nll;
 use init::uniform;
@@ -54,6 +57,9 @@ pub struct LmConfig {
     /// Share the embedding matrix with the output layer (needs `d_embed == d_hidden`).
     #[serde(default)]
     pub tied: bool,
+    /// The output layer's softmax: full (the default) or adaptive.
+    #[serde(default)]
+    pub softmax: Softmax,
 }
 
 impl LmConfig {
@@ -81,6 +87,12 @@ impl LmConfig {
         let layers = (0..self.n_layers)
             .map(|k| LstmLayer::new(if k == 0 { e } else { h }, h, &self.init, &mut rng, device))
             .collect();
+        if let Softmax::Adaptive { cutoffs, div_value } = &self.softmax {
+            let adaptive = AdaptiveSoftmax::new(h, v, cutoffs, *div_value, |rows, cols| {
+                matrix(&mut rng, rows, cols, rows)
+            });
+            return self.assemble(embedding, layers, None, None, Some(adaptive));
+        }
         let output_weight = (!self.tied).then(|| matrix(&mut rng, h, v, h));
         let output_bias = Param::from_tensor(Tensor::from_data(
             TensorData::new(
@@ -92,21 +104,33 @@ impl LmConfig {
             ),
             device,
         ));
-        let (output, tied_bias) = match output_weight {
-            Some(weight) => (
-                Some(Linear {
+        match output_weight {
+            Some(weight) => {
+                let output = Linear {
                     weight,
                     bias: Some(output_bias),
-                }),
-                None,
-            ),
-            None => (None, Some(output_bias)),
-        };
+                };
+                self.assemble(embedding, layers, Some(output), None, None)
+            }
+            None => self.assemble(embedding, layers, None, Some(output_bias), None),
+        }
+    }
+
+    /// The model from its parts, with this config's training settings.
+    fn assemble(
+        &self,
+        embedding: Embedding,
+        layers: Vec<LstmLayer>,
+        output: Option<Linear>,
+        tied_bias: Option<Param<Tensor<1>>>,
+        adaptive: Option<AdaptiveSoftmax>,
+    ) -> LanguageModel {
         LanguageModel {
             embedding,
             lstm: LstmStack { layers },
             output,
             tied_bias,
+            adaptive,
             dropout: self.dropout,
             loss_per_batch: self.loss_norm == LossNorm::Batch,
             max_grad_norm: 0.0,
@@ -121,7 +145,14 @@ impl LmConfig {
         let lstm: usize = (0..self.n_layers)
             .map(|k| (if k == 0 { e } else { h } + h + 1) * 4 * h)
             .sum();
-        v * e + lstm + if self.tied { 0 } else { h * v } + v
+        let output = match &self.softmax {
+            Softmax::Adaptive { cutoffs, div_value } => {
+                AdaptiveSoftmax::num_params(h, v, cutoffs, *div_value)
+            }
+            Softmax::Full if self.tied => v,
+            Softmax::Full => h * v + v,
+        };
+        v * e + lstm + output
     }
 }
 
@@ -168,6 +199,8 @@ pub struct LanguageModel {
     pub output: Option<Linear>,
     /// Output bias `[vocab]` of a tied model (which has no `output`).
     pub tied_bias: Option<Param<Tensor<1>>>,
+    /// The adaptive softmax, in place of `output` and `tied_bias` (see [`Softmax`]).
+    pub adaptive: Option<AdaptiveSoftmax>,
     /// Dropout probability used when training (see [`LmConfig::dropout`]).
     pub dropout: f64,
     /// Loss reduction: true for [`LossNorm::Batch`], false for [`LossNorm::Token`].
@@ -189,7 +222,8 @@ pub struct LanguageModel {
 }
 
 impl LanguageModel {
-    /// Logits of the next token, without dropout.
+    /// Logits of the next token, without dropout (log-probabilities with the adaptive softmax:
+    /// the same distribution).
     ///
     /// - `inputs`: token ids `[batch, seq]`
     /// - `state`: per-layer state before the first step (zeros when `None`)
@@ -213,9 +247,15 @@ impl LanguageModel {
     ) -> (Tensor<3>, Vec<LstmState>) {
         let (hidden, state) = self.hidden_states(inputs, state, dropout_seed);
         let [b, t, h] = hidden.dims();
-        let (weight, bias) = self.output_layer();
-        let v = bias.dims()[0];
-        let logits = hidden.reshape([b * t, h]).matmul(weight) + bias.unsqueeze_dim(0);
+        let hidden = hidden.reshape([b * t, h]);
+        let logits = match &self.adaptive {
+            Some(adaptive) => adaptive.log_probs(hidden),
+            None => {
+                let (weight, bias) = self.output_layer();
+                hidden.matmul(weight) + bias.unsqueeze_dim(0)
+            }
+        };
+        let v = logits.dims()[1];
         (logits.reshape([b, t, v]), state)
     }
 
@@ -252,7 +292,7 @@ impl LanguageModel {
             ),
             (None, Some(bias)) => (self.embedding.weight.val().transpose(), bias.val()),
             (None, None) => {
-                unreachable!("LmConfig::init gives a model an output layer or a tied bias")
+                unreachable!("LmConfig::init gives a full softmax an output layer or a tied bias")
             }
         }
     }
@@ -284,14 +324,19 @@ impl LanguageModel {
     ) -> (LmLoss, Vec<LstmState>) {
         let (hidden, state) = self.hidden_states(batch.inputs.clone(), state, batch.dropout_seed);
         let [b, t, h] = hidden.dims();
-        let (weight, bias) = self.output_layer();
         let mut hidden = hidden.reshape([b * t, h]);
         let mut targets = batch.targets.clone().reshape([b * t, 1]);
         if let Some(rows) = &batch.real_rows {
             hidden = hidden.select(0, rows.clone());
             targets = targets.select(0, rows.clone());
         }
-        let nll_sum = linear_nll(hidden, weight, bias, targets).sum();
+        let nll_sum = match &self.adaptive {
+            Some(adaptive) => adaptive.nll(hidden, targets).sum(),
+            None => {
+                let (weight, bias) = self.output_layer();
+                linear_nll(hidden, weight, bias, targets).sum()
+            }
+        };
         let denominator = if self.loss_per_batch {
             b
         } else {
@@ -344,6 +389,7 @@ mod tests {
             loss_norm: LossNorm::Batch,
             dropout: 0.0,
             tied: false,
+            softmax: Softmax::Full,
         }
     }
 

@@ -145,6 +145,11 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     }
     let vocab = corpus.vocab.clone();
     config.model.vocab_size = vocab.len();
+    config
+        .model
+        .softmax
+        .check_vocab(vocab.len())
+        .map_err(Error::Config)?;
     let report = |resumed_from, epochs, interrupted, test| TrainReport {
         resumed_from,
         epochs,
