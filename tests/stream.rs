@@ -182,6 +182,72 @@ fn the_update_clips_the_global_gradient_norm() {
 }
 
 /// Every parameter value of `model`, in visiting order.
+/// An adaptive-softmax model trained with plain SGD collects its embedding gradient as rows and
+/// updates only those rows: over three clipped steps (and three unclipped) its parameters
+/// follow the dense gradient's within float rounding, the rows no batch looked up keep their
+/// exact values, and the step's loss is the same.
+#[test]
+fn row_sparse_embedding_updates_follow_the_dense_gradient() {
+    let device = Device::flex().autodiff();
+    let sentences: Vec<Vec<usize>> = (0..6)
+        .map(|s| (0..9).map(|w| 3 + (s * 7 + w * 5) % 30).collect())
+        .collect();
+    let sgd = lstm_lm::config::OptimizerConfig::Sgd {
+        lr: 1.0,
+        momentum: 0.0,
+        weight_decay: 0.0,
+    };
+    let config = LmConfig {
+        softmax: lstm_lm::model::Softmax::Adaptive {
+            cutoffs: vec![10, 25],
+            div_value: 2.0,
+        },
+        ..lm(40, 0.0, false)
+    };
+    for max_norm in [0.05, 0.0] {
+        let train = |sparse: bool| {
+            let mut model = config.init(2, &device);
+            model.max_grad_norm = max_norm;
+            let mut optim = lstm_lm::train::step::optimizer(&sgd, &mut model);
+            assert!(model.sparse_embedding.is_some());
+            if !sparse {
+                model.sparse_embedding = None;
+            }
+            let loader =
+                StreamLoader::training(Stream::new(tokens(&sentences), 2), 5, 1, 1, device.clone());
+            let mut losses = Vec::new();
+            for batch in loader.iter().take(3) {
+                let out = TrainStep::step(&model, batch.unwrap());
+                losses.push(out.item.loss.clone().into_scalar::<f32>());
+                model = model.optimize(&mut optim, 1.0.into(), out.grads);
+            }
+            (values(&model), losses, model.embedding.weight.val())
+        };
+        let (dense, dense_losses, _) = train(false);
+        let (sparse, sparse_losses, embedding) = train(true);
+        for (a, b) in dense_losses.iter().zip(&sparse_losses) {
+            assert!((a - b).abs() <= 1e-6 * a.abs(), "max norm {max_norm}: {a} vs {b}");
+        }
+        let scale = dense.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = dense
+            .iter()
+            .zip(&sparse)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(err <= 1e-5 * scale, "max norm {max_norm}: {err}");
+        // Ids 0-2 (specials) and 33-39 are never looked up: untouched, bit for bit.
+        let initial = config.init(2, &device).embedding.weight.val();
+        for id in [0usize, 1, 2, 33, 39] {
+            let row = |t: &Tensor<2>| t.clone().slice([id..id + 1]).into_data();
+            assert_eq!(row(&embedding), row(&initial), "row {id}");
+        }
+        assert_ne!(
+            embedding.slice([3..4]).into_data(),
+            initial.slice([3..4]).into_data()
+        );
+    }
+}
+
 fn values(model: &lstm_lm::model::LanguageModel) -> Vec<f32> {
     struct Values(Vec<f32>);
     impl burn::module::ModuleVisitor for Values {

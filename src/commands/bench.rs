@@ -50,6 +50,9 @@ pub enum BenchConfig {
     Medium,
     /// `--preset zaremba-small --embed 1500 --hidden 1500 --bptt 35` (Zaremba large's sizes).
     ZarembaLarge,
+    /// `--preset zaremba-small` as it is: 2 x 200, stream batch 20, bptt 20 (the adaptive
+    /// softmax's benchmark sizes).
+    ZarembaSmall,
 }
 
 impl BenchConfig {
@@ -60,6 +63,7 @@ impl BenchConfig {
             Self::Small => "small",
             Self::Medium => "medium",
             Self::ZarembaLarge => "zaremba-large",
+            Self::ZarembaSmall => "zaremba-small",
         }
     }
 
@@ -76,6 +80,7 @@ impl BenchConfig {
             Self::Small => sizes(256).apply(Preset::ZarembaSmall.config()),
             Self::Medium => sizes(650).apply(Preset::ZarembaSmall.config()),
             Self::ZarembaLarge => sizes(1500).apply(Preset::ZarembaSmall.config()),
+            Self::ZarembaSmall => Preset::ZarembaSmall.config(),
         }
     }
 }

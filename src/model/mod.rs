@@ -14,6 +14,7 @@ pub mod carry;
 pub mod fused;
 pub mod init;
 pub mod lstm;
+pub mod sparse;
 
 pub use adaptive::Softmax;
 pub use init::InitScheme;
@@ -23,6 +24,7 @@ use carry::CarryKey;
 use fused::output::linear_nll;
 use init::uniform;
 use lstm::{LstmLayer, LstmStack, LstmState};
+use sparse::SparseEmbedding;
 
 /// How the per-token cross-entropy is reduced to the loss that is differentiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -136,6 +138,7 @@ impl LmConfig {
             max_grad_norm: 0.0,
             devices: 1,
             clip_scale: None,
+            sparse_embedding: None,
         }
     }
 
@@ -219,6 +222,11 @@ pub struct LanguageModel {
     /// A training setting, never checkpointed.
     #[module(skip)]
     pub clip_scale: Option<fused::update::ClipScale>,
+    /// Where a training step collects the embedding's gradient as rows instead of a dense
+    /// matrix (see [`sparse`]); `None`: Burn's dense gradient. A training setting, never
+    /// checkpointed.
+    #[module(skip)]
+    pub sparse_embedding: Option<SparseEmbedding>,
 }
 
 impl LanguageModel {
@@ -274,7 +282,13 @@ impl LanguageModel {
             Some(rng) => dropout(x, self.dropout, rng),
             None => x,
         };
-        let embedded = drop(self.embedding.forward(inputs));
+        let embedded = match &self.sparse_embedding {
+            Some(sparse) if inputs.device().is_autodiff() => {
+                sparse.lookup(&self.embedding.weight, inputs)
+            }
+            _ => self.embedding.forward(inputs),
+        };
+        let embedded = drop(embedded);
         self.lstm.forward_with(embedded, state, &mut drop)
     }
 

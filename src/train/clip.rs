@@ -12,9 +12,11 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
 use crate::model::fused::update::ClipScale;
+use crate::model::sparse::RowGrad;
 
-/// Scales `grads` of `module` so that their global L2 norm is at most `max_norm`; on the CPU,
-/// with `fold` given, leaves them as they are and sets the scale there for the optimizer.
+/// Scales `grads` of `module`, and the embedding's row gradient `rows` when the step collected
+/// one, so that their global L2 norm is at most `max_norm`; on the CPU, with `fold` given,
+/// leaves them as they are and sets the scale there for the optimizer.
 ///
 /// Returns the norm before clipping `[1]`.
 pub fn clip_grad_norm<M: Module>(
@@ -22,13 +24,17 @@ pub fn clip_grad_norm<M: Module>(
     grads: &mut GradientsParams,
     max_norm: f64,
     fold: Option<&ClipScale>,
+    mut rows: Option<&mut RowGrad>,
 ) -> Option<Tensor<1>> {
     let mut squares = SumOfSquares {
         grads,
         parts: Vec::new(),
     };
     module.visit(&mut squares);
-    let parts = squares.parts;
+    let mut parts = squares.parts;
+    if let Some(rows) = rows.as_deref() {
+        parts.push(rows.rows.clone().square().sum());
+    }
     if parts.is_empty() {
         return None;
     }
@@ -37,14 +43,20 @@ pub fn clip_grad_norm<M: Module>(
         .recip()
         .mul_scalar(max_norm)
         .clamp_max(1.0);
-    if scale.device().without_autodiff() != Device::flex() {
+    let mut apply = |scale: Tensor<1>| {
+        if let Some(rows) = rows.as_deref_mut() {
+            rows.rows = rows.rows.clone() * scale.clone().reshape([1, 1]);
+        }
         module.visit(&mut Scale { grads, scale });
+    };
+    if scale.device().without_autodiff() != Device::flex() {
+        apply(scale);
         return Some(norm);
     }
     let host = scale.clone().into_scalar::<f32>();
     match fold {
         Some(fold) => fold.set(host),
-        None if host != 1.0 => module.visit(&mut Scale { grads, scale }),
+        None if host != 1.0 => apply(scale),
         None => {}
     }
     Some(norm)
@@ -103,7 +115,7 @@ mod tests {
         // W [3, 4] (12 entries) and b [4]: grads 1.0 and 2.0 -> norm sqrt(12 + 16) = sqrt(28).
         let model = LinearConfig::new(3, 4).init(&device);
         let mut grads = grads_of(&model, 1.0, 2.0);
-        let norm = clip_grad_norm(&model, &mut grads, 1.0, None).unwrap();
+        let norm = clip_grad_norm(&model, &mut grads, 1.0, None, None).unwrap();
         let norm = norm.into_data().try_into_vec::<f32>().unwrap()[0];
         assert!((norm - 28f32.sqrt()).abs() < 1e-5, "norm {norm}");
         let k = 1.0 / (28f32.sqrt() + 1e-6);
@@ -121,7 +133,7 @@ mod tests {
         let device = Device::flex().autodiff();
         let model = LinearConfig::new(3, 4).init(&device);
         let mut grads = grads_of(&model, 0.1, -0.2);
-        clip_grad_norm(&model, &mut grads, 5.0, None).unwrap();
+        clip_grad_norm(&model, &mut grads, 5.0, None, None).unwrap();
         let w = values(&grads, &model.weight);
         let b = values(&grads, model.bias.as_ref().unwrap());
         assert!(w.iter().all(|&x| (x - 0.1).abs() < 1e-7));

@@ -13,7 +13,8 @@ use burn::train::metric::Adaptor;
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 
 use crate::config::OptimizerConfig;
-use crate::model::fused::update::{sgd_step, ClipScale};
+use crate::model::fused::update::{sgd_rows, sgd_step, ClipScale};
+use crate::model::sparse::SparseEmbedding;
 use crate::model::{LanguageModel, LmBatch};
 
 use super::clip::clip_grad_norm;
@@ -76,7 +77,11 @@ impl TrainStep for LanguageModel {
         } else {
             loss.loss.clone()
         };
-        let grads = GradientsParams::from_grads(differentiated.backward(), self);
+        let grads = differentiated.backward();
+        if let Some(sparse) = &self.sparse_embedding {
+            sparse.collect(&grads);
+        }
+        let grads = GradientsParams::from_grads(grads, self);
         TrainOutput {
             grads,
             item: LmOutput {
@@ -88,22 +93,38 @@ impl TrainStep for LanguageModel {
     }
 
     /// Clips the global gradient norm (PyTorch's `clip_grad_norm_`) of the step's gradient,
-    /// summed over the devices, then steps the optimizer.
+    /// summed over the devices, then steps the optimizer; an embedding gradient collected as
+    /// rows is clipped with the rest and applied to those rows (plain SGD).
     fn optimize(
         self,
         optim: &mut ModuleOptimizer,
         lr: ModuleLearningRate,
         mut grads: GradientsParams,
     ) -> Self {
+        let mut rows = self
+            .sparse_embedding
+            .as_ref()
+            .and_then(SparseEmbedding::take);
         if self.max_grad_norm > 0.0 {
             clip_grad_norm(
                 &self,
                 &mut grads,
                 self.max_grad_norm,
                 self.clip_scale.as_ref(),
+                rows.as_mut(),
             );
         }
-        optim.step(lr, self, grads)
+        let embedding_lr = lr.lr_from_param(self.embedding.weight.id, Some("embedding.weight"));
+        let mut model = optim.step(lr, self, grads);
+        if let Some(rows) = rows {
+            // The scale the optimizer applied (1 where clipping scaled the rows itself).
+            let scale = model.clip_scale.as_ref().map_or(1.0, ClipScale::get);
+            model.embedding.weight = model.embedding.weight.map(|weight| {
+                Tensor::from_inner(sgd_rows(weight.inner(), rows, scale, embedding_lr as f32))
+                    .require_grad()
+            });
+        }
+        model
     }
 }
 
@@ -125,11 +146,13 @@ impl InferenceStep for LanguageModel {
 /// The optimizer of `config` for `model`; biases are never weight-decayed (MXNet's `wd_mult`
 /// is 0 on biases). Plain SGD (no momentum, no weight decay) is [`PlainSgd`]: on the CPU it
 /// takes the clipping scale from the training step and applies it in its own pass, so `model`
-/// is given the [`ClipScale`] they share.
+/// is given the [`ClipScale`] they share; an adaptive-softmax model on one device also gets a
+/// [`SparseEmbedding`], so its embedding is updated row by row (large vocabularies).
 pub fn optimizer(config: &OptimizerConfig, model: &mut LanguageModel) -> ModuleOptimizer {
     let decay = |wd: f64| (wd > 0.0).then(|| WeightDecayConfig::new(wd as f32));
     let biases = ParamGroup::from_predicate("bias");
     model.clip_scale = None;
+    model.sparse_embedding = None;
     match *config {
         OptimizerConfig::Sgd {
             momentum: 0.0,
@@ -138,6 +161,9 @@ pub fn optimizer(config: &OptimizerConfig, model: &mut LanguageModel) -> ModuleO
         } => {
             let scale = ClipScale::default();
             model.clip_scale = Some(scale.clone());
+            if model.adaptive.is_some() && model.devices == 1 {
+                model.sparse_embedding = Some(SparseEmbedding::default());
+            }
             ModuleOptimizer::from(PlainSgd { scale })
         }
         OptimizerConfig::Sgd {

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, IndexingUpdateOp, Tensor};
+
+use crate::model::sparse::RowGrad;
 use rayon::prelude::*;
 
 use super::simd::multiversion;
@@ -67,6 +69,18 @@ pub fn sgd_step<const D: usize>(
     } else {
         param - grad.mul_scalar(scale).mul_scalar(lr)
     }
+}
+
+/// `param[ids[k]] -= (rows[k] * scale) * lr` for every `k`: plain SGD on the rows of
+/// `param` `[vocab, d]` that a row gradient `rows` `[ids, d]` covers (distinct `ids`), the
+/// others untouched; bit for bit [`sgd_step`] on the dense gradient. In place on flex.
+pub fn sgd_rows(param: Tensor<2>, rows: RowGrad, scale: f32, lr: f32) -> Tensor<2> {
+    let step = if scale == 1.0 {
+        rows.rows.mul_scalar(lr)
+    } else {
+        rows.rows.mul_scalar(scale).mul_scalar(lr)
+    };
+    param.select_assign(0, rows.ids, step.neg(), IndexingUpdateOp::Add)
 }
 
 /// The fused SGD step as a Burn backend extension (no autodiff: optimizers step the inner
