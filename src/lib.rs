@@ -8,7 +8,7 @@
 //! |---|---|
 //! | [`error`], [`format`](mod@format) | the error type; how rates and durations read |
 //! | [`fsutil`], [`device`] | atomic file writes; device choice |
-//! | [`model`] | init, the LSTM stack, state carry, the fused CPU and GPU kernels, the language model |
+//! | [`model`] | init, the LSTM stack, state carry, the fused CPU and GPU kernels, the adaptive softmax, row-sparse embedding gradients, the language model |
 //! | [`data`] | corpus, vocabulary, bucket and stream batching |
 //! | [`config`] | the experiment config saved with a run, presets, learning-rate schedules |
 //! | [`run`] | the run folder: lock, config and vocabulary, checkpoints, history, curves, summary |

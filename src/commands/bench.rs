@@ -212,23 +212,6 @@ pub fn step_flops(model: &LmConfig, positions: usize, scored: usize, tail_shares
     3.0 * (lstm + output)
 }
 
-/// The share of `ids` in each tail cluster of `softmax` (none for the full softmax).
-fn tail_shares(softmax: &Softmax, ids: &Tokens) -> Vec<f64> {
-    let Softmax::Adaptive { cutoffs, .. } = softmax else {
-        return Vec::new();
-    };
-    let mut counts = vec![0usize; cutoffs.len()];
-    let all = ids.ids();
-    for i in 0..all.len() {
-        let cluster = cutoffs.partition_point(|&c| c <= all.get(i));
-        if cluster > 0 {
-            counts[cluster - 1] += 1;
-        }
-    }
-    let n = all.len().max(1) as f64;
-    counts.into_iter().map(|c| c as f64 / n).collect()
-}
-
 /// Measures [`Ceiling`]: the `n x n x n` product (2048 in the bench) through the `gemm` crate cut
 /// into one block per core (the fused ops' path), through `gemm`'s own threads, and through
 /// every other backend compiled in, each run until `seconds` have passed after a warm-up.
@@ -358,7 +341,10 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
     (config.model.softmax)
         .check_vocab(config.model.vocab_size)
         .map_err(Error::Config)?;
-    let shares = tail_shares(&config.model.softmax, &ids);
+    let shares = match &config.model.softmax {
+        Softmax::Adaptive { cutoffs, .. } => ids.shares_below_and_between(cutoffs)[1..].to_vec(),
+        Softmax::Full => Vec::new(),
+    };
     let mut model = config.model.init(request.seed, &device);
     model.max_grad_norm = config.clip;
     let mut optim = optimizer(&config.optimizer, &mut model);

@@ -227,6 +227,19 @@ impl Tokens {
         self.len() == 0
     }
 
+    /// The share of the ids below `bounds[0]`, then in each range `bounds[i]..bounds[i + 1]`
+    /// (the last one open-ended): how an adaptive softmax with these cutoffs splits the tokens
+    /// between its head and its tail clusters. `bounds` increasing.
+    pub fn shares_below_and_between(&self, bounds: &[usize]) -> Vec<f64> {
+        let mut counts = vec![0usize; bounds.len() + 1];
+        let ids = self.ids();
+        for i in 0..ids.len() {
+            counts[bounds.partition_point(|&b| b <= ids.get(i))] += 1;
+        }
+        let n = ids.len().max(1) as f64;
+        counts.into_iter().map(|c| c as f64 / n).collect()
+    }
+
     /// Number of sentences.
     pub fn num_sentences(&self) -> usize {
         self.offsets().len() - 1
@@ -484,6 +497,13 @@ impl StoreWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_split_the_ids_at_the_bounds() {
+        let tokens = Tokens::from_sentences(&[vec![0, 1, 2, 3], vec![4, 5, 9, 10, 11]]);
+        let shares = tokens.shares_below_and_between(&[3, 10]);
+        assert_eq!(shares, vec![3.0 / 9.0, 4.0 / 9.0, 2.0 / 9.0]);
+    }
 
     fn write(path: &Path, vocab: usize, sentences: &[Vec<u32>]) {
         let mut w = StoreWriter::create(path, vocab).unwrap();

@@ -38,7 +38,7 @@ use crate::data::tokenizer::{Codec, Tokenizer, BPE_FILE};
 use crate::data::vocab::Vocab;
 use crate::error::{Error, Result};
 use crate::format::format_rate;
-use crate::model::LanguageModel;
+use crate::model::{LanguageModel, Softmax};
 use crate::run::checkpoint::{
     checkpoint_dir, last_complete_checkpoint, remove_stale_temporaries, AtomicFileCheckpointer,
     KeepNewestComplete,
@@ -150,6 +150,9 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         .softmax
         .check_vocab(vocab.len())
         .map_err(Error::Config)?;
+    if let Softmax::Adaptive { cutoffs, .. } = &config.model.softmax {
+        events.info(cluster_note(cutoffs, vocab.len(), &corpus.train));
+    }
     let report = |resumed_from, epochs, interrupted, test| TrainReport {
         resumed_from,
         epochs,
@@ -279,6 +282,25 @@ fn partial_to_resume(
         return None;
     }
     Some(partial)
+}
+
+/// One line on how the adaptive softmax's `cutoffs` split the training tokens, so that a user
+/// can see whether the head holds most of them.
+fn cluster_note(cutoffs: &[usize], vocab: usize, train: &Tokens) -> String {
+    let shares = train.shares_below_and_between(cutoffs);
+    let mut bounds = cutoffs.to_vec();
+    bounds.push(vocab);
+    let clusters: Vec<String> = bounds
+        .windows(2)
+        .zip(&shares[1..])
+        .map(|(w, share)| format!("ids {}-{} {:.1}%", w[0], w[1] - 1, share * 100.0))
+        .collect();
+    format!(
+        "adaptive softmax: the head's {} words hold {:.1}% of the training tokens; tail clusters: {}",
+        cutoffs[0],
+        shares[0] * 100.0,
+        clusters.join(", ")
+    )
 }
 
 /// The model at its seeded initialisation, on the first device, with the clipping and device
