@@ -9,10 +9,11 @@ use clap::Parser;
 use std::io::Write;
 
 use cli::args::{
-    BenchArgs, Cli, Command, EvalArgs, GenerateArgs, ReportArgs, RunsArgs, TokenizeArgs, TrainArgs,
+    BenchArgs, Cli, Command, EvalArgs, ExportArgs, GenerateArgs, ReportArgs, RunsArgs,
+    TokenizeArgs, TrainArgs,
 };
 use cli::display::Display;
-use lstm_lm::commands::{bench, eval, generate};
+use lstm_lm::commands::{bench, eval, export, generate};
 use lstm_lm::data::corpus::{self, CorpusSource};
 use lstm_lm::device::{self, DeviceChoice};
 use lstm_lm::model::Softmax;
@@ -49,6 +50,7 @@ fn main() {
         Some(Command::Report(args)) => run_report(args),
         Some(Command::Runs(args)) => run_runs(args),
         Some(Command::Tokenize(args)) => run_tokenize(args),
+        Some(Command::Export(args)) => run_export(args),
         None => run_train(cli.train),
     };
     if let Err(e) = result {
@@ -176,9 +178,38 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         bptt: args.bptt,
     };
     let result = eval::evaluate_run(&request)?;
+    if args.json {
+        let e = &result.evaluation;
+        let json = serde_json::json!({
+            "epoch": result.epoch,
+            "tokens": e.tokens,
+            "unknown_tokens": result.unknown_tokens,
+            "loss": e.loss,
+            "perplexity": e.perplexity,
+            "bits_per_char": result.bits_per_char,
+            "word_perplexity": result.word_perplexity,
+        });
+        println!("{json}");
+    } else {
+        println!(
+            "{}",
+            result.describe(&request, &args.text.display().to_string())
+        );
+    }
+    Ok(())
+}
+
+fn run_export(args: ExportArgs) -> anyhow::Result<()> {
+    let done = export::export(&export::ExportRequest {
+        run_dir: args.run,
+        epoch: args.epoch,
+        out: args.out,
+    })?;
     println!(
-        "{}",
-        result.describe(&request, &args.text.display().to_string())
+        "exported epoch {}: {} tensors in {}",
+        done.epoch,
+        done.tensors,
+        done.dir.display()
     );
     Ok(())
 }

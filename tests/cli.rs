@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::stdout_of;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,18 +55,6 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
             }
         })
         .collect()
-}
-
-/// Runs `command`, asserts that it succeeded, and returns its standard output.
-fn stdout_of(command: &mut Command) -> String {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn train_args<'a>(train: &'a Path, valid: &'a Path, run: &'a Path) -> Vec<&'a std::ffi::OsStr> {

@@ -51,6 +51,21 @@ pub enum Command {
     /// whitespace character inside a token written <U+XXXX>), blank lines kept; what the
     /// PyTorch reference reads to train on the same tokens.
     Tokenize(TokenizeArgs),
+    /// Write a run's model in PyTorch's layout: model.safetensors (nn.Embedding, nn.LSTM,
+    /// nn.Linear or nn.AdaptiveLogSoftmaxWithLoss names and shapes), vocab.txt and config.json.
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// The run folder.
+    pub run: PathBuf,
+    /// Checkpoint epoch [default: the newest complete one].
+    #[arg(long)]
+    pub epoch: Option<usize>,
+    /// The folder to write (must not exist yet).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -122,6 +137,9 @@ pub struct EvalArgs {
     /// Score each sentence from a zero state in the run's buckets, as bucket training saw them.
     #[arg(long)]
     pub sentences: bool,
+    /// Print one JSON object (full precision) instead of the sentence.
+    #[arg(long)]
+    pub json: bool,
     /// Parallel columns of the stream; 1 = the whole text as one sequence (full context).
     #[arg(long, default_value_t = 1)]
     pub columns: usize,

@@ -72,3 +72,15 @@ pub fn tiny_config(epochs: usize) -> ExperimentConfig {
     c.model.d_hidden = 24;
     c
 }
+
+/// The standard output of `command`, which must succeed (its output in the panic otherwise).
+pub fn stdout_of(command: &mut std::process::Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
