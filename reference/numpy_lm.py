@@ -17,8 +17,11 @@ import math
 import os
 import sys
 
-import numpy as np
-from safetensors.numpy import load_file
+# One thread: the step-by-step matrix-vector products are small; idle BLAS threads only spin.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+import numpy as np  # noqa: E402
+from safetensors.numpy import load_file  # noqa: E402
 
 
 def read_vocab(path):
