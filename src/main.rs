@@ -9,11 +9,11 @@ use clap::Parser;
 use std::io::Write;
 
 use cli::args::{
-    BenchArgs, Cli, Command, EvalArgs, ExportArgs, GenerateArgs, ReportArgs, RunsArgs,
+    BenchArgs, Cli, Command, EvalArgs, ExportArgs, GenerateArgs, ReportArgs, RunsArgs, ScoreArgs,
     TokenizeArgs, TrainArgs,
 };
 use cli::display::Display;
-use lstm_lm::commands::{bench, eval, export, generate};
+use lstm_lm::commands::{bench, eval, export, generate, score};
 use lstm_lm::data::corpus::{self, CorpusSource};
 use lstm_lm::device::{self, DeviceChoice};
 use lstm_lm::model::Softmax;
@@ -51,6 +51,7 @@ fn main() {
         Some(Command::Runs(args)) => run_runs(args),
         Some(Command::Tokenize(args)) => run_tokenize(args),
         Some(Command::Export(args)) => run_export(args),
+        Some(Command::Score(args)) => run_score(args),
         None => run_train(cli.train),
     };
     if let Err(e) = result {
@@ -195,6 +196,28 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
             "{}",
             result.describe(&request, &args.text.display().to_string())
         );
+    }
+    Ok(())
+}
+
+fn run_score(args: ScoreArgs) -> anyhow::Result<()> {
+    let run = Run::open(&args.run)?;
+    let text = if args.text.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("cannot read standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(&args.text)
+            .with_context(|| format!("cannot read {}", args.text.display()))?
+    };
+    let lines: Vec<String> = text.lines().map(String::from).collect();
+    let device = choose_device(args.device)?;
+    let (model, _) = run.load_model(args.epoch, &device)?;
+    let scores = score::score_lines(&run, &model, &lines, args.context, args.batch, &device);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for s in scores {
+        writeln!(out, "{}", serde_json::to_string(&s)?)?;
     }
     Ok(())
 }

@@ -275,3 +275,72 @@ fn summary_plot_and_status_of_runs() {
     let err = Run::open(tmp.path()).unwrap_err().to_string();
     assert!(err.contains("not a run folder"), "{err}");
 }
+
+/// `score`: one result per line, blank lines included; sentence context is the same batched or
+/// one line at a time (padding does not leak) and for the first line equals carry context;
+/// carry context for a later line uses what came before; every line's log-probability is the
+/// sum over its tokens of the model's own log-softmax, `<eos>` included.
+#[test]
+fn scores_of_lines_in_sentence_and_carry_context() {
+    use lstm_lm::commands::score::{score_lines, Context};
+    let tmp = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    tiny_run(tmp.path(), 1, &device);
+    let run = Run::open(&tmp.path().join("run")).unwrap();
+    let (model, _) = run.load_model(None, &device).unwrap();
+    let lines: Vec<String> = [
+        "First Citizen:",
+        "",
+        "Before we proceed any further , hear me speak .",
+        "zzzunknown words here",
+        "All :",
+    ]
+    .map(String::from)
+    .to_vec();
+    let batched = score_lines(&run, &model, &lines, Context::Sentence, 64, &device);
+    let single = score_lines(&run, &model, &lines, Context::Sentence, 1, &device);
+    let carried = score_lines(&run, &model, &lines, Context::Carry, 64, &device);
+    assert_eq!(batched.len(), lines.len());
+    assert_eq!(batched[1].scored, 0, "a word model skips blank lines");
+    assert_eq!(batched[1].perplexity, None);
+    assert!(batched[3].unknown >= 1);
+    assert_eq!(batched[3].tokens[0], "<unk>");
+    assert_eq!(batched[0].tokens.last().map(String::as_str), Some("<eos>"));
+    for (a, b) in batched.iter().zip(&single) {
+        assert!(
+            (a.logprob - b.logprob).abs() < 1e-4 * b.logprob.abs().max(1.0),
+            "{a:?} {b:?}"
+        );
+    }
+    assert!((batched[0].logprob - carried[0].logprob).abs() < 1e-5);
+    assert!(
+        (batched[2].logprob - carried[2].logprob).abs() > 1e-3,
+        "carry uses the context"
+    );
+    // Line 1 by hand: <eos> then each token, summing log-softmax at the next token.
+    let ids: Vec<usize> = batched[0]
+        .tokens
+        .iter()
+        .map(|t| run.vocab().get(t).unwrap())
+        .collect();
+    let mut expected = 0.0f64;
+    for k in 0..ids.len() {
+        let mut prefix = vec![EOS_ID];
+        prefix.extend(&ids[..k]);
+        let logits = logits_of(&model, &prefix);
+        let max = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let lse = max
+            + logits
+                .iter()
+                .map(|&l| (l as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        expected += logits[ids[k]] as f64 - lse;
+    }
+    let got = batched[0].logprob;
+    assert!(
+        (got - expected).abs() < 1e-4 * expected.abs(),
+        "{got} vs {expected}"
+    );
+    assert!((batched[0].log2prob - got / std::f64::consts::LN_2).abs() < 1e-9);
+}

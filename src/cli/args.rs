@@ -54,6 +54,31 @@ pub enum Command {
     /// Write a run's model in PyTorch's layout: model.safetensors (nn.Embedding, nn.LSTM,
     /// nn.Linear or nn.AdaptiveLogSoftmaxWithLoss names and shapes), vocab.txt and config.json.
     Export(ExportArgs),
+    /// The log-probability of every line of a text, one JSON line each (blank lines included):
+    /// to rank sentences.
+    Score(ScoreArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ScoreArgs {
+    /// The run folder.
+    pub run: PathBuf,
+    /// The text, one sentence per line; `-` reads standard input.
+    #[arg(long, value_name = "FILE|-")]
+    pub text: PathBuf,
+    /// sentence: each line from the zero state (many lines in one batch); carry: each line
+    /// from the state the previous one ended in.
+    #[arg(long, value_enum, default_value_t = lstm_lm::commands::score::Context::Sentence)]
+    pub context: lstm_lm::commands::score::Context,
+    /// Lines per batch in sentence context.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Checkpoint epoch [default: the newest complete one].
+    #[arg(long)]
+    pub epoch: Option<usize>,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Flex)]
+    pub device: DeviceChoice,
 }
 
 #[derive(Args, Debug, Clone)]

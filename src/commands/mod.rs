@@ -1,7 +1,9 @@
 //! The commands on top of the layers: time the trainer (`bench`), score a saved run on any
-//! text (`eval`), and sample from one (`generate`).
+//! text (`eval`) or line by line (`score`), sample from one (`generate`), and write it in
+//! PyTorch's layout (`export`).
 
 pub mod bench;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod score;

@@ -344,13 +344,7 @@ impl LanguageModel {
             hidden = hidden.select(0, rows.clone());
             targets = targets.select(0, rows.clone());
         }
-        let nll_sum = match &self.adaptive {
-            Some(adaptive) => adaptive.nll(hidden, targets).sum(),
-            None => {
-                let (weight, bias) = self.output_layer();
-                linear_nll(hidden, weight, bias, targets).sum()
-            }
-        };
+        let nll_sum = self.nll_rows(hidden, targets).sum();
         let denominator = if self.loss_per_batch {
             b
         } else {
@@ -362,6 +356,35 @@ impl LanguageModel {
             tokens: batch.tokens,
         };
         (loss, state)
+    }
+}
+
+impl LanguageModel {
+    /// Negative log-likelihood of each target under the output layer: hidden states
+    /// `[tokens, d_hidden]`, targets `[tokens, 1]` -> `[tokens, 1]`, in nats.
+    fn nll_rows(&self, hidden: Tensor<2>, targets: Tensor<2, Int>) -> Tensor<2> {
+        match &self.adaptive {
+            Some(adaptive) => adaptive.nll(hidden, targets),
+            None => {
+                let (weight, bias) = self.output_layer();
+                linear_nll(hidden, weight, bias, targets)
+            }
+        }
+    }
+
+    /// The negative log-likelihood of every target, without dropout: inputs and targets
+    /// `[batch, seq]` -> `[batch, seq]` in nats (padding positions included; mask them), and
+    /// the per-layer state after the last step. Starts from `state` (zeros when `None`).
+    pub fn token_nll(
+        &self,
+        inputs: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        state: Option<Vec<LstmState>>,
+    ) -> (Tensor<2>, Vec<LstmState>) {
+        let (hidden, state) = self.hidden_states(inputs, state, None);
+        let [b, t, h] = hidden.dims();
+        let nll = self.nll_rows(hidden.reshape([b * t, h]), targets.reshape([b * t, 1]));
+        (nll.reshape([b, t]), state)
     }
 }
 

@@ -1,0 +1,170 @@
+//! `lstm-lm score`: the log-probability of every line of a text, to rank sentences.
+//!
+//! Each line is cut by the run's tokenizer and ends with `<eos>`; its first token is predicted
+//! after `<eos>`, as in a stream, and its `<eos>` is scored too. With [`Context::Sentence`]
+//! every line starts from the zero state and many lines run as one padded batch; with
+//! [`Context::Carry`] each line starts from the state the previous line ended in (the text read
+//! as one stream, one line at a time). A blank line is one `<eos>` for character and BPE
+//! models and nothing for word models (their training skipped blank lines).
+
+use std::f64::consts::LN_2;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::Serialize;
+
+use crate::data::vocab::{EOS_ID, PAD_ID};
+use crate::model::lstm::LstmState;
+use crate::model::LanguageModel;
+use crate::run::Run;
+
+/// Where each line's state starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Context {
+    /// From zeros: each line on its own (lines are batched).
+    Sentence,
+    /// From the state the previous line ended in.
+    Carry,
+}
+
+/// The score of one line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LineScore {
+    /// Line number, from 1.
+    pub line: usize,
+    /// The line as read.
+    pub text: String,
+    /// Its tokens as the run cuts them (`<unk>` for words outside the vocabulary), then
+    /// `<eos>`.
+    pub tokens: Vec<String>,
+    /// Summed log-probability of the tokens, natural log.
+    pub logprob: f64,
+    /// The same in bits (`logprob / ln 2`).
+    pub log2prob: f64,
+    /// Tokens scored (`<eos>` included).
+    pub scored: usize,
+    /// Tokens not in the vocabulary (scored as `<unk>`).
+    pub unknown: usize,
+    /// `exp(-logprob / scored)`; `None` for a line with nothing to score.
+    pub perplexity: Option<f64>,
+}
+
+/// A line's ids (without the leading `<eos>`), and its score so far.
+#[derive(Default)]
+struct Line {
+    ids: Vec<u32>,
+    score: LineScore,
+}
+
+/// Scores `lines` with `model` (non-autodiff, on `device`), `batch` lines at a time in
+/// sentence context.
+pub fn score_lines(
+    run: &Run,
+    model: &LanguageModel,
+    lines: &[String],
+    context: Context,
+    batch: usize,
+    device: &Device,
+) -> Vec<LineScore> {
+    let mut prepared: Vec<Line> = lines
+        .iter()
+        .enumerate()
+        .map(|(k, text)| prepare(run, k + 1, text))
+        .collect();
+    match context {
+        Context::Sentence => {
+            // Lines of similar length batched together: little padding. Output keeps the
+            // input order.
+            let mut order: Vec<usize> = (0..prepared.len()).collect();
+            order.sort_by_key(|&k| prepared[k].ids.len());
+            let mut sorted: Vec<Line> = order
+                .iter()
+                .map(|&k| std::mem::take(&mut prepared[k]))
+                .collect();
+            for chunk in sorted.chunks_mut(batch.max(1)) {
+                score_batch(model, chunk, None, device);
+            }
+            for (line, k) in sorted.into_iter().zip(order) {
+                prepared[k] = line;
+            }
+        }
+        Context::Carry => {
+            let mut state = None;
+            for line in prepared.iter_mut() {
+                if !line.ids.is_empty() {
+                    state = Some(score_batch(
+                        model,
+                        std::slice::from_mut(line),
+                        state,
+                        device,
+                    ));
+                }
+            }
+        }
+    }
+    prepared.into_iter().map(|l| l.score).collect()
+}
+
+fn prepare(run: &Run, number: usize, text: &str) -> Line {
+    let (vocab, codec) = (run.vocab(), run.codec());
+    let mut ids = Vec::new();
+    let (sentence, unknown) = codec.encode_line(vocab, text, &mut ids);
+    if sentence {
+        ids.push(EOS_ID as u32);
+    }
+    let tokens = ids
+        .iter()
+        .map(|&i| vocab.token(i as usize).unwrap_or("<unk>").to_string())
+        .collect();
+    Line {
+        score: LineScore {
+            line: number,
+            text: text.to_string(),
+            tokens,
+            logprob: 0.0,
+            log2prob: 0.0,
+            scored: ids.len(),
+            unknown,
+            perplexity: None,
+        },
+        ids,
+    }
+}
+
+/// Scores `lines` (their ids non-empty, or skipped) as one padded batch from `state`; returns
+/// the state after the last line's last token (carry mode passes one line).
+fn score_batch(
+    model: &LanguageModel,
+    lines: &mut [Line],
+    state: Option<Vec<LstmState>>,
+    device: &Device,
+) -> Vec<LstmState> {
+    let rows: Vec<&mut Line> = lines.iter_mut().filter(|l| !l.ids.is_empty()).collect();
+    if rows.is_empty() {
+        return state.unwrap_or_default();
+    }
+    let seq = rows.iter().map(|l| l.ids.len()).max().unwrap_or(0);
+    let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+    for line in &rows {
+        let n = line.ids.len();
+        inputs.push(EOS_ID as i64);
+        inputs.extend(line.ids[..n - 1].iter().map(|&i| i64::from(i)));
+        targets.extend(line.ids.iter().map(|&i| i64::from(i)));
+        for _ in n..seq {
+            inputs.push(PAD_ID as i64);
+            targets.push(PAD_ID as i64);
+        }
+    }
+    let shape = [rows.len(), seq];
+    let inputs = Tensor::<2, Int>::from_data(TensorData::new(inputs, shape), device);
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, shape), device);
+    let (nll, state) = model.token_nll(inputs, targets, state);
+    let nll: Vec<f64> = nll.into_data().iter::<f64>().collect();
+    for (r, line) in rows.into_iter().enumerate() {
+        let sum: f64 = nll[r * seq..r * seq + line.ids.len()].iter().sum();
+        let s = &mut line.score;
+        s.logprob = -sum;
+        s.log2prob = -sum / LN_2;
+        s.perplexity = Some((sum / s.scored as f64).exp());
+    }
+    state
+}
