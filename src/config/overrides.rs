@@ -78,7 +78,7 @@ pub struct Overrides {
     #[arg(long)]
     pub max_vocab: Option<usize>,
     /// How lines become tokens: word (whitespace-separated, blank lines skipped), char
-    /// (Unicode characters, spaces included, each line end an <eos>, blank lines kept) or bpe
+    /// (Unicode characters, spaces included, each line end an `<eos>`, blank lines kept) or bpe
     /// (byte-level BPE learned on the training text, --max-vocab pieces, 8,000 when 0; blank
     /// lines kept).
     #[arg(long, value_enum)]
