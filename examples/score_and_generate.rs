@@ -40,7 +40,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         checkpoint_every: None,
     })?;
     let last = report.epochs.last().expect("one epoch");
-    println!("trained: validation perplexity {:.1}", last.valid_perplexity);
+    println!(
+        "trained: validation perplexity {:.1}",
+        last.valid_perplexity
+    );
 
     // 2. Open the run and score sentences: the more probable, the higher the log-probability.
     let run = Run::open(&run_dir)?;

@@ -18,7 +18,7 @@ use crate::model::sparse::RowGrad;
 use rayon::prelude::*;
 
 use super::simd::multiversion;
-use super::{has_fused_kernels, host_f32, values};
+use super::{has_fused_kernels, host_f32, to_flex, values};
 
 /// The clipping scale of the current step, shared by whoever computes it (the training step's
 /// clipping) and whoever applies it (the optimizer's [`sgd_step`]); 1 until set. Clones share
@@ -109,25 +109,41 @@ impl UpdateOps for Flex {
             *grad.layout().shape(),
             "parameter and gradient shapes differ"
         );
-        let (grad, _) = host_f32::<1>(grad.reshape([shape.num_elements()].into()), "grad");
-        // The parameter's buffer is written in place when nothing else holds it (the
-        // optimizer owns it here); otherwise `storage_mut` copies it first.
-        let mut param = if param.is_contiguous() {
-            param
-        } else {
-            param.to_contiguous()
-        };
+        let n = shape.num_elements();
+        let (grad, _) = host_f32::<1>(grad.reshape([n].into()), "grad");
+        let g = values(&grad);
         assert_eq!(
             param.dtype(),
             DType::F32,
             "the fused ops are f32 only (param)"
         );
-        let g = values(&grad);
-        let p: &mut [f32] = param.storage_mut();
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .for_each(|(p, g)| step(p, g, scale, lr));
-        param
+        if param.is_unique() && param.is_contiguous() {
+            // Nothing else holds the parameter: written in place.
+            let mut param = param;
+            let p: &mut [f32] = param.storage_mut();
+            p.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .for_each(|(p, g)| step(p, g, scale, lr));
+            return param;
+        }
+        // Someone else still holds it (burn-train's Learner keeps the model it cloned for the
+        // update until the update returns): one pass into a new buffer, not a copy then a pass.
+        let (param, _) = host_f32::<1>(param.reshape([n].into()), "param");
+        let p = values(&param);
+        let mut out = vec![0.0f32; n];
+        out.par_chunks_mut(CHUNK)
+            .zip(p.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(out, (p, g))| step_into(out, p, g, scale, lr));
+        to_flex(out, shape.as_slice())
+    }
+}
+
+multiversion! {
+    /// `out[i] = p[i] - (g[i] * scale) * lr`.
+    fn step_into(out: &mut [f32], p: &[f32], g: &[f32], scale: f32, lr: f32) {
+        for ((out, &p), &g) in out.iter_mut().zip(p).zip(g) {
+            *out = p - (g * scale) * lr;
+        }
     }
 }
 
@@ -155,11 +171,18 @@ mod tests {
         let (scale, lr) = (0.123_456_7f32, 0.7f32);
         let before = param.clone().into_data();
         let composed = param.clone() - grad.clone().mul_scalar(scale).mul_scalar(lr);
-        let fused = sgd_step(param.clone(), grad, scale, lr);
+        // Held elsewhere too (a clone): a new buffer, the clone untouched.
+        let fused = sgd_step(param.clone(), grad.clone(), scale, lr);
         let (a, b) = (fused.into_data(), composed.into_data());
         assert_eq!(a.as_slice::<f32>().unwrap(), b.as_slice::<f32>().unwrap());
         assert_ne!(a, before, "the step moved the parameter");
-        // A parameter someone else still holds is copied, not overwritten.
         assert_eq!(param.into_data(), before);
+        // Held by nobody else: in place, the same values.
+        let unique = Tensor::<2>::from_data(before, &device);
+        let in_place = sgd_step(unique, grad, scale, lr).into_data();
+        assert_eq!(
+            in_place.as_slice::<f32>().unwrap(),
+            b.as_slice::<f32>().unwrap()
+        );
     }
 }
