@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::stdout_of;
+use common::{stderr_of_failure, stdout_of};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -1203,12 +1203,8 @@ fn an_adaptive_softmax_run_trains_resumes_evaluates_and_generates() {
     );
     assert!(out.contains("valid ppl"), "{out}");
     // Resuming without the flags is a config change, refused by name; with them it goes on.
-    let resumed = lstm_lm().arg("train").args(&args).output().unwrap();
-    let err = String::from_utf8_lossy(&resumed.stderr);
-    assert!(
-        !resumed.status.success() && err.contains("softmax"),
-        "{err}"
-    );
+    let err = stderr_of_failure(lstm_lm().arg("train").args(&args));
+    assert!(err.contains("softmax"), "{err}");
     set_flag(&mut adaptive, "--epochs", "2");
     stdout_of(lstm_lm().arg("train").args(&adaptive));
 
@@ -1249,16 +1245,14 @@ fn an_adaptive_softmax_run_trains_resumes_evaluates_and_generates() {
         let fresh = tmp.path().join(format!("bad-{value}"));
         let mut bad = train_args(&train, &valid, &fresh);
         bad.extend([OsStr::new(flag), OsStr::new(value)]);
-        let out = lstm_lm().arg("train").args(&bad).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(says), "{err}");
+        let err = stderr_of_failure(lstm_lm().arg("train").args(&bad));
+        assert!(err.contains(says), "{err}");
         assert!(!fresh.join("config.json").exists(), "{}", listing(&fresh));
     }
     let fresh = tmp.path().join("tied");
     let mut tied = train_args(&train, &valid, &fresh);
     set_flag(&mut tied, "--hidden", "16");
     tied.extend(["--tied", "--cutoffs", "20"].map(OsStr::new));
-    let out = lstm_lm().arg("train").args(&tied).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--tied"), "{err}");
+    let err = stderr_of_failure(lstm_lm().arg("train").args(&tied));
+    assert!(err.contains("--tied"), "{err}");
 }

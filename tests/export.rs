@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::stdout_of;
+use common::{stderr_of_failure, stdout_of};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -117,30 +117,16 @@ fn an_export_refuses_an_existing_folder_and_a_missing_run() {
     let run = tiny_run(tmp.path(), "words", |_| {});
     let out = tmp.path().join("taken");
     std::fs::create_dir(&out).unwrap();
-    let refused = lstm_lm()
-        .arg("export")
-        .arg(&run)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success() && err.contains("exists already"),
-        "{err}"
+    let err = stderr_of_failure(lstm_lm().arg("export").arg(&run).arg("--out").arg(&out));
+    assert!(err.contains("exists already"), "{err}");
+    let err = stderr_of_failure(
+        lstm_lm()
+            .arg("export")
+            .arg(tmp.path().join("nothing"))
+            .arg("--out")
+            .arg(tmp.path().join("x")),
     );
-    let missing = lstm_lm()
-        .arg("export")
-        .arg(tmp.path().join("nothing"))
-        .arg("--out")
-        .arg(tmp.path().join("x"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&missing.stderr);
-    assert!(
-        !missing.status.success() && err.contains("no such folder"),
-        "{err}"
-    );
+    assert!(err.contains("no such folder"), "{err}");
     assert!(!tmp.path().join("x").exists());
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()

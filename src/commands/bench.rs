@@ -34,7 +34,7 @@ use crate::data::store::Tokens;
 use crate::data::stream::{Stream, StreamLoader};
 use crate::data::vocab::{Vocab, EOS_ID, PAD_ID};
 use crate::error::{Error, Result};
-use crate::model::adaptive::tail_width;
+use crate::model::adaptive::tail_shapes;
 use crate::model::{LmBatch, LmConfig, Softmax};
 use crate::train::step::optimizer;
 
@@ -195,15 +195,12 @@ pub fn step_flops(model: &LmConfig, positions: usize, scored: usize, tail_shares
     let output = match &model.softmax {
         Softmax::Full => 2.0 * s * h * model.vocab_size as f64,
         Softmax::Adaptive { cutoffs, div_value } => {
-            let mut bounds = cutoffs.clone();
-            bounds.push(model.vocab_size);
-            let tails: f64 = bounds
-                .windows(2)
+            let tails: f64 = tail_shapes(model.d_hidden, model.vocab_size, cutoffs, *div_value)
+                .iter()
                 .zip(tail_shares)
-                .enumerate()
-                .map(|(i, (w, share))| {
-                    let d = tail_width(model.d_hidden, *div_value, i) as f64;
-                    2.0 * s * share * (h * d + d * (w[1] - w[0]) as f64)
+                .map(|(tail, share)| {
+                    let d = tail.width as f64;
+                    2.0 * s * share * (h * d + d * tail.ids.len() as f64)
                 })
                 .sum();
             2.0 * s * h * (cutoffs[0] + cutoffs.len()) as f64 + tails
@@ -337,6 +334,8 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
         )));
     }
     config.model.vocab_size = vocab.len().max(request.min_vocab);
+    // The bench's vocabulary is the whole text's (no cap), padded to `min_vocab`.
+    config.data.max_vocab = 0;
     config.validate()?;
     (config.model.softmax)
         .check_vocab(config.model.vocab_size)

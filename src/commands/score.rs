@@ -12,7 +12,7 @@ use std::f64::consts::LN_2;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Serialize;
 
-use crate::data::vocab::{EOS_ID, PAD_ID};
+use crate::data::vocab::{EOS_ID, PAD_ID, UNK};
 use crate::model::lstm::LstmState;
 use crate::model::LanguageModel;
 use crate::run::Run;
@@ -113,7 +113,7 @@ fn prepare(run: &Run, number: usize, text: &str) -> Line {
     }
     let tokens = ids
         .iter()
-        .map(|&i| vocab.token(i as usize).unwrap_or("<unk>").to_string())
+        .map(|&i| vocab.token(i as usize).unwrap_or(UNK).to_string())
         .collect();
     Line {
         score: LineScore {

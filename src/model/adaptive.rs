@@ -13,6 +13,8 @@
 //! vocab]` logits are ever formed. [`AdaptiveSoftmax::log_probs`] forms all `V` of them for
 //! generation and for the tests' reference.
 
+use std::ops::Range;
+
 use burn::module::{Module, Param};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
@@ -114,6 +116,43 @@ pub fn tail_width(d_hidden: usize, div_value: f64, i: usize) -> usize {
     (d_hidden as f64 / div_value.powi(i as i32 + 1)).floor() as usize
 }
 
+/// One tail cluster's shape: its ids and its projection's width.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TailShape {
+    /// The ids it holds, `c_i..c_{i+1}` (the last one up to the vocabulary size).
+    pub ids: Range<usize>,
+    /// Its projection's width ([`tail_width`]).
+    pub width: usize,
+}
+
+/// The ids of each tail cluster of an adaptive softmax over `vocab` ids, in order: `c_i..c_{i+1}`,
+/// the last one up to `vocab`.
+pub fn tail_ranges(cutoffs: &[usize], vocab: usize) -> Vec<Range<usize>> {
+    let ends = cutoffs[1..].iter().copied().chain([vocab]);
+    cutoffs
+        .iter()
+        .zip(ends)
+        .map(|(&start, end)| start..end)
+        .collect()
+}
+
+/// The tail clusters of an adaptive softmax over `vocab` ids, in order.
+pub fn tail_shapes(
+    d_hidden: usize,
+    vocab: usize,
+    cutoffs: &[usize],
+    div_value: f64,
+) -> Vec<TailShape> {
+    tail_ranges(cutoffs, vocab)
+        .into_iter()
+        .enumerate()
+        .map(|(i, ids)| TailShape {
+            ids,
+            width: tail_width(d_hidden, div_value, i),
+        })
+        .collect()
+}
+
 /// One tail cluster: a projection to fewer units, then a softmax over the cluster's ids.
 #[derive(Module, Debug)]
 pub struct TailCluster {
@@ -146,20 +185,16 @@ impl AdaptiveSoftmax {
         div_value: f64,
         mut matrix: impl FnMut(usize, usize) -> Param<Tensor<2>>,
     ) -> Self {
-        let mut bounds = cutoffs.to_vec();
-        bounds.push(vocab);
         let head = matrix(d_hidden, cutoffs[0] + cutoffs.len());
-        let tails = bounds
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| {
-                let d_tail = tail_width(d_hidden, div_value, i);
-                TailCluster {
-                    proj: matrix(d_hidden, d_tail),
-                    out: matrix(d_tail, w[1] - w[0]),
-                }
+        let tails = tail_shapes(d_hidden, vocab, cutoffs, div_value)
+            .into_iter()
+            .map(|tail| TailCluster {
+                proj: matrix(d_hidden, tail.width),
+                out: matrix(tail.width, tail.ids.len()),
             })
             .collect();
+        let mut bounds = cutoffs.to_vec();
+        bounds.push(vocab);
         Self {
             head,
             tails,
@@ -169,12 +204,9 @@ impl AdaptiveSoftmax {
 
     /// Number of parameters of a layer with these sizes.
     pub fn num_params(d_hidden: usize, vocab: usize, cutoffs: &[usize], div_value: f64) -> usize {
-        let mut bounds = cutoffs.to_vec();
-        bounds.push(vocab);
-        let tails: usize = bounds
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| tail_width(d_hidden, div_value, i) * (d_hidden + w[1] - w[0]))
+        let tails: usize = tail_shapes(d_hidden, vocab, cutoffs, div_value)
+            .iter()
+            .map(|tail| tail.width * (d_hidden + tail.ids.len()))
             .sum();
         d_hidden * (cutoffs[0] + cutoffs.len()) + tails
     }

@@ -38,6 +38,7 @@ use crate::data::tokenizer::{Codec, Tokenizer, BPE_FILE};
 use crate::data::vocab::Vocab;
 use crate::error::{Error, Result};
 use crate::format::format_rate;
+use crate::model::adaptive::tail_ranges;
 use crate::model::{LanguageModel, Softmax};
 use crate::run::checkpoint::{
     checkpoint_dir, last_complete_checkpoint, remove_stale_temporaries, AtomicFileCheckpointer,
@@ -288,12 +289,10 @@ fn partial_to_resume(
 /// can see whether the head holds most of them.
 fn cluster_note(cutoffs: &[usize], vocab: usize, train: &Tokens) -> String {
     let shares = train.shares_below_and_between(cutoffs);
-    let mut bounds = cutoffs.to_vec();
-    bounds.push(vocab);
-    let clusters: Vec<String> = bounds
-        .windows(2)
+    let clusters: Vec<String> = tail_ranges(cutoffs, vocab)
+        .iter()
         .zip(&shares[1..])
-        .map(|(w, share)| format!("ids {}-{} {:.1}%", w[0], w[1] - 1, share * 100.0))
+        .map(|(ids, share)| format!("ids {}-{} {:.1}%", ids.start, ids.end - 1, share * 100.0))
         .collect();
     format!(
         "adaptive softmax: the head's {} words hold {:.1}% of the training tokens; tail clusters: {}",

@@ -84,3 +84,11 @@ pub fn stdout_of(command: &mut std::process::Command) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// The standard error of `command`, which must fail (its output in the panic otherwise).
+pub fn stderr_of_failure(command: &mut std::process::Command) -> String {
+    let out = command.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "succeeded: {err}");
+    err
+}

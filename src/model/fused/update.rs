@@ -73,7 +73,8 @@ pub fn sgd_step<const D: usize>(
 
 /// `param[ids[k]] -= (rows[k] * scale) * lr` for every `k`: plain SGD on the rows of
 /// `param` `[vocab, d]` that a row gradient `rows` `[ids, d]` covers (distinct `ids`), the
-/// others untouched; bit for bit [`sgd_step`] on the dense gradient. In place on flex.
+/// others untouched; bit for bit [`sgd_step`] on the dense gradient. In place on flex when
+/// nothing else holds `param` (otherwise Burn copies it first).
 pub fn sgd_rows(param: Tensor<2>, rows: RowGrad, scale: f32, lr: f32) -> Tensor<2> {
     let step = if scale == 1.0 {
         rows.rows.mul_scalar(lr)
