@@ -57,6 +57,15 @@ pub enum Error {
         problem: String,
     },
 
+    /// A model file to import (or its vocabulary) that cannot be used.
+    #[error("cannot import {path}: {problem}")]
+    BadModel {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        problem: String,
+    },
+
     /// An invalid combination of settings.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` through a temporary file in the same folder, `fsync`, and `rename`.
 ///
@@ -37,6 +37,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Creates the folder `out` whole or not at all: `fill` writes its files into a temporary
+/// sibling folder, which is renamed to `out` when `fill` succeeds and removed when it fails.
+/// `out` must not exist.
+pub fn write_folder(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let partial = partial_dir(out);
+    let result = (|| {
+        std::fs::create_dir_all(&partial)
+            .map_err(|e| Error::io("cannot create folder", &partial, e))?;
+        fill(&partial)?;
+        std::fs::rename(&partial, out).map_err(|e| Error::io("cannot rename into place", out, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    result
+}
+
+/// The temporary folder [`write_folder`] fills before its rename.
+fn partial_dir(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "folder".into());
+    out.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +76,23 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "only the target file remains");
+    }
+
+    #[test]
+    fn a_folder_appears_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let e = write_folder(&out, |d| {
+            write_atomic(&d.join("a"), b"1")?;
+            Err(crate::error::Error::Config("stop".into()))
+        });
+        assert!(e.is_err() && !out.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no partial folder"
+        );
+        write_folder(&out, |d| write_atomic(&d.join("a"), b"1")).unwrap();
+        assert_eq!(std::fs::read(out.join("a")).unwrap(), b"1");
     }
 }

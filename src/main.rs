@@ -9,11 +9,11 @@ use clap::Parser;
 use std::io::Write;
 
 use cli::args::{
-    BenchArgs, Cli, Command, EvalArgs, ExportArgs, GenerateArgs, ReportArgs, RunsArgs, ScoreArgs,
-    TokenizeArgs, TrainArgs,
+    BenchArgs, Cli, Command, EvalArgs, ExportArgs, GenerateArgs, ImportArgs, ReportArgs, RunsArgs,
+    ScoreArgs, TokenizeArgs, TrainArgs,
 };
 use cli::display::Display;
-use lstm_lm::commands::{bench, eval, export, generate, score};
+use lstm_lm::commands::{bench, eval, export, generate, import, score};
 use lstm_lm::data::corpus::{self, CorpusSource};
 use lstm_lm::device::{self, DeviceChoice};
 use lstm_lm::model::Softmax;
@@ -51,6 +51,7 @@ fn main() {
         Some(Command::Runs(args)) => run_runs(args),
         Some(Command::Tokenize(args)) => run_tokenize(args),
         Some(Command::Export(args)) => run_export(args),
+        Some(Command::Import(args)) => run_import(args),
         Some(Command::Score(args)) => run_score(args),
         None => run_train(cli.train),
     };
@@ -84,6 +85,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    args.overrides.check_init_from()?;
     let config = args.overrides.apply(args.preset.config());
     let files = (!args.train.is_empty())
         .then(|| (args.train.clone(), args.valid.clone(), args.test.clone()));
@@ -232,6 +234,46 @@ fn run_export(args: ExportArgs) -> anyhow::Result<()> {
         "exported epoch {}: {} tensors in {}",
         done.epoch,
         done.tensors,
+        done.dir.display()
+    );
+    Ok(())
+}
+
+fn run_import(args: ImportArgs) -> anyhow::Result<()> {
+    let done = import::import(&import::ImportRequest {
+        model: args.model,
+        vocab: args.vocab,
+        out: args.out,
+    })?;
+    let m = &done.model;
+    println!(
+        "imported {} ({} naming, {} tensors): {} x {} LSTM, embedding {}, {} ids{}{}",
+        done.file.display(),
+        done.naming,
+        done.tensors,
+        m.n_layers,
+        m.d_hidden,
+        m.d_embed,
+        m.vocab_size,
+        if m.tied { ", tied output layer" } else { "" },
+        match &m.softmax {
+            Softmax::Adaptive { cutoffs, .. } =>
+                format!(", adaptive softmax (cutoffs {cutoffs:?})"),
+            Softmax::Full => String::new(),
+        }
+    );
+    if !done.missing.is_empty() {
+        println!(
+            "rows the model did not have: {} (probability 0: never generated, not in any \
+             perplexity)",
+            done.missing.join(", ")
+        );
+    }
+    println!(
+        "run folder {}: eval, generate and score use it (as epoch 0); train further with \
+         `lstm-lm train --init-from {} --artifact-dir NEW --train FILE` (vocabulary fixed, \
+         fresh optimizer state)",
+        done.dir.display(),
         done.dir.display()
     );
     Ok(())

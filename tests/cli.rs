@@ -1053,6 +1053,7 @@ fn a_kill_during_preparation_leaves_nothing_that_is_read_later() {
         cache_dir: dir.to_path_buf(),
         max_vocab: 0,
         tokenizer: Default::default(),
+        fixed: None,
     };
     let after = prepare(&source, &options(&cache), &mut |_| {}).unwrap();
     assert!(!after.reused);

@@ -54,6 +54,10 @@ pub enum Command {
     /// Write a run's model in PyTorch's layout: model.safetensors (nn.Embedding, nn.LSTM,
     /// nn.Linear or nn.AdaptiveLogSoftmaxWithLoss names and shapes), vocab.txt and config.json.
     Export(ExportArgs),
+    /// Make a run folder from a model trained elsewhere: a PyTorch state dict (.pt, .pth) or a
+    /// safetensors file of an Embedding -> LSTM -> Linear model, with its vocabulary. eval,
+    /// generate and score use it; `train --init-from` trains it further.
+    Import(ImportArgs),
     /// The log-probability of every line of a text, one JSON line each (blank lines included):
     /// to rank sentences.
     Score(ScoreArgs),
@@ -89,6 +93,20 @@ pub struct ExportArgs {
     #[arg(long)]
     pub epoch: Option<usize>,
     /// The folder to write (must not exist yet).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// The model: a .safetensors, .pt or .pth file, or a folder holding model.safetensors or
+    /// model.pt (from `lstm-lm export` or torch_lm.py --save).
+    pub model: PathBuf,
+    /// The vocabulary, one token per line, the line number being the model's id
+    /// [default: vocab.txt next to the model].
+    #[arg(long)]
+    pub vocab: Option<PathBuf>,
+    /// The run folder to create (must not exist yet).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 
 use crate::data::prepare::encode_text;
+use crate::data::vocab::UNK;
 use crate::error::{Error, Result};
 use crate::run::history::{bits_per_char, bpc_text, word_perplexity, word_ppl_text};
 use crate::run::Run;
@@ -61,6 +62,13 @@ pub fn evaluate_run(request: &EvalRequest) -> Result<RunEvaluation> {
         &mut |_| {},
     )?;
     let (ids, unknown_tokens) = (text.tokens, text.unknown);
+    if unknown_tokens > 0 && epoch == 0 && run.missing_rows().iter().any(|t| t == UNK) {
+        return Err(Error::Config(format!(
+            "{unknown_tokens} tokens of the text are not in the vocabulary, and the imported \
+             model has no {UNK} (their probability is 0, the perplexity infinite): score text \
+             within its vocabulary, or train from it with --init-from, which learns {UNK}"
+        )));
+    }
     let tokens_per_char = ids.tokens_per_char();
     let tokens_per_word = crate::train::per_word(config, &ids);
     let evaluation = if request.sentences {

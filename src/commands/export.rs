@@ -19,7 +19,7 @@
 //! lstm-lm stores its matrices `[in, out]`; the mirror module below holds them transposed,
 //! `[out, in]`, so that the store writes PyTorch's shapes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::module::{Module, Param};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::data::tokenizer::BPE_FILE;
 use crate::data::vocab::{EOS_ID, PAD_ID, UNK_ID};
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_atomic, write_folder};
 use crate::model::{LanguageModel, Softmax};
 use crate::run::Run;
 
@@ -210,53 +210,33 @@ pub fn export(request: &ExportRequest) -> Result<Exported> {
     let run = Run::open(&request.run_dir)?;
     let (model, epoch) = run.load_model(request.epoch, &Device::flex())?;
     let config = export_config(&run, epoch);
-    let partial = partial_dir(&request.out);
-    let result = (|| {
-        std::fs::create_dir_all(&partial)
-            .map_err(|e| Error::io("cannot create folder", &partial, e))?;
-        let mirror = TorchLm::of(&model);
-        let tensors = mirror.num_params_tensors();
-        let mut store = pytorch_names(SafetensorsStore::from_file(partial.join(MODEL_FILE)))
+    let mirror = TorchLm::of(&model);
+    let tensors = mirror.num_params_tensors();
+    write_folder(&request.out, |dir| {
+        let mut store = pytorch_names(SafetensorsStore::from_file(dir.join(MODEL_FILE)))
             .metadata("lstm-lm-source", config.source.clone());
         mirror.save_into(&mut store).map_err(|e| {
             Error::Config(format!(
                 "cannot write {}: {e}",
-                partial.join(MODEL_FILE).display()
+                dir.join(MODEL_FILE).display()
             ))
         })?;
-        run.vocab().save(&partial.join("vocab.txt"))?;
+        run.vocab().save(&dir.join("vocab.txt"))?;
         let json = serde_json::to_string_pretty(&config).expect("the config serialises") + "\n";
-        write_atomic(&partial.join("config.json"), json.as_bytes())?;
+        write_atomic(&dir.join("config.json"), json.as_bytes())?;
         let tokenizer = run.dir().join(BPE_FILE);
         if tokenizer.is_file() {
             let bytes =
                 std::fs::read(&tokenizer).map_err(|e| Error::io("cannot read", &tokenizer, e))?;
-            write_atomic(&partial.join(BPE_FILE), &bytes)?;
+            write_atomic(&dir.join(BPE_FILE), &bytes)?;
         }
-        std::fs::rename(&partial, &request.out)
-            .map_err(|e| Error::io("cannot rename into place", &request.out, e))?;
-        Ok(tensors)
-    })();
-    match result {
-        Ok(tensors) => Ok(Exported {
-            epoch,
-            dir: request.out.clone(),
-            tensors,
-        }),
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&partial);
-            Err(e)
-        }
-    }
-}
-
-/// The temporary folder an export is written into before its rename.
-fn partial_dir(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "export".into());
-    out.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+        Ok(())
+    })?;
+    Ok(Exported {
+        epoch,
+        dir: request.out.clone(),
+        tensors,
+    })
 }
 
 fn export_config(run: &Run, epoch: usize) -> ExportConfig {

@@ -130,6 +130,11 @@ pub struct ExperimentConfig {
     /// How the learning rate changes from epoch to epoch.
     #[serde(default)]
     pub lr_schedule: LrSchedule,
+    /// A run folder (trained here or imported) whose model a new run starts from
+    /// (`--init-from`): its sizes, output layer, tokenizer and vocabulary are taken and the
+    /// vocabulary stays fixed (other words read as `<unk>`); the optimizer starts fresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 impl ExperimentConfig {

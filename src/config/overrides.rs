@@ -3,6 +3,7 @@
 //! into its `train` arguments; [`Overrides::apply`] makes the config.
 
 use crate::data::tokenizer::Tokenizer;
+use crate::error::{Error, Result};
 use crate::model::adaptive::DEFAULT_DIV_VALUE;
 use crate::model::{InitScheme, LossNorm, Softmax};
 
@@ -137,6 +138,11 @@ pub struct Overrides {
     /// Loss reduction: sum over tokens / batch size, or mean per token.
     #[arg(long, value_enum)]
     pub loss_norm: Option<LossNorm>,
+    /// Start from the model of this run folder (trained here or made by `lstm-lm import`):
+    /// its sizes, output layer, tokenizer and vocabulary are kept, the vocabulary fixed (other
+    /// words read as <unk>); the optimizer starts fresh. Needs another --artifact-dir.
+    #[arg(long, value_name = "RUN")]
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 impl Overrides {
@@ -178,7 +184,40 @@ impl Overrides {
         if let Some(lr) = self.lr {
             c.optimizer = c.optimizer.with_lr(lr);
         }
+        if let Some(run) = &self.init_from {
+            c.init_from = Some(run.clone());
+        }
         c
+    }
+
+    /// Refuses flags that would change the model `--init-from` takes whole.
+    pub fn check_init_from(&self) -> Result<()> {
+        let Some(run) = &self.init_from else {
+            return Ok(());
+        };
+        let given = [
+            ("--embed", self.embed.is_some()),
+            ("--hidden", self.hidden.is_some()),
+            ("--layers", self.layers.is_some()),
+            ("--tied", self.tied),
+            ("--softmax", self.softmax.is_some()),
+            ("--cutoffs", self.cutoffs.is_some()),
+            ("--div-value", self.div_value.is_some()),
+            ("--tokenizer", self.tokenizer.is_some()),
+            ("--max-vocab", self.max_vocab.is_some()),
+            ("--init-range", self.init_range.is_some()),
+        ];
+        let flags: Vec<&str> = given.iter().filter(|g| g.1).map(|g| g.0).collect();
+        if flags.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "{} cannot change a model started from --init-from {}: its sizes, output layer, \
+             tokenizer and vocabulary are that run's; leave {} out",
+            flags.join(", "),
+            run.display(),
+            if flags.len() == 1 { "it" } else { "them" }
+        )))
     }
 
     /// `current`, or the softmax asked for: `--cutoffs` or `--div-value` select the adaptive

@@ -89,6 +89,7 @@ impl Zaremba {
                 constant_epochs: self.constant_epochs,
                 decay: self.decay,
             },
+            init_from: None,
         }
     }
 }
@@ -181,6 +182,7 @@ fn default() -> ExperimentConfig {
         seed: 1,
         clip: 0.0,
         lr_schedule: LrSchedule::Constant,
+        init_from: None,
     }
 }
 
@@ -241,6 +243,7 @@ fn char_rnn() -> ExperimentConfig {
             constant_epochs: 10,
             decay: 0.97,
         },
+        init_from: None,
     }
 }
 

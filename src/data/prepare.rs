@@ -47,6 +47,9 @@ pub struct PrepareOptions {
     pub max_vocab: usize,
     /// How lines become tokens.
     pub tokenizer: Tokenizer,
+    /// A vocabulary and tokenizer to encode with instead of ones learned from the training
+    /// text (a run started from another's model); `max_vocab` and `tokenizer` are then unused.
+    pub fixed: Option<(Vocab, Codec)>,
 }
 
 /// What preparing reports as it goes.
@@ -109,7 +112,7 @@ pub fn prepare(
     report: &mut dyn FnMut(PrepareEvent),
 ) -> Result<Prepared> {
     let plan = Plan::of(source)?;
-    let key = plan.key(options.max_vocab, options.tokenizer)?;
+    let key = plan.key(options)?;
     let (mut prepared, reused) = in_cache(
         &options.cache_dir,
         &key,
@@ -141,20 +144,13 @@ pub fn encode_text(
     report: &mut dyn FnMut(PrepareEvent),
 ) -> Result<EncodedText> {
     let inputs: Vec<Input> = paths.iter().cloned().map(Input::File).collect();
-    let words: Vec<&str> = (0..vocab.len()).filter_map(|i| vocab.token(i)).collect();
-    let material = serde_json::json!({
-        "format": FORMAT,
-        "tokenizer": codec.kind().name(),
-        "bpe_crc32": match codec {
-            Codec::Bpe(model) => Some(crc32fast::hash(
-                model.to_string(false).unwrap_or_default().as_bytes(),
-            )),
-            _ => None,
-        },
-        "vocab_crc32": crc32fast::hash(words.join("\n").as_bytes()),
-        "vocab_size": vocab.len(),
-        "text": inputs.iter().map(Input::fingerprint).collect::<Result<Vec<_>>>()?,
-    });
+    let mut material = vocab_material(vocab, codec);
+    material["format"] = FORMAT.into();
+    material["text"] = inputs
+        .iter()
+        .map(Input::fingerprint)
+        .collect::<Result<Vec<_>>>()?
+        .into();
     let key = Key::new(material, &inputs[0]);
     let build = &mut |dir: &Path, report: &mut dyn FnMut(PrepareEvent)| {
         report(PrepareEvent::Started {
@@ -180,6 +176,23 @@ pub fn encode_text(
         })
     })?;
     Ok(text)
+}
+
+/// What identifies a vocabulary and tokenizer in a cache key: the tokenizer, checksums of the
+/// tokens and of the BPE model, the size.
+fn vocab_material(vocab: &Vocab, codec: &Codec) -> serde_json::Value {
+    let words: Vec<&str> = (0..vocab.len()).filter_map(|i| vocab.token(i)).collect();
+    serde_json::json!({
+        "tokenizer": codec.kind().name(),
+        "bpe_crc32": match codec {
+            Codec::Bpe(model) => Some(crc32fast::hash(
+                model.to_string(false).unwrap_or_default().as_bytes(),
+            )),
+            _ => None,
+        },
+        "vocab_crc32": crc32fast::hash(words.join("\n").as_bytes()),
+        "vocab_size": vocab.len(),
+    })
 }
 
 /// Writes a cache folder's files into the given folder, reporting as it goes.
@@ -324,12 +337,22 @@ fn train_bpe(
         path: path.clone(),
         problem: format!("the learned BPE is not a vocabulary: {problem}"),
     })?;
-    model.save(&path, true).map_err(|e| Error::Corpus {
-        path: path.clone(),
-        problem: format!("cannot write the BPE: {e}"),
-    })?;
+    let codec = Codec::Bpe(Arc::new(model));
+    save_codec(&codec, dir)?;
     report(PrepareEvent::Finished);
-    Ok((vocab, Codec::Bpe(Arc::new(model))))
+    Ok((vocab, codec))
+}
+
+/// Writes a BPE model into the prepared folder `dir` (words and characters need no file).
+fn save_codec(codec: &Codec, dir: &Path) -> Result<()> {
+    if let Codec::Bpe(model) = codec {
+        let path = dir.join(BPE_FILE);
+        model.save(&path, true).map_err(|e| Error::Corpus {
+            path: path.clone(),
+            problem: format!("cannot write the BPE: {e}"),
+        })?;
+    }
+    Ok(())
 }
 
 /// The training lines of some inputs, streamed (line ends removed), up to global line `cut`;
@@ -644,14 +667,18 @@ impl Plan {
         Ok(plan)
     }
 
-    fn key(&self, max_vocab: usize, tokenizer: Tokenizer) -> Result<Key> {
+    fn key(&self, options: &PrepareOptions) -> Result<Key> {
         let prints = |inputs: &[Input]| -> Result<Vec<serde_json::Value>> {
             inputs.iter().map(Input::fingerprint).collect()
         };
-        let material = serde_json::json!({
+        let tokenizer = match &options.fixed {
+            Some((_, codec)) => codec.kind(),
+            None => options.tokenizer,
+        };
+        let mut material = serde_json::json!({
             "format": FORMAT,
             "tokenizer": tokenizer.name(),
-            "max_vocab": max_vocab,
+            "max_vocab": options.max_vocab,
             "train": prints(&self.train)?,
             "valid": prints(&self.valid)?,
             "held_out": self.held_out.map(|h| serde_json::json!({
@@ -660,6 +687,10 @@ impl Plan {
             })),
             "test": prints(&self.test)?,
         });
+        if let Some((vocab, codec)) = &options.fixed {
+            // Only then, so that the keys of earlier preparations stay what they were.
+            material["fixed_vocab"] = vocab_material(vocab, codec);
+        }
         Ok(Key::new(material, &self.train[0]))
     }
 }
@@ -1008,10 +1039,14 @@ fn write_prepared(
     let cut = plan
         .held_out
         .map(|h| (train_lines.iter().sum::<usize>() as f64 * h.train_fraction) as usize);
-    let (vocab, codec) = match options.tokenizer {
-        Tokenizer::Bpe => train_bpe(dir, plan, cut, options.max_vocab, report)?,
-        Tokenizer::Word => (count_tokens(plan, cut, options, report)?, Codec::Word),
-        Tokenizer::Char => (count_tokens(plan, cut, options, report)?, Codec::Char),
+    let (vocab, codec) = match (&options.fixed, options.tokenizer) {
+        (Some((vocab, codec)), _) => {
+            save_codec(codec, dir)?;
+            (vocab.clone(), codec.clone())
+        }
+        (None, Tokenizer::Bpe) => train_bpe(dir, plan, cut, options.max_vocab, report)?,
+        (None, Tokenizer::Word) => (count_tokens(plan, cut, options, report)?, Codec::Word),
+        (None, Tokenizer::Char) => (count_tokens(plan, cut, options, report)?, Codec::Char),
     };
     vocab.save(&dir.join("vocab.txt"))?;
     let store = |name: &str| StoreWriter::create(&dir.join(format!("{name}.tokens")), vocab.len());
@@ -1161,6 +1196,7 @@ mod tests {
             cache_dir: dir.to_path_buf(),
             max_vocab: 0,
             tokenizer: Tokenizer::Word,
+            fixed: None,
         }
     }
 

@@ -164,6 +164,68 @@ impl Vocab {
     }
 }
 
+/// A vocabulary in another tool's order (`tokens[i]` is its id `i`, e.g. PyTorch's), mapped
+/// into lstm-lm's layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForeignVocab {
+    /// The vocabulary in lstm-lm's layout: [`PAD`], [`EOS`], [`UNK`], then the other tokens in
+    /// the foreign order.
+    pub vocab: Vocab,
+    /// For each lstm-lm id, the foreign id it comes from; `None` for a special the foreign
+    /// vocabulary did not have.
+    pub rows: Vec<Option<usize>>,
+}
+
+impl ForeignVocab {
+    /// Maps `tokens` (a foreign vocabulary, one token per id) into lstm-lm's layout. The
+    /// foreign vocabulary must hold [`EOS`] (each line's end) and no token twice; [`PAD`] and
+    /// [`UNK`] are taken where present and otherwise become rows it never had.
+    pub fn map(tokens: &[String]) -> std::result::Result<Self, String> {
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            if let Some(first) = seen.insert(t.as_str(), i) {
+                return Err(format!(
+                    "the token {t:?} appears twice (lines {} and {})",
+                    first + 1,
+                    i + 1
+                ));
+            }
+        }
+        if !seen.contains_key(EOS) {
+            return Err(format!(
+                "it has no {EOS}: lstm-lm ends every line with {EOS}, so the model must know the \
+                 token it was trained to end lines with; name it {EOS} in the vocabulary file"
+            ));
+        }
+        let specials = [PAD, EOS, UNK];
+        let mut rows: Vec<Option<usize>> = specials.iter().map(|s| seen.get(s).copied()).collect();
+        let mut ordered: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
+        for (i, t) in tokens.iter().enumerate() {
+            if !specials.contains(&t.as_str()) {
+                rows.push(Some(i));
+                ordered.push(t.clone());
+            }
+        }
+        Ok(Self {
+            vocab: Vocab::from_tokens(ordered),
+            rows,
+        })
+    }
+
+    /// The specials the foreign vocabulary did not have (rows it never had).
+    pub fn missing(&self) -> Vec<&str> {
+        (0..3)
+            .filter(|&i| self.rows[i].is_none())
+            .filter_map(|i| self.vocab.token(i))
+            .collect()
+    }
+
+    /// Whether every id keeps its foreign id (the foreign vocabulary was lstm-lm's layout).
+    pub fn is_identity(&self) -> bool {
+        self.rows.iter().enumerate().all(|(i, r)| *r == Some(i))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +268,31 @@ mod tests {
         std::fs::write(&path, "hello\nworld\n").unwrap();
         let err = Vocab::load(&path).unwrap_err().to_string();
         assert!(err.contains("not a vocabulary file"), "{err}");
+    }
+
+    #[test]
+    fn a_foreign_vocabulary_maps_into_lstm_lm_layout() {
+        let t = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        // PyTorch's order: first appearance, no <pad>, <eos> and <unk> wherever they fell.
+        let f = ForeignVocab::map(&t("the <eos> cat <unk> sat")).unwrap();
+        assert_eq!(
+            f.vocab.decode(&[0, 1, 2, 3, 4, 5]),
+            "<pad> <eos> <unk> the cat sat"
+        );
+        assert_eq!(
+            f.rows,
+            vec![None, Some(1), Some(3), Some(0), Some(2), Some(4)]
+        );
+        assert_eq!(f.missing(), vec![PAD]);
+        assert!(!f.is_identity());
+        let f = ForeignVocab::map(&t("<eos> a")).unwrap();
+        assert_eq!(f.missing(), vec![PAD, UNK]);
+        // lstm-lm's own layout maps to itself.
+        let f = ForeignVocab::map(&t("<pad> <eos> <unk> a b")).unwrap();
+        assert!(f.is_identity() && f.missing().is_empty());
+        let e = ForeignVocab::map(&t("a b")).unwrap_err();
+        assert!(e.contains("no <eos>"), "{e}");
+        let e = ForeignVocab::map(&t("<eos> a b a")).unwrap_err();
+        assert!(e.contains("\"a\" appears twice (lines 2 and 4)"), "{e}");
     }
 }

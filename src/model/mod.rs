@@ -15,6 +15,7 @@ pub mod fused;
 pub mod init;
 pub mod lstm;
 pub mod sparse;
+pub mod weights;
 
 pub use adaptive::Softmax;
 pub use init::InitScheme;

@@ -10,3 +10,7 @@ pub const HISTORY: &str = "history.jsonl";
 pub const TEST: &str = "test.json";
 /// Held locked by the process training in the folder; holds its pid.
 pub const LOCK: &str = "lock";
+/// The model of an imported run (`lstm-lm import`): its epoch 0, with no optimizer state.
+pub const IMPORTED: &str = "imported.bpk";
+/// Where an imported run's model came from (`lstm-lm import`).
+pub const IMPORT_RECORD: &str = "import.json";

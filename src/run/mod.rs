@@ -77,6 +77,8 @@ pub(crate) fn clear_run(run_dir: &Path) -> Result<()> {
         files::VOCAB,
         files::HISTORY,
         files::TEST,
+        files::IMPORTED,
+        files::IMPORT_RECORD,
         plot::CURVES,
         "experiment.log",
     ] {
@@ -122,6 +124,14 @@ pub fn check_resume(
         },
         other => other,
     })?;
+    if saved.is_imported() && newest_sound_checkpoint(run_dir).is_none() {
+        return Err(Error::Config(format!(
+            "{} holds an imported model; train from it into another folder with --init-from {} \
+             --artifact-dir NEW",
+            run_dir.display(),
+            run_dir.display()
+        )));
+    }
     let differences = config.resume_differences(saved.config());
     if !differences.is_empty() {
         return Err(Error::IncompatibleRun {
@@ -214,7 +224,15 @@ impl Run {
             std::fs::read_to_string(&path).map_err(|e| Error::io("cannot read", &path, e))?;
         let config: ExperimentConfig = serde_json::from_str(&text).map_err(|e| Error::BadRun {
             dir: dir.to_path_buf(),
-            problem: format!("{} is not a valid config ({e})", files::CONFIG),
+            problem: if text.contains("\"lstm-lm-export\"") {
+                format!(
+                    "an export in PyTorch's layout, not a run folder; `lstm-lm import {} --out \
+                     RUN` makes a run of it",
+                    dir.display()
+                )
+            } else {
+                format!("{} is not a valid config ({e})", files::CONFIG)
+            },
         })?;
         let vocab = Vocab::load(&dir.join(files::VOCAB))?;
         let codec = Codec::load(config.data.tokenizer, dir)?;
@@ -251,9 +269,12 @@ impl Run {
         plot::run_title(&self.dir)
     }
 
-    /// The checkpoint to use: `epoch` once verified, or the newest sound one.
+    /// The checkpoint to use: `epoch` once verified, or the newest sound one; epoch 0 is an
+    /// imported run's model ([`files::IMPORTED`]), used when no epoch was trained.
     pub fn checkpoint(&self, epoch: Option<usize>) -> Result<usize> {
+        let imported = self.dir.join(files::IMPORTED).is_file();
         match epoch {
+            Some(0) if imported => Ok(0),
             Some(e) => {
                 verify_checkpoint(&self.dir, e).map_err(|why| Error::BadRun {
                     dir: self.dir.clone(),
@@ -261,11 +282,29 @@ impl Run {
                 })?;
                 Ok(e)
             }
-            None => newest_sound_checkpoint(&self.dir).ok_or_else(|| Error::BadRun {
-                dir: self.dir.clone(),
-                problem: "no complete checkpoint yet; train at least one epoch".into(),
-            }),
+            None => newest_sound_checkpoint(&self.dir)
+                .or(imported.then_some(0))
+                .ok_or_else(|| Error::BadRun {
+                    dir: self.dir.clone(),
+                    problem: "no complete checkpoint yet; train at least one epoch".into(),
+                }),
         }
+    }
+
+    /// Whether the run's model was imported (`lstm-lm import`) rather than trained here.
+    pub fn is_imported(&self) -> bool {
+        self.dir.join(files::IMPORTED).is_file()
+    }
+
+    /// The special tokens an imported model never had (`missing` in its
+    /// [`files::IMPORT_RECORD`]): their probability is 0 until training from it learns them.
+    pub fn missing_rows(&self) -> Vec<String> {
+        let path = self.dir.join(files::IMPORT_RECORD);
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Vec::new();
+        };
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        serde_json::from_value(value["missing"].clone()).unwrap_or_default()
     }
 
     /// The model of checkpoint `epoch` (the newest sound one when `None`) on `device`, and the
@@ -276,7 +315,10 @@ impl Run {
         device: &Device,
     ) -> Result<(LanguageModel, usize)> {
         let epoch = self.checkpoint(epoch)?;
-        let path = record_path(&checkpoint_dir(&self.dir), "model", epoch);
+        let path = match epoch {
+            0 => self.dir.join(files::IMPORTED),
+            _ => record_path(&checkpoint_dir(&self.dir), "model", epoch),
+        };
         let record = burn::store::ModuleRecord::load(&path).map_err(|e| Error::BadRun {
             dir: self.dir.clone(),
             problem: format!("cannot load {}: {e}", path.display()),

@@ -21,6 +21,8 @@ pub enum RunStatus {
     Complete,
     /// Stopped before its last epoch; the same command continues it.
     Interrupted,
+    /// Made by `lstm-lm import` from a model trained elsewhere; nothing trained here.
+    Imported,
 }
 
 impl std::fmt::Display for RunStatus {
@@ -29,6 +31,7 @@ impl std::fmt::Display for RunStatus {
             Self::Running => "running",
             Self::Complete => "complete",
             Self::Interrupted => "interrupted",
+            Self::Imported => "imported",
         })
     }
 }
@@ -82,6 +85,8 @@ pub fn summarize(run: &Run) -> RunSummary {
         .then(|| timed.len() as f64 / timed.iter().map(|s| 1.0 / s.tokens_per_second).sum::<f64>());
     let status = if run.is_training() {
         RunStatus::Running
+    } else if epochs_done == 0 && run.is_imported() {
+        RunStatus::Imported
     } else if epochs_done >= config.epochs {
         RunStatus::Complete
     } else {

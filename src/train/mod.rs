@@ -36,17 +36,18 @@ use crate::data::prepare::{prepare, PrepareOptions};
 use crate::data::store::Tokens;
 use crate::data::tokenizer::{Codec, Tokenizer, BPE_FILE};
 use crate::data::vocab::Vocab;
+use crate::data::vocab::UNK_ID;
 use crate::error::{Error, Result};
 use crate::format::format_rate;
 use crate::model::adaptive::tail_ranges;
-use crate::model::{LanguageModel, Softmax};
+use crate::model::{LanguageModel, LmConfig, LossNorm, Softmax};
 use crate::run::checkpoint::{
     checkpoint_dir, last_complete_checkpoint, remove_stale_temporaries, AtomicFileCheckpointer,
     KeepNewestComplete,
 };
 use crate::run::history::{bits_per_char, bpc_text, word_perplexity, word_ppl_text, EpochStats};
 use crate::run::recorder::{EpochRates, EpochRecorder};
-use crate::run::{check_resume, clear_run, save_run, save_test_score, RunLock, TestScore};
+use crate::run::{check_resume, clear_run, save_run, save_test_score, Run, RunLock, TestScore};
 
 use evaluate::{evaluate_bucketed, evaluate_stream, Evaluation};
 use events::{EventSink, TrainEvent};
@@ -121,6 +122,7 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         interrupter,
         checkpoint_every,
     } = request;
+    let start = start_from(&mut config, &run_dir)?;
     config.validate()?;
     check_devices(&config, &devices)?;
     let device = devices[0].clone();
@@ -128,6 +130,9 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         cache_dir,
         max_vocab: config.data.max_vocab,
         tokenizer: config.data.tokenizer,
+        fixed: start
+            .as_ref()
+            .map(|run| (run.vocab().clone(), run.codec().clone())),
     };
     let corpus = prepare(&corpus, &options, &mut |e| {
         events.send(TrainEvent::Prepare(e))
@@ -188,7 +193,8 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     )?;
     let partial = partial_to_resume(&run_dir, first_epoch, devices.len(), &events);
     let steps_per_epoch = steps_per_epoch_on(&loaders, &devices, &config);
-    let mut model = init_model(&config, &devices, &run_dir, &events);
+    let start = start.filter(|_| resumed_from.is_none() && partial.is_none());
+    let mut model = init_model(&config, &devices, &run_dir, start.as_ref(), &events)?;
     let setup = Setup {
         run_dir: &run_dir,
         config: &config,
@@ -302,16 +308,49 @@ fn cluster_note(cutoffs: &[usize], vocab: usize, train: &Tokens) -> String {
     )
 }
 
-/// The model at its seeded initialisation, on the first device, with the clipping and device
-/// count its training step reads.
+/// The run a new run starts from (`--init-from`), opened; its model sizes, output layer and
+/// tokenizer replace `config`'s (the training settings stay).
+fn start_from(config: &mut ExperimentConfig, run_dir: &Path) -> Result<Option<Run>> {
+    let Some(dir) = config.init_from.clone() else {
+        return Ok(None);
+    };
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if same(&dir, run_dir) {
+        return Err(Error::Config(format!(
+            "--init-from {} is the run folder itself; pass another --artifact-dir for the new run",
+            dir.display()
+        )));
+    }
+    let source = Run::open(&dir)?;
+    let theirs = &source.config().model;
+    config.model = LmConfig {
+        init: config.model.init,
+        loss_norm: config.model.loss_norm,
+        dropout: config.model.dropout,
+        ..theirs.clone()
+    };
+    config.data.tokenizer = source.config().data.tokenizer;
+    config.data.max_vocab = 0;
+    Ok(Some(source))
+}
+
+/// The model a run starts with, on the first device, with the training settings its step
+/// reads: the newest model of `start` (`--init-from`), or the seeded initialisation.
 fn init_model(
     config: &ExperimentConfig,
     devices: &[Device],
     run_dir: &Path,
+    start: Option<&Run>,
     events: &EventSink,
-) -> LanguageModel {
+) -> Result<LanguageModel> {
     let device = &devices[0];
-    let mut model = config.model.init(config.seed, &device.clone().autodiff());
+    let mut model = match start {
+        Some(source) => started_from(source, config, &device.clone().autodiff(), events)?,
+        None => config.model.init(config.seed, &device.clone().autodiff()),
+    };
     model.max_grad_norm = config.clip;
     model.devices = devices.len();
     events.info(format!(
@@ -323,7 +362,38 @@ fn init_model(
         crate::device::describe(device),
         run_dir.display()
     ));
-    model
+    Ok(model)
+}
+
+/// The newest model of `source` on `device`, with `config`'s training settings; says where it
+/// came from and gives a row the source never had (an imported `<unk>`) a bias it can learn.
+fn started_from(
+    source: &Run,
+    config: &ExperimentConfig,
+    device: &Device,
+    events: &EventSink,
+) -> Result<LanguageModel> {
+    let (mut model, epoch) = source.load_model(None, device)?;
+    model.dropout = config.model.dropout;
+    model.loss_per_batch = config.model.loss_norm == LossNorm::Batch;
+    events.info(format!(
+        "starting from the model of {} ({}); its vocabulary of {} tokens is fixed (other words \
+         read as <unk>); the optimizer state starts fresh",
+        source.dir().display(),
+        if epoch == 0 {
+            "as imported".to_string()
+        } else {
+            format!("epoch {epoch}")
+        },
+        source.vocab().len()
+    ));
+    if model.revive_output_row(UNK_ID) {
+        events.info(
+            "the model had no <unk>: its row starts with the lowest bias of the others, to be \
+             learned",
+        );
+    }
+    Ok(model)
 }
 
 /// That `run_dir` already holds the `done` epochs of the `asked` ones, and what to do.
