@@ -2,13 +2,16 @@
 """Scores a text with an `lstm-lm export` folder in plain numpy: an implementation written
 independently of lstm-lm and of Burn, to check the perplexities lstm-lm prints.
 
-    python3 reference/numpy_lm.py EXPORT_DIR --text FILE
+    python3 reference/numpy_lm.py EXPORT_DIR --text FILE [--sentences]
 
 Reads model.safetensors (PyTorch's names and shapes, see `lstm-lm export --help`), vocab.txt
 and config.json; cuts each line into whitespace-separated words plus `<eos>` (words outside the
 vocabulary are `<unk>`), concatenates the lines into one stream and predicts every token after
 the first from all before it, from a zero state (lstm-lm eval's full context with one column).
-Computes in float64; prints one JSON object: tokens, loss (mean nats), perplexity.
+With --sentences each line is scored on its own from a zero state, its first token predicted
+after <eos> (lstm-lm score --context sentence), and `lines` lists each line's summed
+log-probability (null for a blank line). Computes in float64; prints one JSON object: tokens,
+loss (mean nats), perplexity.
 Needs numpy and safetensors (pip install numpy safetensors).
 """
 import argparse
@@ -32,20 +35,20 @@ def read_vocab(path):
     return {w: i for i, w in enumerate(words)}
 
 
-def encode(path, vocab, eos, unk):
-    ids, unknown = [], 0
+def encode_lines(path, vocab, eos, unk):
+    """Each line's ids with its <eos> (empty for a blank line), and the unknown words."""
+    lines, unknown = [], 0
     with open(path, encoding='utf-8') as f:
-        for line in f:
+        for line in f.read().splitlines():
             words = line.split()
-            if not words:
-                continue
+            ids = []
             for w in words:
                 i = vocab.get(w)
                 if i is None:
                     i, unknown = unk, unknown + 1
                 ids.append(i)
-            ids.append(eos)
-    return np.array(ids, dtype=np.int64), unknown
+            lines.append(ids + [eos] if words else [])
+    return lines, unknown
 
 
 def sigmoid(x):
@@ -98,6 +101,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('export_dir')
     ap.add_argument('--text', required=True)
+    ap.add_argument('--sentences', action='store_true')
     args = ap.parse_args()
     with open(os.path.join(args.export_dir, 'config.json')) as f:
         config = json.load(f)
@@ -107,11 +111,25 @@ def main():
     vocab = read_vocab(os.path.join(args.export_dir, 'vocab.txt'))
     if len(vocab) != config['vocab_size'] or w['embed.weight'].shape[0] != config['vocab_size']:
         sys.exit('vocab.txt, config.json and embed.weight disagree on the vocabulary size')
-    ids, unknown = encode(args.text, vocab, config['eos_id'], config['unk_id'])
-    hs = lstm(w['embed.weight'][ids[:-1]], w, config['num_layers'], config['hidden_size'])
-    lp = target_log_probs(hs, ids[1:], w, config)
-    loss = float(-lp.mean())
-    print(json.dumps(dict(tokens=int(len(lp)), unknown_tokens=unknown, loss=loss, perplexity=math.exp(loss))))
+    lines, unknown = encode_lines(args.text, vocab, config['eos_id'], config['unk_id'])
+
+    def log_probs(inputs, targets):
+        hs = lstm(w['embed.weight'][inputs], w, config['num_layers'], config['hidden_size'])
+        return target_log_probs(hs, np.array(targets, dtype=np.int64), w, config)
+
+    out = dict(unknown_tokens=unknown)
+    if args.sentences:
+        sums = [float(log_probs([config['eos_id']] + ids[:-1], ids).sum()) if ids else None
+                for ids in lines]
+        total, tokens = -sum(x for x in sums if x is not None), sum(len(ids) for ids in lines)
+        out['lines'] = sums
+    else:
+        ids = [i for line in lines for i in line]
+        lp = log_probs(ids[:-1], ids[1:])
+        total, tokens = float(-lp.sum()), len(lp)
+    loss = total / tokens
+    out.update(tokens=tokens, loss=loss, perplexity=math.exp(loss))
+    print(json.dumps(out))
 
 
 if __name__ == '__main__':

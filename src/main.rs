@@ -176,7 +176,11 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         device: choose_device(args.device)?,
         run_dir: args.run,
         epoch: args.epoch,
-        sentences: args.sentences,
+        context: if args.sentences {
+            eval::EvalContext::Buckets
+        } else {
+            args.context
+        },
         columns: args.columns,
         bptt: args.bptt,
     };

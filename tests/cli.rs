@@ -1220,11 +1220,20 @@ fn an_adaptive_softmax_run_trains_resumes_evaluates_and_generates() {
         lstm_lm()
             .arg("eval")
             .arg(&run)
-            .arg("--sentences")
+            .args(["--context", "buckets"])
             .arg("--text")
             .arg(&valid),
     );
     assert!(eval.contains(&printed), "{printed} in {eval}");
+    let old_flag = stdout_of(
+        lstm_lm()
+            .arg("eval")
+            .arg(&run)
+            .arg("--sentences")
+            .arg("--text")
+            .arg(&valid),
+    );
+    assert_eq!(old_flag, eval, "--sentences is --context buckets");
     let sample = stdout_of(
         lstm_lm()
             .arg("generate")

@@ -145,38 +145,83 @@ fn python() -> String {
     std::env::var("LSTM_LM_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-/// `lstm-lm eval --json`'s and numpy's perplexity of `text` for `run`.
-fn both_perplexities(run: &Path, out: &Path, text: &Path) -> (f64, f64) {
-    export(run, out);
-    let ours: serde_json::Value = serde_json::from_str(&stdout_of(
+/// `reference/numpy_lm.py`'s JSON for the export `out` on `text`, `--sentences` when asked.
+fn numpy(out: &Path, text: &Path, sentences: bool) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/numpy_lm.py");
+    let mut command = Command::new(python());
+    command.arg(script).arg(out).arg("--text").arg(text);
+    if sentences {
+        command.arg("--sentences");
+    }
+    serde_json::from_str(&stdout_of(&mut command)).unwrap()
+}
+
+/// `lstm-lm eval --json --context CONTEXT` of `run` on `text`.
+fn eval_context(run: &Path, text: &Path, context: &str) -> serde_json::Value {
+    let out = stdout_of(
         lstm_lm()
             .arg("eval")
             .arg(run)
-            .arg("--json")
-            .arg("--text")
+            .args(["--json", "--context", context, "--text"])
             .arg(text)
             .env("LSTM_LM_CACHE_DIR", run.with_extension("cache")),
-    ))
-    .unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/numpy_lm.py");
-    let theirs: serde_json::Value = serde_json::from_str(&stdout_of(
-        Command::new(python())
-            .arg(script)
-            .arg(out)
-            .arg("--text")
-            .arg(text),
-    ))
-    .unwrap();
-    assert_eq!(ours["tokens"], theirs["tokens"], "tokens scored");
-    (
-        ours["perplexity"].as_f64().unwrap(),
-        theirs["perplexity"].as_f64().unwrap(),
-    )
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+fn relative(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs()
+}
+
+/// Checks `run`'s scores of `text` against numpy's on its export `out`: the file's perplexity
+/// with full context and line by line, and every line's log-probability (`lstm-lm score`).
+fn check_against_numpy(name: &str, run: &Path, out: &Path, text: &Path) {
+    export(run, out);
+    for (context, sentences) in [("carry", false), ("sentence", true)] {
+        let ours = eval_context(run, text, context);
+        let theirs = numpy(out, text, sentences);
+        assert_eq!(
+            ours["tokens"], theirs["tokens"],
+            "{name} {context}: tokens scored"
+        );
+        let (a, b) = (
+            ours["perplexity"].as_f64().unwrap(),
+            theirs["perplexity"].as_f64().unwrap(),
+        );
+        assert!(
+            relative(a, b) < 1e-4,
+            "{name} {context}: lstm-lm {a}, numpy {b}"
+        );
+        if !sentences {
+            continue;
+        }
+        let scores = stdout_of(lstm_lm().arg("score").arg(run).arg("--text").arg(text));
+        let lines = theirs["lines"].as_array().unwrap();
+        assert_eq!(
+            scores.lines().count(),
+            lines.len(),
+            "{name}: one score per line"
+        );
+        for (line, theirs) in scores.lines().zip(lines) {
+            let ours: serde_json::Value = serde_json::from_str(line).unwrap();
+            match theirs.as_f64() {
+                None => assert_eq!(ours["scored"], 0, "{name}: a blank line"),
+                Some(b) => {
+                    let a = ours["logprob"].as_f64().unwrap();
+                    assert!(
+                        relative(a, b) < 1e-4,
+                        "{name} line {}: lstm-lm {a}, numpy {b}",
+                        ours["line"]
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]
 #[ignore = "needs python3 with numpy and safetensors (LSTM_LM_PYTHON); .ci/run installs them"]
-fn numpy_scores_the_exported_weights_as_eval_does() {
+fn numpy_scores_the_exported_weights_as_eval_and_score_do() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, valid) = common::tiny_corpus(tmp.path(), 400, 60);
     type Edit = fn(&mut lstm_lm::config::ExperimentConfig);
@@ -200,12 +245,11 @@ fn numpy_scores_the_exported_weights_as_eval_does() {
     ];
     for (name, edit) in kinds {
         let run = tiny_run(tmp.path(), name, edit);
-        let (ours, theirs) =
-            both_perplexities(&run, &tmp.path().join(format!("{name}-export")), &valid);
-        let rel = (ours - theirs).abs() / theirs;
-        assert!(
-            rel < 1e-4,
-            "{name}: lstm-lm {ours}, numpy {theirs} ({rel:e})"
+        check_against_numpy(
+            name,
+            &run,
+            &tmp.path().join(format!("{name}-export")),
+            &valid,
         );
     }
 }

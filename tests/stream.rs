@@ -423,7 +423,7 @@ fn a_stream_run_learns_follows_its_schedule_and_resumes_exactly() {
         text: vec![tmp.path().join("valid.txt")],
         cache_dir: tmp.path().join("cache"),
         epoch: None,
-        sentences: false,
+        context: lstm_lm::commands::eval::EvalContext::Carry,
         columns: 1,
         bptt: Some(50),
         device: Device::flex(),

@@ -6,7 +6,9 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use lstm_lm::commands::eval::{evaluate_run, EvalContext, EvalRequest};
 use lstm_lm::commands::generate::{generate, GenerateRequest};
+use lstm_lm::commands::score::LineScore;
 use lstm_lm::data::corpus::CorpusSource;
 use lstm_lm::data::vocab::{Vocab, EOS_ID, PAD_ID, UNK_ID};
 use lstm_lm::error::Error;
@@ -46,6 +48,14 @@ fn logits_after(model: &LanguageModel, ids: &[usize]) -> Vec<f32> {
 }
 
 /// The logits `[vocab]` after reading `ids` in one forward pass from zeros.
+/// log p(`next` | `prefix`) by hand, in f64, from the model's logits.
+fn log_prob_after(model: &LanguageModel, prefix: &[usize], next: usize) -> f64 {
+    let logits = logits_of(model, prefix);
+    let max = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    logits[next] as f64 - max - sum.ln()
+}
+
 fn logits_of(model: &LanguageModel, ids: &[usize]) -> Vec<f32> {
     let seq: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let n = seq.len();
@@ -327,15 +337,7 @@ fn scores_of_lines_in_sentence_and_carry_context() {
     for k in 0..ids.len() {
         let mut prefix = vec![EOS_ID];
         prefix.extend(&ids[..k]);
-        let logits = logits_of(&model, &prefix);
-        let max = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
-        let lse = max
-            + logits
-                .iter()
-                .map(|&l| (l as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
-        expected += logits[ids[k]] as f64 - lse;
+        expected += log_prob_after(&model, &prefix, ids[k]);
     }
     let got = batched[0].logprob;
     assert!(
@@ -343,4 +345,46 @@ fn scores_of_lines_in_sentence_and_carry_context() {
         "{got} vs {expected}"
     );
     assert!((batched[0].log2prob - got / std::f64::consts::LN_2).abs() < 1e-9);
+
+    // `eval` says the same with the same names: sentence context is the sum of the lines'
+    // scores; carry reads the text as one stream and leaves out only the first token.
+    let file = tmp.path().join("lines.txt");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let eval = |context| {
+        evaluate_run(&EvalRequest {
+            run_dir: tmp.path().join("run"),
+            text: vec![file.clone()],
+            cache_dir: tmp.path().join("cache"),
+            epoch: None,
+            context,
+            columns: 1,
+            bptt: None,
+            device: device.clone(),
+        })
+        .unwrap()
+        .evaluation
+    };
+    let sums = |s: &[LineScore]| {
+        let nll: f64 = s.iter().map(|l| -l.logprob).sum();
+        (nll, s.iter().map(|l| l.scored).sum::<usize>())
+    };
+    let (nll, tokens) = sums(&batched);
+    let sentence = eval(EvalContext::Sentence);
+    assert_eq!(sentence.tokens, tokens);
+    assert!(
+        (sentence.loss * tokens as f64 - nll).abs() < 1e-6 * nll,
+        "{sentence:?}"
+    );
+    let (nll, tokens) = sums(&carried);
+    let carry = eval(EvalContext::Carry);
+    assert_eq!(
+        carry.tokens,
+        tokens - 1,
+        "the first token has no context in a stream"
+    );
+    let expected = nll + log_prob_after(&model, &[EOS_ID], ids[0]);
+    assert!(
+        (carry.loss * carry.tokens as f64 - expected).abs() < 1e-4 * expected,
+        "{carry:?} vs {expected}"
+    );
 }

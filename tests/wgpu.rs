@@ -46,7 +46,7 @@ fn evaluate(run: &Path, text: &Path, device: Device) -> f64 {
         text: vec![text.to_path_buf()],
         cache_dir: run.with_extension("cache"),
         epoch: None,
-        sentences: true,
+        context: lstm_lm::commands::eval::EvalContext::Buckets,
         columns: 1,
         bptt: None,
         device,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use lstm_lm::commands::bench::BenchConfig;
+use lstm_lm::commands::eval::EvalContext;
 use lstm_lm::config::overrides::Overrides;
 use lstm_lm::config::presets::Preset;
 use lstm_lm::device::DeviceChoice;
@@ -177,8 +178,14 @@ pub struct EvalArgs {
     /// Checkpoint epoch [default: the newest complete one].
     #[arg(long)]
     pub epoch: Option<usize>,
-    /// Score each sentence from a zero state in the run's buckets, as bucket training saw them.
-    #[arg(long)]
+    /// carry: the text as one stream, the state carried through it (full context, or
+    /// --columns); sentence: each line from a zero state, its first token predicted after
+    /// <eos> (the sum of `score --context sentence`); buckets: each sentence from a zero state
+    /// in the run's buckets, as bucket training validates.
+    #[arg(long, value_enum, default_value_t = EvalContext::Carry)]
+    pub context: EvalContext,
+    /// The same as --context buckets (kept for scripts written before --context).
+    #[arg(long, hide = true)]
     pub sentences: bool,
     /// Print one JSON object (full precision) instead of the sentence.
     #[arg(long)]

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 
+use crate::commands::score::{score_lines, Context};
 use crate::data::prepare::encode_text;
 use crate::data::vocab::UNK;
 use crate::error::{Error, Result};
+use crate::model::LanguageModel;
 use crate::run::history::{bits_per_char, bpc_text, word_perplexity, word_ppl_text};
 use crate::run::Run;
 use crate::train::evaluate::{evaluate_bucketed, evaluate_stream, Evaluation};
@@ -23,15 +25,31 @@ pub struct EvalRequest {
     pub cache_dir: PathBuf,
     /// The checkpoint's epoch (the newest complete one when `None`).
     pub epoch: Option<usize>,
-    /// Score each sentence from a zero state in the run's buckets instead of one stream.
-    pub sentences: bool,
-    /// Parallel columns of the stream; 1 scores the whole text as one sequence.
+    /// Where each token's context starts.
+    pub context: EvalContext,
+    /// Parallel columns of the stream ([`EvalContext::Carry`]); 1 scores the whole text as one
+    /// sequence.
     pub columns: usize,
     /// Window length (the run's `bptt` when `None`); the state is carried across windows, so
     /// it changes speed, not the context.
     pub bptt: Option<usize>,
     /// Where to run.
     pub device: Device,
+}
+
+/// How `eval` reads the text. `carry` and `sentence` mean what they mean for `lstm-lm score`
+/// ([`Context`]), whose per-line figures they sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EvalContext {
+    /// The text as one stream with the state carried through it (in `columns` parallel
+    /// columns); every token but the first is predicted (PyTorch's evaluation).
+    Carry,
+    /// Each line from the zero state, its first token predicted after `<eos>` and its `<eos>`
+    /// scored: the sum of `score --context sentence` over the lines.
+    Sentence,
+    /// Each sentence from the zero state in the run's buckets, as bucket training validates:
+    /// sentences longer than the largest bucket are not scored, first tokens are not predicted.
+    Buckets,
 }
 
 /// The result of [`evaluate_run`].
@@ -71,17 +89,19 @@ pub fn evaluate_run(request: &EvalRequest) -> Result<RunEvaluation> {
     }
     let tokens_per_char = ids.tokens_per_char();
     let tokens_per_word = crate::train::per_word(config, &ids);
-    let evaluation = if request.sentences {
-        evaluate_bucketed(
+    let evaluation = match request.context {
+        EvalContext::Buckets => evaluate_bucketed(
             &model,
             &ids,
             &config.data.buckets,
             config.data.batch_size,
             &request.device,
-        )
-    } else {
-        let bptt = request.bptt.unwrap_or(config.data.bptt).max(1);
-        evaluate_stream(&model, &ids, request.columns.max(1), bptt, &request.device)
+        ),
+        EvalContext::Sentence => evaluate_lines(&run, &model, &request.text, &request.device)?,
+        EvalContext::Carry => {
+            let bptt = request.bptt.unwrap_or(config.data.bptt).max(1);
+            evaluate_stream(&model, &ids, request.columns.max(1), bptt, &request.device)
+        }
     };
     if evaluation.tokens == 0 {
         return Err(Error::Config(format!(
@@ -98,19 +118,39 @@ pub fn evaluate_run(request: &EvalRequest) -> Result<RunEvaluation> {
     })
 }
 
+/// Lines scored from the zero state in batches, summed ([`score_lines`]).
+fn evaluate_lines(
+    run: &Run,
+    model: &LanguageModel,
+    text: &[PathBuf],
+    device: &Device,
+) -> Result<Evaluation> {
+    let (mut nll, mut tokens) = (0.0, 0);
+    for path in text {
+        let content =
+            std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
+        let lines: Vec<String> = content.lines().map(str::to_owned).collect();
+        for line in score_lines(run, model, &lines, Context::Sentence, 64, device) {
+            nll -= line.logprob;
+            tokens += line.scored;
+        }
+    }
+    Ok(Evaluation::from_sums(nll, tokens, 0))
+}
+
 impl RunEvaluation {
     /// The result in one line, for the text called `text_name`, scored as `request` asked.
     pub fn describe(&self, request: &EvalRequest, text_name: &str) -> String {
         let e = &self.evaluation;
-        let how = if request.sentences {
-            format!(
-                "sentence by sentence, {} longer than the largest bucket not scored",
+        let how = match request.context {
+            EvalContext::Buckets => format!(
+                "sentence by sentence in the run's buckets, {} longer than the largest bucket \
+                 not scored",
                 e.dropped_sentences
-            )
-        } else if request.columns <= 1 {
-            "full context".to_string()
-        } else {
-            format!("{} columns", request.columns)
+            ),
+            EvalContext::Sentence => "sentence by sentence, each line after <eos>".to_string(),
+            EvalContext::Carry if request.columns <= 1 => "full context".to_string(),
+            EvalContext::Carry => format!("{} columns", request.columns),
         };
         format!(
             "{} (epoch {}) on {text_name} ({how}): {} tokens ({} not in the vocabulary, scored \

@@ -26,7 +26,7 @@ pub struct Evaluation {
 
 impl Evaluation {
     /// The evaluation of `tokens` tokens whose negative log-likelihoods sum to `nll`.
-    fn from_sums(nll: f64, tokens: usize, dropped_sentences: usize) -> Self {
+    pub fn from_sums(nll: f64, tokens: usize, dropped_sentences: usize) -> Self {
         let loss = if tokens == 0 {
             f64::NAN
         } else {
