@@ -13,7 +13,7 @@
 //! | [`config`] | the experiment config saved with a run, presets, learning-rate schedules |
 //! | [`run`] | the run folder: lock, config and vocabulary, checkpoints, history, curves, summary |
 //! | [`train`] | the training step, loop, metrics, checkpoints within an epoch, evaluation |
-//! | [`commands`] | `bench`, `eval`, `generate` |
+//! | [`commands`] | `bench`, `eval`, `score`, `generate`, `export`, `import` |
 //!
 //! ```no_run
 //! use lstm_lm::config::presets::Preset;

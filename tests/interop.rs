@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use lstm_lm::config::Batching;
+use lstm_lm::data::tokenizer::Tokenizer;
 use lstm_lm::model::Softmax;
 
 fn lstm_lm() -> Command {
@@ -287,8 +288,13 @@ fn an_export_imports_back_with_the_same_perplexity() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, valid) = common::tiny_corpus(tmp.path(), 400, 60);
     type Edit = fn(&mut lstm_lm::config::ExperimentConfig);
-    let kinds: [(&str, Edit); 3] = [
+    let kinds: [(&str, Edit); 5] = [
         ("untied", |c| c.model.n_layers = 2),
+        ("char", |c| c.data.tokenizer = Tokenizer::Char),
+        ("bpe", |c| {
+            c.data.tokenizer = Tokenizer::Bpe;
+            c.data.max_vocab = 300;
+        }),
         ("tied", |c| {
             c.model.d_embed = 24;
             c.model.tied = true;
@@ -326,6 +332,27 @@ fn an_export_imports_back_with_the_same_perplexity() {
             std::fs::read_to_string(run.join("vocab.txt")).unwrap(),
             std::fs::read_to_string(back.join("vocab.txt")).unwrap()
         );
+        // The same tokenizer: `score` cuts a line the same way and gives it the same score.
+        let score = |run: &Path| {
+            let mut child = lstm_lm()
+                .arg("score")
+                .arg(run)
+                .args(["--text", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin
+                .write_all(b"First Citizen: you are all resolved\n")
+                .unwrap();
+            drop(stdin);
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{name}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(score(&run), score(&back), "{name}");
     }
 }
 
