@@ -140,7 +140,7 @@ pub struct Overrides {
     pub loss_norm: Option<LossNorm>,
     /// Start from the model of this run folder (trained here or made by `lstm-lm import`):
     /// its sizes, output layer, tokenizer and vocabulary are kept, the vocabulary fixed (other
-    /// words read as <unk>); the optimizer starts fresh. Needs another --artifact-dir.
+    /// words read as `<unk>`); the optimizer starts fresh. Needs another --artifact-dir.
     #[arg(long, value_name = "RUN")]
     pub init_from: Option<std::path::PathBuf>,
 }
