@@ -39,8 +39,19 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
+/// Ends the process quietly when the reader of its output goes away (`lstm-lm score ... |
+/// head`), as Unix tools do: Rust ignores SIGPIPE, so `println!` would panic instead.
+fn die_on_closed_pipe() {
+    // SAFETY: called once at the start of `main`, before any other thread exists.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
     keep_freed_memory();
+    die_on_closed_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Train(args)) => run_train(args),

@@ -1266,3 +1266,44 @@ fn an_adaptive_softmax_run_trains_resumes_evaluates_and_generates() {
     let err = stderr_of_failure(lstm_lm().arg("train").args(&tied));
     assert!(err.contains("--tied"), "{err}");
 }
+
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    // `lstm-lm score RUN --text FILE | head -1`: the reader leaves after one line.
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = common::tiny_files(tmp.path(), 400, 60);
+    let run = tmp.path().join("run");
+    common::train_quietly(
+        common::tiny_config(1),
+        &corpus,
+        &run,
+        vec![burn::tensor::Device::flex()],
+    )
+    .unwrap();
+    let text = tmp.path().join("many.txt");
+    std::fs::write(&text, "the king is here\n".repeat(50_000)).unwrap();
+    let mut child = lstm_lm()
+        .arg("score")
+        .arg(&run)
+        .arg("--text")
+        .arg(&text)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.starts_with("{\"line\":1"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE: {stderr}");
+    }
+}
