@@ -2,16 +2,17 @@
 //!
 //! The norm is taken over all gradients of a module together (burn-optim's clipping works
 //! per tensor); when it exceeds `max_norm`, every gradient is scaled by
-//! `max_norm / (norm + 1e-6)`. The scale is computed on the device. On the CPU (flex, eager)
-//! it is read back: handed to an optimizer that applies it in its own pass (plain SGD, see
-//! [`ClipScale`]), or applied here unless it is exactly 1 (the same result bit for bit
-//! either way). On a GPU the scale stays on the device, so no host sync is added.
+//! `max_norm / (norm + 1e-6)`. On the CPU each gradient's sum of squares is one fused pass on
+//! every core, accumulated in f64 ([`sum_of_squares`]). The scale is computed on the device;
+//! on the CPU (flex, eager) it is read back: handed to an optimizer that applies it in its own
+//! pass (plain SGD, see [`ClipScale`]), or applied here unless it is exactly 1 (the same result
+//! bit for bit either way). On a GPU the scale stays on the device, so no host sync is added.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
-use crate::model::fused::update::ClipScale;
+use crate::model::fused::update::{sum_of_squares, ClipScale};
 use crate::model::sparse::RowGrad;
 
 /// Scales `grads` of `module`, and the embedding's row gradient `rows` when the step collected
@@ -33,7 +34,7 @@ pub fn clip_grad_norm<M: Module>(
     module.visit(&mut squares);
     let mut parts = squares.parts;
     if let Some(rows) = rows.as_deref() {
-        parts.push(rows.rows.clone().square().sum());
+        parts.push(sum_of_squares(rows.rows.clone()));
     }
     if parts.is_empty() {
         return None;
@@ -70,7 +71,7 @@ struct SumOfSquares<'a> {
 impl ModuleVisitor for SumOfSquares<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            self.parts.push(g.square().sum());
+            self.parts.push(sum_of_squares(g));
         }
     }
 }

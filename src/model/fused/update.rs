@@ -84,10 +84,26 @@ pub fn sgd_rows(param: Tensor<2>, rows: RowGrad, scale: f32, lr: f32) -> Tensor<
     param.select_assign(0, rows.ids, step.neg(), IndexingUpdateOp::Add)
 }
 
-/// The fused SGD step as a Burn backend extension (no autodiff: optimizers step the inner
-/// tensors).
+/// The sum of the squares of `t`'s values `[1]`: one term of a gradient's global L2 norm.
+///
+/// On flex (f32) one pass on every core, accumulated in f64 by fixed blocks of values added in
+/// order, so the result does not depend on the number of cores; elsewhere Burn's
+/// `square().sum()`.
+pub fn sum_of_squares<const D: usize>(t: Tensor<D>) -> Tensor<1> {
+    if has_fused_kernels(&t.device()) && t.dtype() == DType::F32 {
+        Tensor::from_dispatch(<Dispatch as UpdateOps>::sum_of_squares(t.into_dispatch()))
+    } else {
+        t.square().sum()
+    }
+}
+
+/// The fused SGD step and norm as a Burn backend extension (no autodiff: optimizers step the
+/// inner tensors).
 #[backend_extension(Flex)]
 pub trait UpdateOps: Backend {
+    /// The sum of the squares of the values of `t` (any shape), `[1]`.
+    fn sum_of_squares(t: FloatTensor<Self>) -> FloatTensor<Self>;
+
     /// `param - (grad * scale) * lr`, elementwise; `param` and `grad` of the same shape.
     fn sgd_step(
         param: FloatTensor<Self>,
@@ -98,6 +114,13 @@ pub trait UpdateOps: Backend {
 }
 
 impl UpdateOps for Flex {
+    fn sum_of_squares(t: FloatTensor<Self>) -> FloatTensor<Self> {
+        let n = t.layout().shape().num_elements();
+        let (t, _) = host_f32::<1>(t.reshape([n].into()), "grad");
+        let blocks: Vec<f64> = values(&t).par_chunks(CHUNK).map(squares).collect();
+        to_flex(vec![blocks.iter().sum::<f64>() as f32], &[1])
+    }
+
     fn sgd_step(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
@@ -140,6 +163,21 @@ impl UpdateOps for Flex {
 }
 
 multiversion! {
+    /// `sum(v[i]^2)` in f64, over 8 lanes (so that it vectorises) added at the end.
+    fn squares(v: &[f32]) -> f64 {
+        let mut lanes = [0.0f64; 8];
+        let blocks = v.chunks_exact(8);
+        let rest: f64 = blocks.remainder().iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+        for block in blocks {
+            for (lane, &x) in lanes.iter_mut().zip(block) {
+                *lane += f64::from(x) * f64::from(x);
+            }
+        }
+        lanes.iter().sum::<f64>() + rest
+    }
+}
+
+multiversion! {
     /// `out[i] = p[i] - (g[i] * scale) * lr`.
     fn step_into(out: &mut [f32], p: &[f32], g: &[f32], scale: f32, lr: f32) {
         for ((out, &p), &g) in out.iter_mut().zip(p).zip(g) {
@@ -161,6 +199,28 @@ multiversion! {
 mod tests {
     use super::*;
     use burn::tensor::{Device, Distribution};
+
+    /// The fused sum of squares is Burn's `square().sum()` up to f32 rounding (it is closer to
+    /// the exact sum: accumulated in f64), on a size split across tasks.
+    #[test]
+    fn sums_squares_as_burn_does() {
+        let device = Device::flex();
+        let t = Tensor::<2>::random(
+            [3 * CHUNK / 100 + 7, 100],
+            Distribution::Normal(0.0, 2.0),
+            &device,
+        );
+        let exact: f64 = t
+            .clone()
+            .into_data()
+            .iter::<f32>()
+            .map(|x| f64::from(x) * f64::from(x))
+            .sum();
+        let fused = sum_of_squares(t.clone()).into_scalar::<f32>() as f64;
+        let burn = t.square().sum().into_scalar::<f32>() as f64;
+        assert!((fused - exact).abs() < 1e-6 * exact, "{fused} vs {exact}");
+        assert!((burn - exact).abs() < 1e-4 * exact, "{burn} vs {exact}");
+    }
 
     /// The fused step equals Burn's composed ops bit for bit, on a size split across tasks.
     #[test]
