@@ -107,9 +107,10 @@ impl OutputOps for Flex {
         let targets = int_values(targets);
         assert_eq!(targets.len(), n, "one target per row");
         let b = values(&b);
-        let mut logits = vec![0.0f32; n * v];
-        for row in logits.chunks_exact_mut(v) {
-            row.copy_from_slice(b);
+        // Every row starts as the bias (written once, not zeroed first), then gains x · W.
+        let mut logits = Vec::with_capacity(n * v);
+        for _ in 0..n {
+            logits.extend_from_slice(b);
         }
         let parallel = n * v >= PARALLEL_MIN;
         let w = Mat::new(values(&w), h, v, v);
