@@ -33,7 +33,7 @@ use crate::data::vocab::ForeignVocab;
 use crate::error::{Error, Result};
 use crate::fsutil::{write_atomic, write_folder};
 use crate::model::weights::{gather, LayerWeights, LmWeights, Matrix, OutputWeights, NEVER_LOGIT};
-use crate::model::{LmConfig, Softmax};
+use crate::model::{LanguageModel, LmConfig, Softmax};
 use crate::run::files;
 
 /// What to import.
@@ -98,7 +98,8 @@ pub fn import(request: &ImportRequest) -> Result<Imported> {
     let source = Source::locate(request)?;
     let tensors = read_tensors(&source.file)?;
     let count = tensors.len();
-    let names = Names::detect(&source.file, tensors)?;
+    let mut names = Names::detect(&source.file, tensors)?;
+    names.div_value = source.div_value;
     let foreign = read_vocab(&source.vocab)?;
     let read = names.read(&foreign)?;
     let mut config: ExperimentConfig = Preset::ZarembaSmall.config();
@@ -118,21 +119,7 @@ pub fn import(request: &ImportRequest) -> Result<Imported> {
         missing: foreign.missing().iter().map(|s| s.to_string()).collect(),
     };
     write_folder(&request.out, |dir| {
-        let json = serde_json::to_string_pretty(&config).expect("config serialises");
-        write_atomic(&dir.join(files::CONFIG), json.as_bytes())?;
-        foreign.vocab.save(&dir.join(files::VOCAB))?;
-        let bytes = model
-            .into_record()
-            .into_bytes()
-            .map_err(|e| bad(&source.file, format!("cannot encode the model: {e}")))?;
-        write_atomic(&dir.join(files::IMPORTED), &bytes)?;
-        let json = serde_json::to_string_pretty(&record).expect("record serialises");
-        write_atomic(&dir.join(files::IMPORT_RECORD), json.as_bytes())?;
-        if let Some(bpe) = &source.bpe {
-            let bytes = std::fs::read(bpe).map_err(|e| Error::io("cannot read", bpe, e))?;
-            write_atomic(&dir.join(BPE_FILE), &bytes)?;
-        }
-        Ok(())
+        write_run(dir, &config, &foreign, model, &record, &source)
     })?;
     Ok(Imported {
         dir: request.out.clone(),
@@ -144,6 +131,33 @@ pub fn import(request: &ImportRequest) -> Result<Imported> {
     })
 }
 
+/// Writes the run's files into `dir`: config, vocabulary, the model as epoch 0
+/// ([`files::IMPORTED`]), the import record, and an exported BPE model.
+fn write_run(
+    dir: &Path,
+    config: &ExperimentConfig,
+    foreign: &ForeignVocab,
+    model: LanguageModel,
+    record: &ImportRecord,
+    source: &Source,
+) -> Result<()> {
+    let json = serde_json::to_string_pretty(config).expect("config serialises");
+    write_atomic(&dir.join(files::CONFIG), json.as_bytes())?;
+    foreign.vocab.save(&dir.join(files::VOCAB))?;
+    let bytes = model
+        .into_record()
+        .into_bytes()
+        .map_err(|e| bad(&source.file, format!("cannot encode the model: {e}")))?;
+    write_atomic(&dir.join(files::IMPORTED), &bytes)?;
+    let json = serde_json::to_string_pretty(record).expect("record serialises");
+    write_atomic(&dir.join(files::IMPORT_RECORD), json.as_bytes())?;
+    if let Some(bpe) = &source.bpe {
+        let bytes = std::fs::read(bpe).map_err(|e| Error::io("cannot read", bpe, e))?;
+        write_atomic(&dir.join(BPE_FILE), &bytes)?;
+    }
+    Ok(())
+}
+
 /// The files an import reads.
 struct Source {
     file: PathBuf,
@@ -151,6 +165,8 @@ struct Source {
     tokenizer: Tokenizer,
     /// The BPE model of an exported BPE run.
     bpe: Option<PathBuf>,
+    /// The adaptive softmax's `div_value` an export states (else it is read from the shapes).
+    div_value: Option<f64>,
 }
 
 impl Source {
@@ -179,7 +195,12 @@ impl Source {
             .clone()
             .unwrap_or_else(|| dir.join("vocab.txt"));
         // An lstm-lm export says how its text was cut; anything else is words.
-        let tokenizer = export_tokenizer(&dir.join("config.json")).unwrap_or(Tokenizer::Word);
+        let export = export_config(&dir.join("config.json"));
+        let tokenizer = export
+            .as_ref()
+            .and_then(|c| serde_json::from_value(c["tokenizer"].clone()).ok())
+            .unwrap_or(Tokenizer::Word);
+        let div_value = export.as_ref().and_then(|c| c["div_value"].as_f64());
         let bpe = (tokenizer == Tokenizer::Bpe).then(|| dir.join(BPE_FILE));
         if let Some(bpe) = bpe.as_ref().filter(|p| !p.is_file()) {
             return Err(bad(
@@ -195,6 +216,7 @@ impl Source {
             vocab,
             tokenizer,
             bpe,
+            div_value,
         })
     }
 
@@ -204,14 +226,11 @@ impl Source {
     }
 }
 
-/// The tokenizer named by an `lstm-lm export` folder's `config.json`, if that is one.
-fn export_tokenizer(config: &Path) -> Option<Tokenizer> {
+/// An `lstm-lm export` folder's `config.json`, if that is what `config` is.
+fn export_config(config: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(config).ok()?;
     let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    if value["format"] != "lstm-lm-export" {
-        return None;
-    }
-    serde_json::from_value(value["tokenizer"].clone()).ok()
+    (value["format"] == "lstm-lm-export").then_some(value)
 }
 
 /// Every tensor of `file`, by name, read by Burn's store for its format.
@@ -271,6 +290,8 @@ struct Names {
     embed: &'static str,
     lstm: &'static str,
     output: &'static str,
+    /// The adaptive softmax's `div_value` when known (else `d_hidden` / the first tail's width).
+    div_value: Option<f64>,
 }
 
 /// What [`Names::read`] makes: the model's sizes and its weights in lstm-lm's layout.
@@ -304,6 +325,7 @@ impl Names {
                     embed,
                     lstm,
                     output,
+                    div_value: None,
                 });
             }
         }
@@ -549,9 +571,10 @@ impl Names {
         for size in &sizes[..sizes.len().saturating_sub(1)] {
             cutoffs.push(cutoffs.last().unwrap() + size);
         }
-        let div_value = match tails.first() {
-            Some((proj, _)) => h as f64 / proj.cols as f64,
-            None => 4.0,
+        let div_value = match (self.div_value, tails.first()) {
+            (Some(stated), _) => stated,
+            (None, Some((proj, _))) => h as f64 / proj.cols as f64,
+            (None, None) => 4.0,
         };
         Ok((
             OutputWeights::Adaptive {
