@@ -7,6 +7,7 @@
 //! the same order, in f32, so the result is bit for bit the composed ops' (Rust never contracts
 //! the multiply and subtract into a fused multiply-add).
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -154,10 +155,14 @@ impl UpdateOps for Flex {
         // update until the update returns): one pass into a new buffer, not a copy then a pass.
         let (param, _) = host_f32::<1>(param.reshape([n].into()), "param");
         let p = values(&param);
-        let mut out = vec![0.0f32; n];
-        out.par_chunks_mut(CHUNK)
+        // Written once by the pass, not zeroed first (a serial pass over every parameter).
+        let mut out: Vec<f32> = Vec::with_capacity(n);
+        out.spare_capacity_mut()[..n]
+            .par_chunks_mut(CHUNK)
             .zip(p.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
             .for_each(|(out, (p, g))| step_into(out, p, g, scale, lr));
+        // SAFETY: the chunks above cover `out[..n]`, and `step_into` writes every value.
+        unsafe { out.set_len(n) };
         to_flex(out, shape.as_slice())
     }
 }
@@ -178,10 +183,12 @@ multiversion! {
 }
 
 multiversion! {
-    /// `out[i] = p[i] - (g[i] * scale) * lr`.
-    fn step_into(out: &mut [f32], p: &[f32], g: &[f32], scale: f32, lr: f32) {
+    /// `out[i] = p[i] - (g[i] * scale) * lr`, every `out[i]` written (`out`, `p` and `g` have
+    /// the same length).
+    fn step_into(out: &mut [MaybeUninit<f32>], p: &[f32], g: &[f32], scale: f32, lr: f32) {
+        assert!(out.len() == p.len() && p.len() == g.len(), "step_into: lengths differ");
         for ((out, &p), &g) in out.iter_mut().zip(p).zip(g) {
-            *out = p - (g * scale) * lr;
+            out.write(p - (g * scale) * lr);
         }
     }
 }
