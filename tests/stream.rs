@@ -141,8 +141,11 @@ fn the_update_clips_the_global_gradient_norm() {
     let norms = |max: f64| -> (f64, f64) {
         let mut model = lm(17, 0.0, false).init(2, &device);
         model.max_grad_norm = max;
-        // Plain SGD on the CPU: the clipping scale is applied in the optimizer's own pass.
+        // Plain SGD on the CPU: the clipping scale is applied in the optimizer's own pass. The
+        // embedding's gradient stays dense here, so that the step's gradients hold all of it
+        // (the row-sparse one clips the same: `row_sparse_embedding_updates_follow_...`).
         let mut optim = lstm_lm::train::step::optimizer(&sgd, &mut model);
+        model.sparse_embedding = None;
         let loader =
             StreamLoader::training(Stream::new(tokens(&sentences), 2), 5, 1, 1, device.clone());
         let batch = loader.iter().next().unwrap().unwrap();
@@ -181,11 +184,11 @@ fn the_update_clips_the_global_gradient_norm() {
     );
 }
 
-/// Every parameter value of `model`, in visiting order.
-/// An adaptive-softmax model trained with plain SGD collects its embedding gradient as rows and
-/// updates only those rows: over three clipped steps (and three unclipped) its parameters
-/// follow the dense gradient's within float rounding, the rows no batch looked up keep their
-/// exact values, and the step's loss is the same.
+/// An untied model trained with plain SGD (adaptive or full softmax) collects its embedding
+/// gradient as rows and updates only those rows: over three clipped steps (and three unclipped)
+/// its parameters follow the dense gradient's within float rounding, the rows no batch looked
+/// up keep their exact values, and the step's loss is the same. A tied model keeps the dense
+/// gradient.
 #[test]
 fn row_sparse_embedding_updates_follow_the_dense_gradient() {
     let device = Device::flex().autodiff();
@@ -197,14 +200,22 @@ fn row_sparse_embedding_updates_follow_the_dense_gradient() {
         momentum: 0.0,
         weight_decay: 0.0,
     };
-    let config = LmConfig {
+    let adaptive = LmConfig {
         softmax: lstm_lm::model::Softmax::Adaptive {
             cutoffs: vec![10, 25],
             div_value: 2.0,
         },
         ..lm(40, 0.0, false)
     };
-    for max_norm in [0.05, 0.0] {
+    // A tied model keeps the dense gradient: its output layer uses every row.
+    let mut tied = lm(40, 0.0, true).init(2, &device);
+    lstm_lm::train::step::optimizer(&sgd, &mut tied);
+    assert!(tied.sparse_embedding.is_none());
+    for (config, max_norm) in [
+        (&adaptive, 0.05),
+        (&adaptive, 0.0),
+        (&lm(40, 0.0, false), 0.05),
+    ] {
         let train = |sparse: bool| {
             let mut model = config.init(2, &device);
             model.max_grad_norm = max_norm;
@@ -251,6 +262,7 @@ fn row_sparse_embedding_updates_follow_the_dense_gradient() {
     }
 }
 
+/// Every parameter value of `model`, in visiting order.
 fn values(model: &lstm_lm::model::LanguageModel) -> Vec<f32> {
     struct Values(Vec<f32>);
     impl burn::module::ModuleVisitor for Values {

@@ -7,7 +7,8 @@
 //! summed per distinct id into `[ids, d_embed]` ([`RowGrad`]), which the training step clips
 //! with the other gradients and applies to those rows only (plain SGD, the only optimizer
 //! for which that is the same step as the dense one). Enabled by the training step's optimizer
-//! setup for adaptive-softmax models trained with plain SGD on one device.
+//! setup for models trained with plain SGD on one device: adaptive-softmax models, and on the
+//! CPU every untied model (`medium`'s 26 MB embedding gradient cost ~5 ms a step there).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

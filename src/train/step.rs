@@ -13,6 +13,7 @@ use burn::train::metric::Adaptor;
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 
 use crate::config::OptimizerConfig;
+use crate::model::fused::has_fused_kernels;
 use crate::model::fused::update::{sgd_rows, sgd_step, ClipScale};
 use crate::model::sparse::SparseEmbedding;
 use crate::model::{LanguageModel, LmBatch};
@@ -146,8 +147,9 @@ impl InferenceStep for LanguageModel {
 /// The optimizer of `config` for `model`; biases are never weight-decayed (MXNet's `wd_mult`
 /// is 0 on biases). Plain SGD (no momentum, no weight decay) is [`PlainSgd`]: on the CPU it
 /// takes the clipping scale from the training step and applies it in its own pass, so `model`
-/// is given the [`ClipScale`] they share; an adaptive-softmax model on one device also gets a
-/// [`SparseEmbedding`], so its embedding is updated row by row (large vocabularies).
+/// is given the [`ClipScale`] they share; on one device an adaptive-softmax model, and on the
+/// CPU any untied one, also gets a [`SparseEmbedding`], so its embedding is updated only in the
+/// rows a batch looked up.
 pub fn optimizer(config: &OptimizerConfig, model: &mut LanguageModel) -> ModuleOptimizer {
     let decay = |wd: f64| (wd > 0.0).then(|| WeightDecayConfig::new(wd as f32));
     let biases = ParamGroup::from_predicate("bias");
@@ -161,7 +163,12 @@ pub fn optimizer(config: &OptimizerConfig, model: &mut LanguageModel) -> ModuleO
         } => {
             let scale = ClipScale::default();
             model.clip_scale = Some(scale.clone());
-            if model.adaptive.is_some() && model.devices == 1 {
+            // Adaptive models everywhere (large vocabularies); other untied models on the CPU,
+            // where the dense gradient is zeroed, filled and walked on the host every step
+            // (a tied model's output layer uses every row of the embedding).
+            let on_cpu = has_fused_kernels(&model.embedding.weight.device());
+            let untied = model.output.is_some();
+            if model.devices == 1 && (model.adaptive.is_some() || (untied && on_cpu)) {
                 model.sparse_embedding = Some(SparseEmbedding::default());
             }
             ModuleOptimizer::from(PlainSgd { scale })
