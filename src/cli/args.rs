@@ -39,8 +39,8 @@ pub enum Command {
     /// `zaremba-small`, 2 x 200 with bptt 20, and `medium` has no dropout). `cargo xtask bench`
     /// runs it side by side with the PyTorch reference.
     Bench(BenchArgs),
-    /// Perplexity of a saved run on a text, with full context (the state carried through the
-    /// whole file) unless --sentences is given.
+    /// Perplexity of a saved run on a text: with full context (the state carried through the
+    /// whole file), or line by line (--context sentence, buckets).
     Eval(EvalArgs),
     /// Sample text from a saved run (on the CPU by default, wherever it was trained).
     Generate(GenerateArgs),
@@ -178,10 +178,7 @@ pub struct EvalArgs {
     /// Checkpoint epoch [default: the newest complete one].
     #[arg(long)]
     pub epoch: Option<usize>,
-    /// carry: the text as one stream, the state carried through it (full context, or
-    /// --columns); sentence: each line from a zero state, its first token predicted after
-    /// <eos> (the sum of `score --context sentence`); buckets: each sentence from a zero state
-    /// in the run's buckets, as bucket training validates.
+    /// Where each token's context starts (the names `score --context` uses).
     #[arg(long, value_enum, default_value_t = EvalContext::Carry)]
     pub context: EvalContext,
     /// The same as --context buckets (kept for scripts written before --context).
