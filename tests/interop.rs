@@ -442,20 +442,30 @@ fn pytorch_state_dicts_import_with_pytorchs_perplexity_generate_and_train_furthe
 
         // Trains further on new text: the vocabulary stays, the optimizer starts fresh.
         let tuned = tmp.path().join(format!("{fixture}-tuned"));
-        let out = stdout_of(
-            lstm_lm()
-                .arg("train")
-                .args(["--preset", "tiny", "--epochs", "1", "--progress", "quiet"])
-                .arg("--init-from")
-                .arg(&run)
-                .arg("--train")
-                .arg(&new_text)
-                .arg("--valid")
-                .arg(&valid)
-                .arg("--artifact-dir")
-                .arg(&tuned)
-                .env("LSTM_LM_CACHE_DIR", tmp.path().join("cache")),
-        );
+        let tune = |epochs: &str| {
+            stdout_of(
+                lstm_lm()
+                    .arg("train")
+                    .args([
+                        "--preset",
+                        "tiny",
+                        "--epochs",
+                        epochs,
+                        "--progress",
+                        "quiet",
+                    ])
+                    .arg("--init-from")
+                    .arg(&run)
+                    .arg("--train")
+                    .arg(&new_text)
+                    .arg("--valid")
+                    .arg(&valid)
+                    .arg("--artifact-dir")
+                    .arg(&tuned)
+                    .env("LSTM_LM_CACHE_DIR", tmp.path().join("cache")),
+            )
+        };
+        let out = tune("1");
         assert!(out.contains("the optimizer state starts fresh"), "{out}");
         assert_eq!(
             out.contains("the model had no <unk>"),
@@ -469,6 +479,15 @@ fn pytorch_state_dicts_import_with_pytorchs_perplexity_generate_and_train_furthe
         let after = eval_json(&tuned, &valid, columns, bptt);
         let after = after["perplexity"].as_f64().unwrap();
         assert!(after.is_finite() && after > 1.0, "{fixture}: {after}");
+        if fixture == "torch_lm" {
+            // It resumes even after the imported run moved away: the run holds its vocabulary.
+            std::fs::rename(&run, tmp.path().join("moved")).unwrap();
+            let out = tune("2");
+            assert!(
+                out.contains("resuming from the checkpoint of epoch 1"),
+                "{out}"
+            );
+        }
     }
 }
 

@@ -42,8 +42,8 @@ use crate::format::format_rate;
 use crate::model::adaptive::tail_ranges;
 use crate::model::{LanguageModel, LmConfig, LossNorm, Softmax};
 use crate::run::checkpoint::{
-    checkpoint_dir, last_complete_checkpoint, remove_stale_temporaries, AtomicFileCheckpointer,
-    KeepNewestComplete,
+    checkpoint_dir, last_complete_checkpoint, newest_sound_checkpoint, remove_stale_temporaries,
+    AtomicFileCheckpointer, KeepNewestComplete,
 };
 use crate::run::history::{bits_per_char, bpc_text, word_perplexity, word_ppl_text, EpochStats};
 use crate::run::recorder::{EpochRates, EpochRecorder};
@@ -324,7 +324,20 @@ fn start_from(config: &mut ExperimentConfig, run_dir: &Path) -> Result<Option<Ru
             dir.display()
         )));
     }
-    let source = Run::open(&dir)?;
+    let source = match Run::open(&dir) {
+        Ok(source) => source,
+        // Resuming after the source was moved away: the run holds the same vocabulary and
+        // tokenizer, and its checkpoint the model.
+        Err(gone) => match Run::open(run_dir) {
+            Ok(own)
+                if own.config().init_from.as_deref() == Some(dir.as_path())
+                    && newest_sound_checkpoint(run_dir).is_some() =>
+            {
+                own
+            }
+            _ => return Err(gone),
+        },
+    };
     let theirs = &source.config().model;
     config.model = LmConfig {
         init: config.model.init,
