@@ -38,6 +38,20 @@ fn tiny_run(
     run
 }
 
+/// A tiny run's config made tied (the embedding as wide as the hidden state).
+fn tied(c: &mut lstm_lm::config::ExperimentConfig) {
+    c.model.d_embed = 24;
+    c.model.tied = true;
+}
+
+/// A tiny run's config with an adaptive softmax of two tail clusters.
+fn adaptive(c: &mut lstm_lm::config::ExperimentConfig) {
+    c.model.softmax = Softmax::Adaptive {
+        cutoffs: vec![40, 150],
+        div_value: 2.0,
+    };
+}
+
 /// Names and shapes in a safetensors file, read from its header (8-byte length, JSON).
 fn tensors(file: &Path) -> BTreeMap<String, Vec<usize>> {
     let bytes = std::fs::read(file).unwrap();
@@ -232,16 +246,10 @@ fn numpy_scores_the_exported_weights_as_eval_and_score_do() {
             c.data.batching = Batching::Stream;
             c.data.bptt = 10;
         }),
-        ("tied", |c| {
-            c.model.d_embed = 24;
-            c.model.tied = true;
-        }),
+        ("tied", tied),
         ("adaptive", |c| {
             c.data.batching = Batching::Stream;
-            c.model.softmax = Softmax::Adaptive {
-                cutoffs: vec![40, 150],
-                div_value: 2.0,
-            };
+            adaptive(c);
         }),
     ];
     for (name, edit) in kinds {
@@ -295,16 +303,8 @@ fn an_export_imports_back_with_the_same_perplexity() {
             c.data.tokenizer = Tokenizer::Bpe;
             c.data.max_vocab = 300;
         }),
-        ("tied", |c| {
-            c.model.d_embed = 24;
-            c.model.tied = true;
-        }),
-        ("adaptive", |c| {
-            c.model.softmax = Softmax::Adaptive {
-                cutoffs: vec![40, 150],
-                div_value: 2.0,
-            };
-        }),
+        ("tied", tied),
+        ("adaptive", adaptive),
     ];
     for (name, edit) in kinds {
         let run = tiny_run(tmp.path(), name, edit);

@@ -417,13 +417,13 @@ impl Names {
     fn read(&self, vocab: &ForeignVocab) -> Result<Read> {
         let embed = self.matrix(&format!("{}.weight", self.embed), None, None)?;
         let (v, e) = (embed.rows, embed.cols);
-        if vocab.rows.len() - vocab.missing().len() != v {
+        if vocab.foreign_len() != v {
             return Err(bad(
                 &self.file,
                 format!(
                     "the vocabulary has {} tokens but {}{}.weight has {v} rows: pass the \
                      vocabulary the model was trained with (--vocab)",
-                    vocab.rows.len() - vocab.missing().len(),
+                    vocab.foreign_len(),
                     self.prefix,
                     self.embed
                 ),
@@ -454,22 +454,22 @@ impl Names {
     /// The LSTM layers (PyTorch's `[4H, in]` transposed, the two biases summed) and `H`.
     fn lstm_layers(&self, d_embed: usize) -> Result<(Vec<LayerWeights>, usize)> {
         let name = |what: &str, k: usize| format!("{}.{what}_l{k}", self.lstm);
-        if !self.has(&name("weight_hh", 0)) {
+        // H from the first recurrent weight's shape; its values are read with the layer below.
+        let hh0 = format!("{}{}", self.prefix, name("weight_hh", 0));
+        let Some(shape) = self.tensors.get(&hh0).map(|t| t.shape.to_vec()) else {
             return Err(bad(
                 &self.file,
-                format!(
-                    "the tensor {}{} is missing (no LSTM layer)",
-                    self.prefix,
-                    name("weight_hh", 0)
-                ),
+                format!("the tensor {hh0} is missing (no LSTM layer)"),
             ));
+        };
+        if shape.len() != 2 {
+            return Err(self.misshaped(&hh0, &shape, "2 dimensions"));
         }
-        let hh0 = self.take(&name("weight_hh", 0), 2)?;
-        let h = hh0.shape[1];
-        if hh0.shape[0] != 4 * h {
+        let h = shape[1];
+        if shape[0] != 4 * h {
             return Err(self.misshaped(
-                &format!("{}{}", self.prefix, name("weight_hh", 0)),
-                &hh0.shape,
+                &hh0,
+                &shape,
                 &format!(
                     "[{}, {h}]: an LSTM's gates (a GRU or plain RNN is not an LSTM)",
                     4 * h

@@ -220,6 +220,11 @@ impl ForeignVocab {
             .collect()
     }
 
+    /// Number of tokens the foreign vocabulary had (rows of the foreign model).
+    pub fn foreign_len(&self) -> usize {
+        self.rows.iter().flatten().count()
+    }
+
     /// Whether every id keeps its foreign id (the foreign vocabulary was lstm-lm's layout).
     pub fn is_identity(&self) -> bool {
         self.rows.iter().enumerate().all(|(i, r)| *r == Some(i))
@@ -284,6 +289,7 @@ mod tests {
             vec![None, Some(1), Some(3), Some(0), Some(2), Some(4)]
         );
         assert_eq!(f.missing(), vec![PAD]);
+        assert_eq!(f.foreign_len(), 5);
         assert!(!f.is_identity());
         let f = ForeignVocab::map(&t("<eos> a")).unwrap();
         assert_eq!(f.missing(), vec![PAD, UNK]);

@@ -272,7 +272,7 @@ impl Run {
     /// The checkpoint to use: `epoch` once verified, or the newest sound one; epoch 0 is an
     /// imported run's model ([`files::IMPORTED`]), used when no epoch was trained.
     pub fn checkpoint(&self, epoch: Option<usize>) -> Result<usize> {
-        let imported = self.dir.join(files::IMPORTED).is_file();
+        let imported = self.is_imported();
         match epoch {
             Some(0) if imported => Ok(0),
             Some(e) => {
