@@ -41,45 +41,17 @@ impl PackedWeight {
         );
         let n: usize = parts.iter().map(|m| m.n_cols()).sum();
         let panels = has_avx512();
-        // Where element (i, c) of the whole goes.
-        let index = |i: usize, c: usize| {
-            if panels {
-                ((c / LANES) * k + i) * LANES + c % LANES
-            } else {
-                i * n + c
-            }
-        };
-        let mut data = vec![
-            0.0f32;
-            if panels {
-                n.div_ceil(LANES) * k * LANES
-            } else {
-                k * n
-            }
-        ];
-        // Read the parts in their memory order: row by row when rows are contiguous (W_h's gate
-        // blocks), column by column otherwise (a transposed view).
-        if parts.iter().all(|m| k == 0 || m.row(0).is_some()) {
-            for i in 0..k {
-                let mut c = 0;
-                for m in parts {
-                    for &v in m.row(i).expect("contiguous rows") {
-                        data[index(i, c)] = v;
-                        c += 1;
-                    }
-                }
-            }
+        let data = if panels {
+            pack_panels(parts, k, n)
         } else {
-            let mut c = 0;
-            for m in parts {
-                for j in 0..m.n_cols() {
-                    for i in 0..k {
-                        data[index(i, c)] = m.at(i, j);
-                    }
-                    c += 1;
+            let mut data = Vec::with_capacity(k * n);
+            for i in 0..k {
+                for m in parts {
+                    data.extend((0..m.n_cols()).map(|j| m.at(i, j)));
                 }
             }
-        }
+            data
+        };
         Self { k, n, data, panels }
     }
 
@@ -112,6 +84,51 @@ impl PackedWeight {
             avx512::mul(&rows, &self.data, k, n, dst, ld, accumulate)
         };
     }
+}
+
+/// The columns of `parts` side by side (`[k, n]` in all) as `ceil(n / 16)` panels `[k, 16]`,
+/// zero-padded past column `n`. Each part is cut into runs of up to 16 columns that fill one
+/// panel's lanes; a part whose rows are contiguous (`W_h`'s gate blocks) is read row by row
+/// (each row's runs go to their panels), one whose columns are contiguous (a transposed view)
+/// a run's columns at a time, in tiles of 16 rows so that the tile's 16 cache lines of the
+/// panel stay in L1 while its columns fill them.
+fn pack_panels(parts: &[Mat], k: usize, n: usize) -> Vec<f32> {
+    let mut data = vec![0.0f32; n.div_ceil(LANES) * k * LANES];
+    let mut first = 0;
+    for m in parts {
+        // (first column in `m`, columns, start of the panel's row 0 in `data` + lane)
+        let mut runs = Vec::new();
+        let mut j = 0;
+        while j < m.n_cols() {
+            let c = first + j;
+            let run = (LANES - c % LANES).min(m.n_cols() - j);
+            runs.push((j, run, (c / LANES) * k * LANES + c % LANES));
+            j += run;
+        }
+        if m.row(0).is_some() {
+            for i in 0..k {
+                let row = m.row(i).expect("contiguous rows");
+                for &(j, run, at) in &runs {
+                    data[at + i * LANES..][..run].copy_from_slice(&row[j..j + run]);
+                }
+            }
+        } else {
+            let columns = m.t();
+            for &(j, run, at) in &runs {
+                for i0 in (0..k).step_by(LANES) {
+                    let i1 = (i0 + LANES).min(k);
+                    for q in 0..run {
+                        let column = columns.row(j + q).expect("contiguous columns");
+                        for i in i0..i1 {
+                            data[at + i * LANES + q] = column[i];
+                        }
+                    }
+                }
+            }
+        }
+        first += m.n_cols();
+    }
+    data
 }
 
 /// Whether this CPU runs the packed kernels.
@@ -273,41 +290,54 @@ mod tests {
 
     /// Every row count up to two blocks, widths that are and are not multiples of 16 (the
     /// masked last panel, an odd panel count), both `accumulate` modes, a weight given as
-    /// column blocks of a transposed view: the product matches the naive one, and the
-    /// destination's padding columns are left alone.
+    /// column blocks of a transposed view or of a row-major matrix: the product matches the
+    /// naive one, and the destination's padding columns are left alone.
     #[test]
     fn matches_the_naive_product_for_every_tile_shape() {
         let k = 37;
         for n in [1, 16, 23, 32, 48, 50] {
-            // W as the transpose of `[n, k]`, packed from two column blocks.
+            // W as the transpose of `[n, k]` (contiguous columns), or row-major with rows
+            // longer than W's (contiguous rows), packed from column blocks whose runs straddle
+            // panels.
             let w_t = values(n * k, n);
-            let whole = Mat::new(&w_t, n, k, k).t();
-            let cut = n / 3;
-            let packed = PackedWeight::new(&[whole.cols(0, cut), whole.cols(cut, n)]);
-            let w: Vec<f32> = (0..k)
-                .flat_map(|i| (0..n).map(move |j| (i, j)))
-                .map(|(i, j)| whole.at(i, j))
-                .collect();
-            for m in 1..=2 * MAX_ROWS + 1 {
-                let a = values(m * k, m);
-                let expected = naive(&a, &w, m, k, n);
-                let ld = n + 3;
-                for accumulate in [false, true] {
-                    let mut dst = vec![0.5f32; m * ld];
-                    packed.mul(&mut dst, ld, accumulate, Mat::new(&a, m, k, k));
-                    for i in 0..m {
-                        for j in 0..ld {
-                            let got = dst[i * ld + j];
-                            let want = match (j < n, accumulate) {
-                                (false, _) => 0.5,
-                                (true, true) => expected[i * n + j] + 0.5,
-                                (true, false) => expected[i * n + j],
-                            };
-                            assert!(
-                                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                                "n {n}, m {m}, accumulate {accumulate}, ({i}, {j}): {got} != {want}"
-                            );
-                        }
+            let w_rows = values(k * (n + 5), n + 1);
+            for whole in [
+                Mat::new(&w_t, n, k, k).t(),
+                Mat::new(&w_rows, k, n + 5, n + 5).cols(2, n + 2),
+            ] {
+                let cut = n / 3;
+                let packed = PackedWeight::new(&[whole.cols(0, cut), whole.cols(cut, n)]);
+                check(&packed, whole, k, n);
+            }
+        }
+    }
+
+    /// `packed` (of `whole`, `[k, n]`) times every row count up to two blocks, both
+    /// `accumulate` modes: the naive product, the destination's padding columns left alone.
+    fn check(packed: &PackedWeight, whole: Mat, k: usize, n: usize) {
+        let w: Vec<f32> = (0..k)
+            .flat_map(|i| (0..n).map(move |j| (i, j)))
+            .map(|(i, j)| whole.at(i, j))
+            .collect();
+        for m in 1..=2 * MAX_ROWS + 1 {
+            let a = values(m * k, m);
+            let expected = naive(&a, &w, m, k, n);
+            let ld = n + 3;
+            for accumulate in [false, true] {
+                let mut dst = vec![0.5f32; m * ld];
+                packed.mul(&mut dst, ld, accumulate, Mat::new(&a, m, k, k));
+                for i in 0..m {
+                    for j in 0..ld {
+                        let got = dst[i * ld + j];
+                        let want = match (j < n, accumulate) {
+                            (false, _) => 0.5,
+                            (true, true) => expected[i * n + j] + 0.5,
+                            (true, false) => expected[i * n + j],
+                        };
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "n {n}, m {m}, accumulate {accumulate}, ({i}, {j}): {got} != {want}"
+                        );
                     }
                 }
             }
