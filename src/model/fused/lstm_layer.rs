@@ -24,7 +24,9 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
 use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::{DType, Device, Distribution, Tensor};
+use crossbeam_utils::Backoff;
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::matmul::{matmul, Mat};
 use super::panels::PackedWeight;
@@ -794,6 +796,41 @@ fn on_threads(blocks: &[(usize, usize)], work: impl Fn(usize, (usize, usize)) + 
     });
 }
 
+/// Where the threads of [`on_threads`] meet after every step: each spins, then yields
+/// (crossbeam's `Backoff`), until the last one arrives. A step's work per core is a few tenths
+/// of a millisecond, and waking a thread parked on `std::sync::Barrier` cost tens of
+/// microseconds each time (docs/BENCHMARKS.md).
+struct SpinBarrier {
+    threads: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+}
+
+impl SpinBarrier {
+    fn new(threads: usize) -> Self {
+        Self {
+            threads,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+        }
+    }
+
+    /// Returns once all `threads` have called it (this round); what each wrote before is
+    /// visible to all after.
+    fn wait(&self) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+        } else {
+            let backoff = Backoff::new();
+            while self.generation.load(Ordering::Acquire) == generation {
+                backoff.snooze();
+            }
+        }
+    }
+}
+
 /// `n` values of `buf` from `offset`, written by no thread while this reference lives.
 ///
 /// # Safety
@@ -828,7 +865,7 @@ fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f
     } = d;
     let (g4, w7) = (4 * h, 7 * h);
     let blocks = unit_blocks(h);
-    let barrier = std::sync::Barrier::new(blocks.len());
+    let barrier = SpinBarrier::new(blocks.len());
     on_threads(&blocks, |_, (u0, u1)| {
         let n = u1 - u0;
         // This block's columns of each gate, `[h, 4n]`.
@@ -882,7 +919,7 @@ fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32],
         dc0: dc0_rows,
     } = out;
     let blocks = unit_blocks(h);
-    let barrier = std::sync::Barrier::new(blocks.len());
+    let barrier = SpinBarrier::new(blocks.len());
     on_threads(&blocks, |_, (u0, u1)| {
         let n = u1 - u0;
         // `W_hᵀ` `[4h, h]`, this block's units' columns: `[4h, n]`.
@@ -1027,6 +1064,27 @@ mod tests {
         // 19 rows: blocks of unequal size when split; odd width: the vector loops' tails;
         // scale 4: saturated gates.
         check(6, 19, 37, 4.0);
+    }
+
+    /// Every thread sees every other thread's writes of a round once the barrier lets it go,
+    /// over many rounds (the barrier is reused, as a layer's steps reuse it).
+    #[test]
+    fn the_spin_barrier_orders_the_rounds() {
+        use std::sync::atomic::AtomicU64;
+        let (threads, rounds) = (3, 2000);
+        let barrier = SpinBarrier::new(threads);
+        let slots: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
+        let blocks: Vec<(usize, usize)> = (0..threads).map(|i| (i, i + 1)).collect();
+        on_threads(&blocks, |i, _| {
+            for round in 1..=rounds {
+                slots[i].store(round, Ordering::Relaxed);
+                barrier.wait();
+                for slot in &slots {
+                    assert_eq!(slot.load(Ordering::Relaxed), round, "round {round}");
+                }
+                barrier.wait();
+            }
+        });
     }
 
     /// The split by hidden units gives what the split by batch rows gives: the same workspace
