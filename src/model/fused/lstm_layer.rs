@@ -28,7 +28,7 @@ use crossbeam_utils::Backoff;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::matmul::{matmul, Mat};
+use super::matmul::{matmul, product, Mat};
 use super::panels::PackedWeight;
 use super::simd::{self, multiversion};
 use super::{has_fused_kernels, host_f32, max_rel_err, to_flex, values};
@@ -526,14 +526,9 @@ fn recurrent_weight_grad(d: Dims, ws: &[f32], h0: &[f32], dz: &[f32]) -> Vec<f32
         hidden: h,
     } = d;
     let (g4, w7, rows) = (4 * h, 7 * h, steps * batch);
-    let mut dw = vec![0.0f32; h * g4];
-    let dz_first = Mat::new(dz, batch, g4, g4);
-    matmul(
-        &mut dw,
-        g4,
-        false,
+    let mut dw = product(
         Mat::new(h0, batch, h, h).t(),
-        dz_first,
+        Mat::new(dz, batch, g4, g4),
         true,
     );
     if steps > 1 {

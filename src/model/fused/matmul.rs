@@ -115,6 +115,37 @@ impl DstPtr {
 /// rows `ld` apart, `a` is `[m, k]` and `b` is `[k, n]`. With `parallel`, the product is cut into
 /// one block of columns (or of rows, when `m > n`) per rayon thread, each computed on one core.
 pub(crate) fn matmul(dst: &mut [f32], ld: usize, accumulate: bool, a: Mat, b: Mat, parallel: bool) {
+    let (m, n) = (a.rows, b.cols);
+    assert!(n <= ld, "matmul: destination rows too short");
+    assert!(
+        m == 0 || n == 0 || (m - 1) * ld + n <= dst.len(),
+        "matmul: destination too small"
+    );
+    // SAFETY: `dst` holds the `[m, n]` block (checked above) and is initialised.
+    unsafe { product_into(DstPtr(dst.as_mut_ptr()), ld, accumulate, a, b, parallel) }
+}
+
+/// `a · b` as a new row-major `[m, n]` buffer, written once by the product (not zeroed first: a
+/// serial pass over the whole result on one core). Threaded as [`matmul`].
+pub(crate) fn product(a: Mat, b: Mat, parallel: bool) -> Vec<f32> {
+    let len = a.rows * b.cols;
+    let mut out = Vec::<f32>::with_capacity(len);
+    // SAFETY: the spare capacity holds `len` values; with `accumulate` false every one of them
+    // is written (gemm does not read its destination then) before `set_len`.
+    unsafe {
+        let dst = DstPtr(out.spare_capacity_mut().as_mut_ptr().cast());
+        product_into(dst, b.cols, false, a, b, parallel);
+        out.set_len(len);
+    }
+    out
+}
+
+/// [`matmul`] into `dst`.
+///
+/// # Safety
+/// `dst` points to `m` rows of `n` values, `ld` apart, that nothing else touches meanwhile;
+/// they must be initialised when `accumulate` is set (otherwise they are only written).
+unsafe fn product_into(dst: DstPtr, ld: usize, accumulate: bool, a: Mat, b: Mat, parallel: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions differ");
     assert!(n <= ld, "matmul: destination rows too short");
@@ -123,14 +154,11 @@ pub(crate) fn matmul(dst: &mut [f32], ld: usize, accumulate: bool, a: Mat, b: Ma
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        (m - 1) * ld + n <= dst.len(),
-        "matmul: destination too small"
-    );
     if k == 0 {
         if !accumulate {
-            for row in dst.chunks_mut(ld).take(m) {
-                row[..n].fill(0.0);
+            for i in 0..m {
+                // SAFETY: row i's `n` values lie inside the destination (the caller's promise).
+                unsafe { std::ptr::write_bytes(dst.at(i * ld), 0, n) };
             }
         }
         return;
@@ -144,7 +172,6 @@ pub(crate) fn matmul(dst: &mut [f32], ld: usize, accumulate: bool, a: Mat, b: Ma
     let len = if by_cols { n } else { m };
     // Blocks of a multiple of 16 (one AVX-512 vector) columns or rows, at least 16.
     let step = len.div_ceil(blocks).div_ceil(16) * 16;
-    let dst = DstPtr(dst.as_mut_ptr());
     let run = |start: usize| {
         let end = (start + step).min(len);
         let (a, b, offset, rows, cols) = if by_cols {
@@ -153,7 +180,7 @@ pub(crate) fn matmul(dst: &mut [f32], ld: usize, accumulate: bool, a: Mat, b: Ma
             (a.rows(start, end), b, start * ld, end - start, n)
         };
         // SAFETY: `a` and `b` were bounds-checked; the block `rows x cols` at `offset` lies
-        // inside `dst` (checked above) and no other block overlaps it.
+        // inside `dst` (the caller's promise) and no other block overlaps it.
         unsafe {
             gemm_into(
                 dst.at(offset),
@@ -300,6 +327,9 @@ mod tests {
                     .map(|(x, y)| (x - y).abs())
                     .fold(0.0, f32::max);
                 assert!(err < 1e-3, "{m}x{k}x{n} parallel {parallel}: {err}");
+                // Into a new buffer that nothing zeroed: the same values, bit for bit.
+                let new = product(Mat::new(&a, m, k, k), Mat::new(&b, k, n, n), parallel);
+                assert_eq!(new, c, "{m}x{k}x{n} parallel {parallel}: product");
             }
             // a given transposed ([k, m] stored), b given transposed ([n, k] stored), and
             // accumulation into a strided destination.
@@ -325,5 +355,10 @@ mod tests {
                 );
             }
         }
+        // An empty inner dimension: zeros.
+        assert_eq!(
+            product(Mat::new(&[], 2, 0, 0), Mat::new(&[], 0, 3, 3), true),
+            vec![0.0; 6]
+        );
     }
 }
