@@ -16,6 +16,7 @@ pub mod lstm_layer;
 pub(crate) mod matmul;
 pub mod output;
 mod panels;
+mod rows;
 mod simd;
 pub mod update;
 mod xent;

@@ -18,15 +18,11 @@ use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispa
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Int, Tensor};
 use rayon::prelude::*;
-use std::mem::MaybeUninit;
 
 use super::matmul::{matmul, product, Mat};
+use super::rows::{repeat_rows, transform_and_sum_columns};
 use super::xent::{int_values, kernels, PARALLEL_MIN};
 use super::{has_fused_kernels, host_f32, to_flex, values};
-
-/// Rows of the logits' gradient per task of the backward: each task also sums its rows into
-/// its own partial bias gradient (`[vocab]`), so that the rows are read once.
-const GRAD_BLOCK_ROWS: usize = 32;
 
 /// Negative log-likelihood of `targets` under `softmax(x W + b)`, row by row.
 ///
@@ -114,20 +110,7 @@ impl OutputOps for Flex {
         let b = values(&b);
         // Every row starts as the bias (written once, not zeroed first), then gains x · W.
         let parallel = n * v >= PARALLEL_MIN;
-        let mut logits = Vec::with_capacity(n * v);
-        let fill = |row: &mut [MaybeUninit<f32>]| {
-            for (l, &x) in row.iter_mut().zip(b) {
-                l.write(x);
-            }
-        };
-        let rows = &mut logits.spare_capacity_mut()[..n * v];
-        if parallel {
-            rows.par_chunks_mut(v.max(1)).for_each(fill);
-        } else {
-            rows.chunks_mut(v.max(1)).for_each(fill);
-        }
-        // SAFETY: each of the `n` rows of `v` values was written above.
-        unsafe { logits.set_len(n * v) };
+        let mut logits = repeat_rows(b, n, parallel);
         let w = Mat::new(values(&w), h, v, v);
         matmul(
             &mut logits,
@@ -178,38 +161,16 @@ impl OutputOps for Flex {
         // The logits become their gradient, in place (copied first only if shared).
         let d: &mut [f32] = logits.storage_mut();
         let parallel = n * v >= PARALLEL_MIN;
-        // Each block of rows becomes its gradient, then adds its rows into its own partial
-        // bias gradient while they are in cache; the partials are summed in block order, so
-        // the bias gradient is the same on any number of cores.
-        let block = |(k, rows): (usize, &mut [f32])| {
-            let mut sums = vec![0.0f32; v];
-            for (i, row) in rows.chunks_mut(v.max(1)).enumerate() {
-                let r = k * GRAD_BLOCK_ROWS + i;
-                let g = grad[r];
-                if g == 0.0 {
-                    row.fill(0.0);
-                } else {
-                    kernels::softmax_scaled_in_place(row, lse[r], g);
-                    row[targets[r]] -= g;
-                }
-                for (s, &x) in sums.iter_mut().zip(row.iter()) {
-                    *s += x;
-                }
+        // The bias gradient: the column sums of the logits' gradient, taken as it is made.
+        let db = transform_and_sum_columns(d, v, parallel, |r, row| {
+            let g = grad[r];
+            if g == 0.0 {
+                row.fill(0.0);
+            } else {
+                kernels::softmax_scaled_in_place(row, lse[r], g);
+                row[targets[r]] -= g;
             }
-            sums
-        };
-        let rows = GRAD_BLOCK_ROWS * v.max(1);
-        let partials: Vec<Vec<f32>> = if parallel {
-            d.par_chunks_mut(rows).enumerate().map(block).collect()
-        } else {
-            d.chunks_mut(rows).enumerate().map(block).collect()
-        };
-        let mut db = vec![0.0f32; v];
-        for partial in &partials {
-            for (s, &x) in db.iter_mut().zip(partial) {
-                *s += x;
-            }
-        }
+        });
         let d: &[f32] = d;
         let (x, w, dm) = (values(&x), values(&w), Mat::new(d, n, v, v));
         let dw = product(Mat::new(x, n, h, h).t(), dm, parallel);

@@ -1,0 +1,105 @@
+//! Passes over the rows of a row-major `[n, v]` buffer on every core: a vector broadcast into
+//! the rows of a new buffer, and column sums of transformed rows, by fixed blocks of rows (the
+//! same sums on any number of cores), each block summed while it is in cache.
+
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Rows per task of [`transform_and_sum_columns`]: each task keeps its own partial sums
+/// (`[v]`), added in block order afterwards.
+const BLOCK_ROWS: usize = 32;
+
+/// A new `[n, v]` buffer whose every row is `row` (`[v]`), written once (not zeroed first), on
+/// every core with `parallel`.
+pub(super) fn repeat_rows(row: &[f32], n: usize, parallel: bool) -> Vec<f32> {
+    let v = row.len();
+    let mut out = Vec::with_capacity(n * v);
+    let fill = |dst: &mut [MaybeUninit<f32>]| {
+        for (d, &x) in dst.iter_mut().zip(row) {
+            d.write(x);
+        }
+    };
+    let rows = &mut out.spare_capacity_mut()[..n * v];
+    if parallel {
+        rows.par_chunks_mut(v.max(1)).for_each(fill);
+    } else {
+        rows.chunks_mut(v.max(1)).for_each(fill);
+    }
+    // SAFETY: each of the `n` rows of `v` values was written above.
+    unsafe { out.set_len(n * v) };
+    out
+}
+
+/// Runs `transform(r, row)` on every row `r` of `d` (`[n, v]`), then returns the column sums
+/// `[v]` of the transformed rows. Each block of rows is summed right after its transform,
+/// while it is in cache, into its own partial; the partials are added in block order, so the
+/// sums are the same on any number of cores.
+pub(super) fn transform_and_sum_columns(
+    d: &mut [f32],
+    v: usize,
+    parallel: bool,
+    transform: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let block = |(k, rows): (usize, &mut [f32])| {
+        for (i, row) in rows.chunks_mut(v.max(1)).enumerate() {
+            transform(k * BLOCK_ROWS + i, row);
+        }
+        column_sums(rows, v)
+    };
+    let rows = BLOCK_ROWS * v.max(1);
+    let partials: Vec<Vec<f32>> = if parallel {
+        d.par_chunks_mut(rows).enumerate().map(block).collect()
+    } else {
+        d.chunks_mut(rows).enumerate().map(block).collect()
+    };
+    add_in_order(&partials, v)
+}
+
+/// The column sums `[v]` of the rows `[_, v]`, in row order.
+fn column_sums(rows: &[f32], v: usize) -> Vec<f32> {
+    let mut sums = vec![0.0f32; v];
+    for row in rows.chunks(v.max(1)) {
+        for (s, &x) in sums.iter_mut().zip(row) {
+            *s += x;
+        }
+    }
+    sums
+}
+
+/// The blocks' partial sums `[v]` added in block order.
+fn add_in_order(partials: &[Vec<f32>], v: usize) -> Vec<f32> {
+    let mut sums = vec![0.0f32; v];
+    for partial in partials {
+        for (s, &x) in sums.iter_mut().zip(partial) {
+            *s += x;
+        }
+    }
+    sums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows repeat the vector; the column sums of transformed rows match a plain loop, on one
+    /// core and on several, for row counts around the block size.
+    #[test]
+    fn repeats_rows_and_sums_transformed_columns() {
+        let row: Vec<f32> = (0..7).map(|j| j as f32 - 2.5).collect();
+        for n in [0, 1, 31, 32, 33, 100] {
+            for parallel in [false, true] {
+                let mut d = repeat_rows(&row, n, parallel);
+                assert_eq!(d, row.repeat(n), "{n} rows");
+                let sums = transform_and_sum_columns(&mut d, 7, parallel, |r, x| {
+                    x[r % 7] += r as f32;
+                });
+                for j in 0..7 {
+                    let want: f32 = (0..n)
+                        .map(|r| row[j] + if r % 7 == j { r as f32 } else { 0.0 })
+                        .sum();
+                    assert!((sums[j] - want).abs() < 1e-3, "{n} rows, column {j}");
+                }
+            }
+        }
+    }
+}
