@@ -113,7 +113,8 @@ impl DstPtr {
 
 /// `dst = a · b` (or `dst += a · b` with `accumulate`), where `dst` is row-major `[m, n]` with
 /// rows `ld` apart, `a` is `[m, k]` and `b` is `[k, n]`. With `parallel`, the product is cut into
-/// one block of columns (or of rows, when `m > n`) per rayon thread, each computed on one core.
+/// one block of columns (or of rows, when `b` is too narrow to give each at least 64 columns)
+/// per rayon thread, each computed on one core.
 pub(crate) fn matmul(dst: &mut [f32], ld: usize, accumulate: bool, a: Mat, b: Mat, parallel: bool) {
     let (m, n) = (a.rows, b.cols);
     assert!(n <= ld, "matmul: destination rows too short");
@@ -168,7 +169,11 @@ unsafe fn product_into(dst: DstPtr, ld: usize, accumulate: bool, a: Mat, b: Mat,
     } else {
         1
     };
-    let by_cols = n >= m;
+    // By columns whenever each block gets at least 64: each core then packs only its part of
+    // `b`. Cut by rows, every core packs all of `b`: the output layer's input gradient
+    // `[700, 10000] x [10000, 650]` ran at 110 - 136 GFLOP/s a core that way against 147 - 150
+    // by columns (docs/BENCHMARKS.md).
+    let by_cols = n >= m || n >= 64 * blocks;
     let len = if by_cols { n } else { m };
     // Blocks of a multiple of 16 (one AVX-512 vector) columns or rows, at least 16.
     let step = len.div_ceil(blocks).div_ceil(16) * 16;
