@@ -40,36 +40,29 @@ pub(super) fn transform_and_sum_columns(
     parallel: bool,
     transform: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
-    let block = |(k, rows): (usize, &mut [f32])| {
-        for (i, row) in rows.chunks_mut(v.max(1)).enumerate() {
+    let width = v.max(1);
+    let rows = BLOCK_ROWS * width;
+    // One partial `[v]` per block, allocated here: the tasks only write them.
+    let mut partials = vec![0.0f32; d.len().div_ceil(rows) * width];
+    let block = |(k, (rows, sums)): (usize, (&mut [f32], &mut [f32]))| {
+        for (i, row) in rows.chunks_mut(width).enumerate() {
             transform(k * BLOCK_ROWS + i, row);
+            for (s, &x) in sums.iter_mut().zip(row.iter()) {
+                *s += x;
+            }
         }
-        column_sums(rows, v)
     };
-    let rows = BLOCK_ROWS * v.max(1);
-    let partials: Vec<Vec<f32>> = if parallel {
-        d.par_chunks_mut(rows).enumerate().map(block).collect()
+    if parallel {
+        (d.par_chunks_mut(rows).zip(partials.par_chunks_mut(width)))
+            .enumerate()
+            .for_each(block);
     } else {
-        d.chunks_mut(rows).enumerate().map(block).collect()
-    };
-    add_in_order(&partials, v)
-}
-
-/// The column sums `[v]` of the rows `[_, v]`, in row order.
-fn column_sums(rows: &[f32], v: usize) -> Vec<f32> {
-    let mut sums = vec![0.0f32; v];
-    for row in rows.chunks(v.max(1)) {
-        for (s, &x) in sums.iter_mut().zip(row) {
-            *s += x;
-        }
+        (d.chunks_mut(rows).zip(partials.chunks_mut(width)))
+            .enumerate()
+            .for_each(block);
     }
-    sums
-}
-
-/// The blocks' partial sums `[v]` added in block order.
-fn add_in_order(partials: &[Vec<f32>], v: usize) -> Vec<f32> {
     let mut sums = vec![0.0f32; v];
-    for partial in partials {
+    for partial in partials.chunks(width) {
         for (s, &x) in sums.iter_mut().zip(partial) {
             *s += x;
         }
