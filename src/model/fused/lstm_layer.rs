@@ -399,15 +399,13 @@ impl LstmLayerOps for Flex {
             Split::for_dims(&d),
         );
         let rows = d.steps * b;
-        let mut out = vec![0.0f32; (rows + b) * h];
-        for (o, w) in out.chunks_exact_mut(h).zip(ws.chunks_exact(7 * h)) {
-            o.copy_from_slice(&w[..h]);
+        // The hidden states of every step, then the last step's cell states.
+        let mut out = Vec::with_capacity((rows + b) * h);
+        for w in ws.chunks_exact(7 * h) {
+            out.extend_from_slice(&w[..h]);
         }
-        for (o, w) in out[rows * h..]
-            .chunks_exact_mut(h)
-            .zip(ws[(rows - b) * 7 * h..].chunks_exact(7 * h))
-        {
-            o.copy_from_slice(&w[h..2 * h]);
+        for w in ws[(rows - b) * 7 * h..].chunks_exact(7 * h) {
+            out.extend_from_slice(&w[h..2 * h]);
         }
         (to_flex(out, &[rows + b, h]), to_flex(ws, &[rows, 7 * h]))
     }
