@@ -8,6 +8,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 
+use crate::model::fused::linear::linear;
 use crate::model::fused::lstm_layer::lstm_recurrence;
 use crate::model::init::{uniform, InitScheme};
 
@@ -107,11 +108,11 @@ impl LstmLayer {
 
         // All time steps' input projections in one matmul, time-major so that each step's
         // rows are contiguous: [seq * batch, 4h].
-        let projected = input
-            .swap_dims(0, 1)
-            .reshape([seq * batch, d_input])
-            .matmul(self.input_weight.val())
-            .add(self.bias.val().unsqueeze_dim(0));
+        let projected = linear(
+            input.swap_dims(0, 1).reshape([seq * batch, d_input]),
+            self.input_weight.val(),
+            self.bias.val(),
+        );
         let (hs, h, c) = lstm_recurrence(projected, self.hidden_weight.val(), h, c);
         let output = hs.reshape([seq, batch, d_hidden]).swap_dims(0, 1);
         (output, LstmState { hidden: h, cell: c })

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::matmul::{matmul, product, Mat};
 use super::panels::PackedWeight;
 use super::simd::{self, multiversion};
-use super::{has_fused_kernels, host_f32, max_rel_err, to_flex, values};
+use super::{has_fused_kernels, host_f32, max_rel_err, register_grads, to_flex, values};
 
 /// The recurrence of one LSTM layer over a sequence, time-major.
 ///
@@ -658,11 +658,11 @@ impl<B: Backend + LstmLayerOps, C: CheckpointStrategy> LstmLayerOps for Autodiff
                 let grad = grads.consume::<B>(&ops.node);
                 let (ws, w_h, h0, c0) = ops.state;
                 let (dp, dw, dh0, dc0) = B::lstm_layer_backward(ws, w_h, h0, c0, grad);
-                for (parent, g) in ops.parents.into_iter().zip([dp, dw, dh0, dc0]) {
-                    if let Some(node) = parent {
-                        grads.register::<B>(node.id, g);
-                    }
-                }
+                register_grads::<B, 4>(
+                    grads,
+                    ops.parents.map(|p| p.map(|n| n.id)),
+                    [dp, dw, dh0, dc0],
+                );
             }
         }
 

@@ -12,6 +12,7 @@
 //! model code stays backend-agnostic. Tests compare values and gradients with Burn's reference
 //! ops.
 
+pub mod linear;
 pub mod lstm_layer;
 pub(crate) mod matmul;
 pub mod output;
@@ -44,6 +45,20 @@ pub fn enabled() -> bool {
 /// Whether `device` (with or without autodiff) runs the fused kernels of this module.
 pub fn has_fused_kernels(device: &Device) -> bool {
     enabled() && device.clone().without_autodiff() == Device::flex()
+}
+
+/// Registers each gradient of `each` for its parent in `parents` (`None`: a parent autodiff does
+/// not track): the end of every fused op's backward.
+fn register_grads<B: burn::backend::Backend, const N: usize>(
+    grads: &mut burn::backend::autodiff::grads::Gradients,
+    parents: [Option<burn::backend::autodiff::NodeId>; N],
+    each: [burn::backend::tensor::FloatTensor<B>; N],
+) {
+    for (parent, g) in parents.into_iter().zip(each) {
+        if let Some(id) = parent {
+            grads.register::<B>(id, g);
+        }
+    }
 }
 
 /// `t` as a contiguous f32 tensor (the same buffer when it already is) and its shape; panics,
@@ -80,4 +95,19 @@ pub fn max_rel_err(a: burn::tensor::Tensor<2>, b: burn::tensor::Tensor<2>) -> f3
         .zip(&b)
         .map(|(x, y)| (x - y).abs() / norm)
         .fold(0.0, f32::max)
+}
+
+/// Asserts that every tensor of `fused` is within 1e-4 ([`max_rel_err`]) of the same one of
+/// `reference`, naming it (`names`) and the case (`case`) when not: the fused ops' tests.
+#[cfg(test)]
+fn assert_close<const N: usize>(
+    names: [&str; N],
+    fused: [burn::tensor::Tensor<2>; N],
+    reference: [burn::tensor::Tensor<2>; N],
+    case: &str,
+) {
+    for ((name, a), b) in names.iter().zip(fused).zip(reference) {
+        let e = max_rel_err(a, b);
+        assert!(e < 1e-4, "{name}: relative error {e} ({case})");
+    }
 }

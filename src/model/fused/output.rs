@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use super::matmul::{matmul, product, Mat};
 use super::rows::{repeat_rows, transform_and_sum_columns};
 use super::xent::{int_values, kernels, PARALLEL_MIN};
-use super::{has_fused_kernels, host_f32, to_flex, values};
+use super::{has_fused_kernels, host_f32, register_grads, to_flex, values};
 
 /// Negative log-likelihood of `targets` under `softmax(x W + b)`, row by row.
 ///
@@ -213,11 +213,7 @@ impl<B: Backend + OutputOps, C: CheckpointStrategy> OutputOps for Autodiff<B, C>
                 let grad = grads.consume::<B>(&ops.node);
                 let (x, weight, logits, lse, targets) = ops.state;
                 let (dx, dw, db) = B::linear_nll_backward(x, weight, logits, lse, targets, grad);
-                for (parent, g) in ops.parents.into_iter().zip([dx, dw, db]) {
-                    if let Some(node) = parent {
-                        grads.register::<B>(node.id, g);
-                    }
-                }
+                register_grads::<B, 3>(grads, ops.parents.map(|p| p.map(|n| n.id)), [dx, dw, db]);
             }
         }
 
@@ -283,7 +279,7 @@ impl<B: Backend + OutputOps, C: CheckpointStrategy> OutputOps for Autodiff<B, C>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fused::max_rel_err;
+    use crate::model::fused::{assert_close, max_rel_err};
     use burn::tensor::{Device, Distribution, TensorData};
 
     /// Values and the gradients in x, weight and bias against Burn's matmul + log_softmax +
@@ -320,19 +316,12 @@ mod tests {
                 b.grad(&grads).unwrap(),
             ]
         };
-        let fused = run(true);
-        let reference = run(false);
-        for ((name, a), b) in ["nll", "d x", "d weight", "d bias"]
-            .iter()
-            .zip(fused)
-            .zip(reference)
-        {
-            let e = max_rel_err(a, b);
-            assert!(
-                e < 1e-4,
-                "{name}: relative error {e} ({rows}x{hidden}x{vocab}, scale {scale})"
-            );
-        }
+        assert_close(
+            ["nll", "d x", "d weight", "d bias"],
+            run(true),
+            run(false),
+            &format!("{rows}x{hidden}x{vocab}, scale {scale}"),
+        );
     }
 
     #[test]

@@ -47,9 +47,7 @@ pub(super) fn transform_and_sum_columns(
     let block = |(k, (rows, sums)): (usize, (&mut [f32], &mut [f32]))| {
         for (i, row) in rows.chunks_mut(width).enumerate() {
             transform(k * BLOCK_ROWS + i, row);
-            for (s, &x) in sums.iter_mut().zip(row.iter()) {
-                *s += x;
-            }
+            add_row(sums, row);
         }
     };
     if parallel {
@@ -61,11 +59,40 @@ pub(super) fn transform_and_sum_columns(
             .enumerate()
             .for_each(block);
     }
-    let mut sums = vec![0.0f32; v];
-    for partial in partials.chunks(width) {
-        for (s, &x) in sums.iter_mut().zip(partial) {
-            *s += x;
+    add_in_order(&partials, v)
+}
+
+/// The column sums `[v]` of `d` (`[n, v]`), by the blocks of rows of
+/// [`transform_and_sum_columns`] (the same sums), reading `d` only.
+pub(super) fn sum_columns(d: &[f32], v: usize, parallel: bool) -> Vec<f32> {
+    let width = v.max(1);
+    let rows = BLOCK_ROWS * width;
+    let mut partials = vec![0.0f32; d.len().div_ceil(rows) * width];
+    let block = |(rows, sums): (&[f32], &mut [f32])| {
+        for row in rows.chunks(width) {
+            add_row(sums, row);
         }
+    };
+    if parallel {
+        (d.par_chunks(rows).zip(partials.par_chunks_mut(width))).for_each(block);
+    } else {
+        (d.chunks(rows).zip(partials.chunks_mut(width))).for_each(block);
+    }
+    add_in_order(&partials, v)
+}
+
+/// `sums += row`.
+fn add_row(sums: &mut [f32], row: &[f32]) {
+    for (s, &x) in sums.iter_mut().zip(row) {
+        *s += x;
+    }
+}
+
+/// The blocks' partial sums (`[v]` each, side by side) added in block order.
+fn add_in_order(partials: &[f32], v: usize) -> Vec<f32> {
+    let mut sums = vec![0.0f32; v];
+    for partial in partials.chunks(v.max(1)) {
+        add_row(&mut sums, partial);
     }
     sums
 }
@@ -83,6 +110,11 @@ mod tests {
             for parallel in [false, true] {
                 let mut d = repeat_rows(&row, n, parallel);
                 assert_eq!(d, row.repeat(n), "{n} rows");
+                let plain = sum_columns(&d, 7, parallel);
+                for j in 0..7 {
+                    let want = row[j] * n as f32;
+                    assert!((plain[j] - want).abs() < 1e-3, "{n} rows, column {j}");
+                }
                 let sums = transform_and_sum_columns(&mut d, 7, parallel, |r, x| {
                     x[r % 7] += r as f32;
                 });

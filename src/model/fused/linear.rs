@@ -1,0 +1,242 @@
+//! A linear layer `y = x W + b` as one op, with its own backward: the LSTM layers' input
+//! projections of all steps at once, `[seq * batch, d_input] x [d_input, 4 * d_hidden]`.
+//!
+//! Composed from Burn's ops on flex, the product's buffer was zeroed on one core before the
+//! product, the broadcast bias added in a second pass, and the backward zeroed both gradients'
+//! buffers and summed the bias gradient over the rows, each on one core. Here the bias rows are
+//! written first and the product accumulates onto them, the gradients' products write new
+//! buffers once, and the bias gradient is summed on every core (`super::rows`); the products are
+//! cut into one block per core (`super::matmul`).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
+use burn::tensor::{DType, Tensor};
+
+use super::matmul::{matmul, product, Mat};
+use super::rows::{repeat_rows, sum_columns};
+use super::xent::PARALLEL_MIN;
+use super::{has_fused_kernels, host_f32, register_grads, to_flex, values};
+
+/// `x W + b`.
+///
+/// - `x`: `[rows, d_input]`
+/// - `weight`: `[d_input, d_output]`; `bias`: `[d_output]`
+/// - returns `[rows, d_output]`.
+///
+/// On flex (f32) this is the fused op; elsewhere Burn's `matmul` and a broadcast add.
+pub fn linear(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
+    if has_fused_kernels(&x.device()) && x.dtype() == DType::F32 {
+        Tensor::from_dispatch(<Dispatch as LinearOps>::linear(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+        ))
+    } else {
+        x.matmul(weight) + bias.unsqueeze_dim(0)
+    }
+}
+
+/// The fused linear layer as a Burn backend extension.
+#[backend_extension(Flex, Autodiff)]
+pub trait LinearOps: Backend {
+    /// `x` `[N, I]`, `weight` `[I, O]`, `bias` `[O]` -> `[N, O]`; differentiable in all three.
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// Gradients in `x` `[N, I]`, `weight` `[I, O]` and `bias` `[O]` from the output gradient
+    /// `grad` `[N, O]`.
+    fn linear_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+impl LinearOps for Flex {
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (x, [n, i]) = host_f32(x, "inputs");
+        let (w, [wi, o]) = host_f32(weight, "weights");
+        let (b, [bo]) = host_f32(bias, "bias");
+        assert_eq!(wi, i, "linear: weight must be [d_input, d_output]");
+        assert_eq!(bo, o, "linear: bias must be [d_output]");
+        let parallel = n * o >= PARALLEL_MIN;
+        let mut y = repeat_rows(values(&b), n, parallel);
+        matmul(
+            &mut y,
+            o,
+            true,
+            Mat::new(values(&x), n, i, i),
+            Mat::new(values(&w), i, o, o),
+            parallel,
+        );
+        to_flex(y, &[n, o])
+    }
+
+    fn linear_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (x, [n, i]) = host_f32(x, "inputs");
+        let (w, [wi, o]) = host_f32(weight, "weights");
+        let (grad, [gn, go]) = host_f32(grad, "output gradient");
+        assert_eq!((wi, gn, go), (i, n, o), "linear: gradient shapes");
+        let parallel = n * o >= PARALLEL_MIN;
+        let (x, w, g) = (values(&x), values(&w), values(&grad));
+        let db = sum_columns(g, o, parallel);
+        let g = Mat::new(g, n, o, o);
+        let dx = product(g, Mat::new(w, i, o, o).t(), parallel);
+        let dw = product(Mat::new(x, n, i, i).t(), g, parallel);
+        (
+            to_flex(dx, &[n, i]),
+            to_flex(dw, &[i, o]),
+            to_flex(db, &[o]),
+        )
+    }
+}
+
+impl<B: Backend + LinearOps, C: CheckpointStrategy> LinearOps for Autodiff<B, C> {
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        /// Backward of the fused linear layer; its state is the forward's inputs.
+        #[derive(Debug)]
+        struct LinearBackward;
+
+        impl<B: Backend + LinearOps> Backward<B, 3> for LinearBackward {
+            /// (x, weight), on the inner backend.
+            type State = (FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, weight) = ops.state;
+                let (dx, dw, db) = <B as LinearOps>::linear_backward(x, weight, grad);
+                register_grads::<B, 3>(grads, ops.parents.map(|p| p.map(|n| n.id)), [dx, dw, db]);
+            }
+        }
+
+        let guards = [x.node(), weight.node(), bias.node()];
+        let (x, weight, bias) = (Self::inner(x), Self::inner(weight), Self::inner(bias));
+        match LinearBackward
+            .prepare::<C>(guards)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = <B as LinearOps>::linear(x.clone(), weight.clone(), bias);
+                prep.finish((x, weight), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<B as LinearOps>::linear(x, weight, bias)),
+        }
+    }
+
+    fn linear_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (a, b, c) = <B as LinearOps>::linear_backward(
+            Self::inner(x),
+            Self::inner(weight),
+            Self::inner(grad),
+        );
+        (
+            Self::from_inner(a),
+            Self::from_inner(b),
+            Self::from_inner(c),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fused::{assert_close, max_rel_err};
+    use burn::tensor::{Device, Distribution, TensorData};
+
+    /// Values and the gradients in x, weight and bias against Burn's matmul + broadcast add,
+    /// through a loss that weights every output differently.
+    fn check(rows: usize, d_input: usize, d_output: usize) {
+        let flex = Device::flex();
+        let normal =
+            |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), &flex);
+        let (x, w, b) = (
+            normal([rows, d_input]),
+            normal([d_input, d_output]),
+            normal([1, d_output]),
+        );
+        let weights = normal([rows, d_output]);
+        let ad = Device::flex().autodiff();
+        let run = |fused: bool| {
+            let leaf = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &ad).require_grad();
+            let (x, w, b) = (leaf(&x), leaf(&w), leaf(&b));
+            let bias = b.clone().reshape([d_output]);
+            let y = if fused {
+                linear(x.clone(), w.clone(), bias)
+            } else {
+                x.clone().matmul(w.clone()) + bias.unsqueeze_dim(0)
+            };
+            let wt = Tensor::<2>::from_data(weights.to_data(), &ad);
+            let grads = (y.clone() * wt).sum().backward();
+            [
+                y.inner(),
+                x.grad(&grads).unwrap(),
+                w.grad(&grads).unwrap(),
+                b.grad(&grads).unwrap().reshape([1, d_output]),
+            ]
+        };
+        assert_close(
+            ["y", "d x", "d weight", "d bias"],
+            run(true),
+            run(false),
+            &format!("{rows}x{d_input}x{d_output}"),
+        );
+    }
+
+    #[test]
+    fn matches_burn_reference_small() {
+        check(5, 3, 8);
+    }
+
+    #[test]
+    fn matches_burn_reference_on_several_cores() {
+        // 70 x 1,003 > PARALLEL_MIN outputs: the parallel products and column sums; odd widths,
+        // more rows than a block of the column sums.
+        check(70, 19, 1003);
+    }
+
+    /// Without autodiff (evaluation, generation) the op gives Burn's values.
+    #[test]
+    fn untracked_without_autodiff_matches_burn() {
+        let flex = Device::flex();
+        let x = Tensor::<2>::random([6, 4], Distribution::Normal(0.0, 1.0), &flex);
+        let w = Tensor::<2>::random([4, 9], Distribution::Normal(0.0, 1.0), &flex);
+        let b = Tensor::<1>::from_data(
+            TensorData::new((0..9).map(|j| j as f32).collect(), [9]),
+            &flex,
+        );
+        let e = max_rel_err(
+            linear(x.clone(), w.clone(), b.clone()),
+            x.matmul(w) + b.unsqueeze_dim(0),
+        );
+        assert!(e < 1e-6, "{e}");
+    }
+}
