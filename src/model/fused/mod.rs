@@ -5,7 +5,8 @@
 //! over the `[tokens, vocab]` logits ([`output`], with `xent`'s row kernels) and the LSTM
 //! recurrence ([`lstm_layer`]), where every
 //! step was a small single-core matmul plus ~17 tiny ops, each a separate pass, allocation and
-//! autodiff node.
+//! autodiff node. The LSTM layers' input projections ([`linear`]) and the clipped SGD step
+//! ([`update`]) followed, for the zeroed buffers and single-core passes around their products.
 //! Each op here is implemented for flex and for autodiff over flex, with a hand-written
 //! backward; the LSTM layer also for wgpu (`lstm_layer/cube.rs`, GPU kernels, where per-step
 //! kernel launches were the cost). On every other device the callers use Burn's own ops, so the
