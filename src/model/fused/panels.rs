@@ -32,12 +32,19 @@ pub(crate) struct PackedWeight {
 
 impl PackedWeight {
     /// Packs the matrix whose columns are those of `parts` side by side (every part has the
-    /// same number of rows `k`): e.g. one block of units of each of the four gates.
+    /// same number of rows `k`, and contiguous rows or contiguous columns): e.g. one block of
+    /// units of each of the four gates of `W_h`, or a block of columns of its transpose.
     pub fn new(parts: &[Mat]) -> Self {
         let k = parts.first().map_or(0, |m| m.n_rows());
         assert!(
             parts.iter().all(|m| m.n_rows() == k),
             "PackedWeight: parts of different heights"
+        );
+        assert!(
+            parts
+                .iter()
+                .all(|m| k * m.n_cols() == 0 || m.row(0).is_some() || m.t().row(0).is_some()),
+            "PackedWeight: a part with neither contiguous rows nor contiguous columns"
         );
         let n: usize = parts.iter().map(|m| m.n_cols()).sum();
         let panels = has_avx512();
@@ -94,6 +101,9 @@ impl PackedWeight {
 /// panel stay in L1 while its columns fill them.
 fn pack_panels(parts: &[Mat], k: usize, n: usize) -> Vec<f32> {
     let mut data = vec![0.0f32; n.div_ceil(LANES) * k * LANES];
+    if k == 0 {
+        return data;
+    }
     let mut first = 0;
     for m in parts {
         // (first column in `m`, columns, start of the panel's row 0 in `data` + lane)
