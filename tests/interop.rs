@@ -147,7 +147,12 @@ fn an_export_refuses_an_existing_folder_and_a_missing_run() {
     );
     assert!(err.contains("no such folder"), "{err}");
     assert!(!tmp.path().join("x").exists());
-    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+    assert_no_partial_folders(tmp.path());
+}
+
+/// Nothing half-written is left in `dir`: a refused export or import leaves no `*partial*` entry.
+fn assert_no_partial_folders(dir: &Path) {
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().contains("partial"))
@@ -602,10 +607,5 @@ fn bad_model_files_are_refused_with_the_tensor_or_file_named() {
         assert!(!err.contains("panicked"), "case {i}: {err}");
         assert!(!out.exists(), "case {i}: no run folder");
     }
-    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_no_partial_folders(tmp.path());
 }
