@@ -26,6 +26,7 @@ use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::{DType, Device, Distribution, Tensor};
 use crossbeam_utils::Backoff;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::matmul::{matmul, product, Mat};
@@ -356,7 +357,8 @@ impl Dims {
     }
 }
 
-/// A raw pointer through which threads write disjoint rows of one buffer.
+/// A raw pointer through which threads write disjoint rows of one buffer (which may start
+/// uninitialised: each value is written before it is read).
 #[derive(Clone, Copy)]
 struct Rows(*mut f32);
 // SAFETY: every use below hands each thread its own block of batch rows.
@@ -369,13 +371,40 @@ impl Rows {
         self.0
     }
 
-    /// Rows `first..first + count` of width `width`.
+    /// `N` segments of `n` values to be written, `stride` apart from `start`: a row's gate
+    /// blocks (or one core's units of each).
     ///
     /// # Safety
-    /// The rows lie inside the buffer, and no other live reference covers them.
-    unsafe fn get<'a>(self, first: usize, count: usize, width: usize) -> &'a mut [f32] {
-        unsafe { std::slice::from_raw_parts_mut(self.ptr().add(first * width), count * width) }
+    /// The segments lie inside the buffer, and no other live reference covers them.
+    unsafe fn segments<'a, const N: usize>(
+        self,
+        start: usize,
+        stride: usize,
+        n: usize,
+    ) -> [&'a mut [MaybeUninit<f32>]; N] {
+        std::array::from_fn(|s| unsafe {
+            std::slice::from_raw_parts_mut(self.ptr().add(start + s * stride).cast(), n)
+        })
     }
+}
+
+/// `N` segments of `n` values of `row`, `stride` apart from `start`.
+fn segments<const N: usize>(row: &[f32], start: usize, stride: usize, n: usize) -> [&[f32]; N] {
+    std::array::from_fn(|s| &row[start + s * stride..][..n])
+}
+
+/// A new buffer of `len` values, every one of which `fill` writes through the [`Rows`] it is
+/// given (the buffer is not zeroed first: a serial pass over megabytes on one core, and the
+/// threads' writes then missed the caches; docs/BENCHMARKS.md).
+///
+/// # Safety
+/// `fill` writes all `len` values.
+unsafe fn written_once(len: usize, fill: impl FnOnce(Rows)) -> Vec<f32> {
+    let mut buf = Vec::<f32>::with_capacity(len);
+    fill(Rows(buf.spare_capacity_mut().as_mut_ptr().cast()));
+    // SAFETY: the caller's promise: all `len` values were written.
+    unsafe { buf.set_len(len) };
+    buf
 }
 
 impl LstmLayerOps for Flex {
@@ -456,13 +485,15 @@ fn forward(
     c0: &[f32],
     split: Split,
 ) -> Vec<f32> {
-    let mut ws = vec![0.0f32; d.steps * d.batch * 7 * d.hidden];
-    let out = Rows(ws.as_mut_ptr());
-    match split {
-        Split::Rows => forward_by_rows(d, projected, w_h, h0, c0, out),
-        Split::Units => forward_by_units(d, projected, w_h, h0, c0, out),
+    let len = d.steps * d.batch * 7 * d.hidden;
+    // SAFETY: both splits write every workspace row whole: `kernels::forward` writes all 7h
+    // values of a row, and the blocks of rows (or of units) cover the batch (or the units).
+    unsafe {
+        written_once(len, |out| match split {
+            Split::Rows => forward_by_rows(d, projected, w_h, h0, c0, out),
+            Split::Units => forward_by_units(d, projected, w_h, h0, c0, out),
+        })
     }
-    ws
 }
 
 /// [`forward`] with the batch rows split between the cores: each block of rows runs every
@@ -481,15 +512,12 @@ fn forward_by_rows(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f3
         for t in 0..steps {
             let first = t * batch + r0;
             z.copy_from_slice(&projected[first * g4..(first + nb) * g4]);
-            // SAFETY: this block's rows of step t (written here) and of step t - 1 (read) are
-            // rows of this block only, and the two ranges do not overlap.
-            let (prev, cur) = unsafe {
-                let prev: &[f32] = if t == 0 {
-                    &[]
-                } else {
-                    out.get(first - batch, nb, w7)
-                };
-                (prev, out.get(first, nb, w7))
+            // SAFETY: this block's rows of step t - 1, written at the last step; nothing writes
+            // them now.
+            let prev: &[f32] = if t == 0 {
+                &[]
+            } else {
+                unsafe { read(out, (first - batch) * w7, nb * w7) }
             };
             let (h_prev, c_prev, c_stride) = if t == 0 {
                 (Mat::new(&h0[r0 * h..], nb, h, h), &c0[r0 * h..r1 * h], h)
@@ -499,9 +527,10 @@ fn forward_by_rows(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f3
             w.mul(&mut z, g4, true, h_prev);
             for r in 0..nb {
                 kernels::forward(
-                    &z[r * g4..][..g4],
+                    segments(&z, r * g4, h, h),
                     &c_prev[r * c_stride..][..h],
-                    &mut cur[r * w7..][..w7],
+                    // SAFETY: this block's row (t, r), touched by no other reference.
+                    unsafe { out.segments((first + r) * w7, h, h) },
                 );
             }
         }
@@ -557,18 +586,24 @@ fn backward(
     split: Split,
 ) -> LayerGrads {
     let (b, h) = (d.batch, d.hidden);
-    let mut dz = vec![0.0f32; d.steps * b * 4 * h];
     let mut dh0 = vec![0.0f32; b * h];
     let mut dc0 = vec![0.0f32; b * h];
-    let out = GradRows {
-        dz: Rows(dz.as_mut_ptr()),
-        dh0: Rows(dh0.as_mut_ptr()),
-        dc0: Rows(dc0.as_mut_ptr()),
+    let (dh0_rows, dc0_rows) = (Rows(dh0.as_mut_ptr()), Rows(dc0.as_mut_ptr()));
+    // SAFETY: both splits write every row of `dz` whole (`kernels::backward_step` writes all
+    // 4h values of a row; the blocks cover the batch or the units).
+    let dz = unsafe {
+        written_once(d.steps * b * 4 * h, |dz| {
+            let out = GradRows {
+                dz,
+                dh0: dh0_rows,
+                dc0: dc0_rows,
+            };
+            match split {
+                Split::Rows => backward_by_rows(d, ws, w_h, c0, grad, out),
+                Split::Units => backward_by_units(d, ws, w_h, c0, grad, out),
+            }
+        })
     };
-    match split {
-        Split::Rows => backward_by_rows(d, ws, w_h, c0, grad, out),
-        Split::Units => backward_by_units(d, ws, w_h, c0, grad, out),
-    }
     LayerGrads {
         w_h: recurrent_weight_grad(d, ws, h0, &dz),
         projected: dz,
@@ -603,8 +638,6 @@ fn backward_by_rows(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32], 
             for (a, &g) in dh.iter_mut().zip(&grad[first * h..(first + nb) * h]) {
                 *a += g;
             }
-            // SAFETY: rows of this block only.
-            let dz_t = unsafe { dz_rows.get(first, nb, g4) };
             let cur = &ws[first * w7..(first + nb) * w7];
             let (c_prev, c_stride) = if t == 0 {
                 (&c0[r0 * h..r1 * h], h)
@@ -613,19 +646,22 @@ fn backward_by_rows(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32], 
             };
             for r in 0..nb {
                 kernels::backward_step(
-                    &cur[r * w7..][..w7],
+                    segments(cur, r * w7 + 2 * h, h, h),
                     &c_prev[r * c_stride..][..h],
                     &dh[r * h..][..h],
                     &mut dc[r * h..][..h],
-                    &mut dz_t[r * g4..][..g4],
+                    // SAFETY: this block's row (t, r) of `dz`, touched by no other reference.
+                    unsafe { dz_rows.segments((first + r) * g4, h, h) },
                 );
             }
+            // SAFETY: the rows just written, of this block only.
+            let dz_t = unsafe { read(dz_rows, first * g4, nb * g4) };
             w_t.mul(&mut dh, h, false, Mat::new(dz_t, nb, g4, g4));
         }
         // SAFETY: rows of this block only.
         unsafe {
-            dh0_rows.get(r0, nb, h).copy_from_slice(&dh);
-            dc0_rows.get(r0, nb, h).copy_from_slice(&dc);
+            scatter(dh0_rows, r0 * h, nb * h, 0, &dh, nb * h);
+            scatter(dc0_rows, r0 * h, nb * h, 0, &dc, nb * h);
         }
     });
 }
@@ -840,9 +876,10 @@ unsafe fn read<'a>(buf: Rows, offset: usize, n: usize) -> &'a [f32] {
 /// touches them.
 unsafe fn scatter(buf: Rows, row_start: usize, h: usize, u0: usize, src: &[f32], n: usize) {
     for (s, seg) in src.chunks_exact(n).enumerate() {
-        let dst =
-            unsafe { std::slice::from_raw_parts_mut(buf.ptr().add(row_start + s * h + u0), n) };
-        dst.copy_from_slice(seg);
+        // SAFETY: the caller's promise; `src` and the buffer are different allocations.
+        unsafe {
+            std::ptr::copy_nonoverlapping(seg.as_ptr(), buf.ptr().add(row_start + s * h + u0), n)
+        };
     }
 }
 
@@ -866,7 +903,6 @@ fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f
         let gates: Vec<Mat> = (0..4).map(|s| whole.cols(s * h + u0, s * h + u1)).collect();
         let w = PackedWeight::new(&gates);
         let mut z = vec![0.0f32; batch * 4 * n];
-        let (mut c_prev, mut local) = (vec![0.0f32; n], vec![0.0f32; 7 * n]);
         for t in 0..steps {
             for r in 0..batch {
                 let src = &projected[(t * batch + r) * g4..][..g4];
@@ -883,13 +919,16 @@ fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f
             };
             w.mul(&mut z, 4 * n, true, h_prev);
             for r in 0..batch {
-                c_prev.copy_from_slice(match prev {
-                    Some(prev) => &prev[r * w7 + h + u0..r * w7 + h + u1],
-                    None => &c0[r * h + u0..r * h + u1],
-                });
-                kernels::forward(&z[r * 4 * n..][..4 * n], &c_prev, &mut local);
-                // SAFETY: this block's units of row (t, r): no other thread touches them.
-                unsafe { scatter(out, (t * batch + r) * w7, h, u0, &local, n) };
+                let c_prev = match prev {
+                    Some(prev) => &prev[r * w7 + h + u0..][..n],
+                    None => &c0[r * h + u0..][..n],
+                };
+                kernels::forward(
+                    segments(&z, r * 4 * n, n, n),
+                    c_prev,
+                    // SAFETY: this block's units of row (t, r): no other thread touches them.
+                    unsafe { out.segments((t * batch + r) * w7 + u0, h, n) },
+                );
             }
             barrier.wait();
         }
@@ -925,8 +964,6 @@ fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32],
                     .copied()
             })
             .collect();
-        let (mut cur, mut c_prev, mut dz_local) =
-            (vec![0.0f32; 7 * n], vec![0.0f32; n], vec![0.0f32; 4 * n]);
         for t in (0..steps).rev() {
             for r in 0..batch {
                 let first = (t * batch + r) * h;
@@ -936,24 +973,20 @@ fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32],
                 {
                     *a += g;
                 }
-                let row = &ws[(t * batch + r) * w7..][..w7];
-                for (s, seg) in cur.chunks_exact_mut(n).enumerate() {
-                    seg.copy_from_slice(&row[s * h + u0..s * h + u1]);
-                }
-                c_prev.copy_from_slice(if t == 0 {
-                    &c0[r * h + u0..r * h + u1]
+                let c_prev = if t == 0 {
+                    &c0[r * h + u0..][..n]
                 } else {
-                    &ws[(((t - 1) * batch + r) * w7 + h + u0)..][..n]
-                });
+                    &ws[((t - 1) * batch + r) * w7 + h + u0..][..n]
+                };
                 kernels::backward_step(
-                    &cur,
-                    &c_prev,
+                    segments(ws, (t * batch + r) * w7 + 2 * h + u0, h, n),
+                    c_prev,
                     &dh[r * n..][..n],
                     &mut dc[r * n..][..n],
-                    &mut dz_local,
+                    // SAFETY: this block's units of dz's row (t, r): no other thread touches
+                    // them.
+                    unsafe { dz_rows.segments((t * batch + r) * g4 + u0, h, n) },
                 );
-                // SAFETY: this block's units of dz's row (t, r): no other thread touches them.
-                unsafe { scatter(dz_rows, (t * batch + r) * g4, h, u0, &dz_local, n) };
             }
             barrier.wait();
             // SAFETY: dz's rows of step t are complete (the barrier) and no thread writes them
@@ -971,61 +1004,57 @@ fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32],
     });
 }
 
-/// Row kernels: one batch row of one step, `h` = hidden size.
+/// Row kernels: one batch row of one step, `n` units (all of a layer's, or one core's block)
+/// whose values lie in segments: the gates' `[n]` each, the workspace's seven.
 mod kernels {
+    use std::mem::MaybeUninit;
+
     use super::{multiversion, simd};
 
     multiversion! {
-        /// `z` `[4h]`, `c_prev` `[h]` -> `ws` `[7h]` = `h | c | i f g o | tanh c`.
-        pub fn forward(z: &[f32], c_prev: &[f32], ws: &mut [f32]) {
-            let h = c_prev.len();
-            let (out, rest) = ws.split_at_mut(2 * h);
-            let (acts, tc) = rest.split_at_mut(4 * h);
-            let (hs, cs) = out.split_at_mut(h);
-            for (a, &x) in acts[..2 * h].iter_mut().zip(&z[..2 * h]) {
-                *a = simd::sigmoid(x);
-            }
-            for (a, &x) in acts[2 * h..3 * h].iter_mut().zip(&z[2 * h..3 * h]) {
-                *a = simd::tanh(x);
-            }
-            for (a, &x) in acts[3 * h..].iter_mut().zip(&z[3 * h..]) {
-                *a = simd::sigmoid(x);
-            }
-            let (i, rest) = acts.split_at(h);
-            let (f, rest) = rest.split_at(h);
-            let (g, o) = rest.split_at(h);
-            for j in 0..h {
-                let c = f[j] * c_prev[j] + i[j] * g[j];
+        /// The gate pre-activations `z` (i, f, g, o) and `c_prev` `[n]` -> the workspace's
+        /// segments `h | c | i f g o | tanh c`, every value written.
+        pub fn forward(z: [&[f32]; 4], c_prev: &[f32], ws: [&mut [MaybeUninit<f32>]; 7]) {
+            let n = c_prev.len();
+            let [zi, zf, zg, zo] = z.map(|s| &s[..n]);
+            let [hs, cs, is, fs, gs, os, tcs] = ws.map(|s| &mut s[..n]);
+            for j in 0..n {
+                let (i, f) = (simd::sigmoid(zi[j]), simd::sigmoid(zf[j]));
+                let (g, o) = (simd::tanh(zg[j]), simd::sigmoid(zo[j]));
+                let c = f * c_prev[j] + i * g;
                 let t = simd::tanh(c);
-                cs[j] = c;
-                tc[j] = t;
-                hs[j] = o[j] * t;
+                is[j].write(i);
+                fs[j].write(f);
+                gs[j].write(g);
+                os[j].write(o);
+                cs[j].write(c);
+                tcs[j].write(t);
+                hs[j].write(o * t);
             }
         }
     }
 
     multiversion! {
-        /// From `dh` (reaching `h_t`) and `dc` (reaching `c_t` from step t + 1): the gate
-        /// gradients `dz` `[4h]`, and `dc` becomes the gradient reaching `c_{t-1}`.
-        pub fn backward_step(ws: &[f32], c_prev: &[f32], dh: &[f32], dc: &mut [f32], dz: &mut [f32]) {
-            let h = c_prev.len();
-            let a = &ws[2 * h..];
-            let (i, f, g, o, tc) = (
-                &a[..h],
-                &a[h..2 * h],
-                &a[2 * h..3 * h],
-                &a[3 * h..4 * h],
-                &a[4 * h..5 * h],
-            );
-            let (di, rest) = dz.split_at_mut(h);
-            let (df, rest) = rest.split_at_mut(h);
-            let (dg, do_) = rest.split_at_mut(h);
-            for j in 0..h {
+        /// From the step's activations `i f g o | tanh c`, `dh` (reaching `h_t`) and `dc`
+        /// (reaching `c_t` from step t + 1): the gate gradients `dz` (i, f, g, o), every value
+        /// written, and `dc` becomes the gradient reaching `c_{t-1}`.
+        pub fn backward_step(
+            acts: [&[f32]; 5],
+            c_prev: &[f32],
+            dh: &[f32],
+            dc: &mut [f32],
+            dz: [&mut [MaybeUninit<f32>]; 4],
+        ) {
+            let n = c_prev.len();
+            let [i, f, g, o, tc] = acts.map(|s| &s[..n]);
+            let (dh, dc) = (&dh[..n], &mut dc[..n]);
+            let [di, df, dg, do_] = dz.map(|s| &mut s[..n]);
+            for j in 0..n {
                 let c = dc[j] + dh[j] * o[j] * (1.0 - tc[j] * tc[j]);
-                di[j] = c * g[j] * i[j] * (1.0 - i[j]);
-                df[j] = c * c_prev[j] * f[j] * (1.0 - f[j]);
-                dg[j] = c * i[j] * (1.0 - g[j] * g[j]);
-                do_[j] = dh[j] * tc[j] * o[j] * (1.0 - o[j]);
+                di[j].write(c * g[j] * i[j] * (1.0 - i[j]));
+                df[j].write(c * c_prev[j] * f[j] * (1.0 - f[j]));
+                dg[j].write(c * i[j] * (1.0 - g[j] * g[j]));
+                do_[j].write(dh[j] * tc[j] * o[j] * (1.0 - o[j]));
                 dc[j] = c * f[j];
             }
         }
