@@ -114,7 +114,7 @@ impl DstPtr {
 /// `dst = a · b` (or `dst += a · b` with `accumulate`), where `dst` is row-major `[m, n]` with
 /// rows `ld` apart, `a` is `[m, k]` and `b` is `[k, n]`. With `parallel`, the product is cut into
 /// one block of columns (or of rows, when `b` is too narrow to give each at least 64 columns)
-/// per rayon thread, each computed on one core.
+/// per rayon thread (two for wide products of a row-major `a`), each computed on one core.
 pub(crate) fn matmul(dst: &mut [f32], ld: usize, accumulate: bool, a: Mat, b: Mat, parallel: bool) {
     let (m, n) = (a.rows, b.cols);
     assert!(n <= ld, "matmul: destination rows too short");
@@ -164,7 +164,7 @@ unsafe fn product_into(dst: DstPtr, ld: usize, accumulate: bool, a: Mat, b: Mat,
         }
         return;
     }
-    let blocks = if parallel {
+    let cores = if parallel {
         rayon::current_num_threads()
     } else {
         1
@@ -173,7 +173,16 @@ unsafe fn product_into(dst: DstPtr, ld: usize, accumulate: bool, a: Mat, b: Mat,
     // `b`. Cut by rows, every core packs all of `b`: the output layer's input gradient
     // `[700, 10000] x [10000, 650]` ran at 110 - 136 GFLOP/s a core that way against 147 - 150
     // by columns (docs/BENCHMARKS.md).
-    let by_cols = n >= m || n >= 64 * blocks;
+    let by_cols = n >= m || n >= 64 * cores;
+    // Two blocks a core, taken as the cores free up, for products over 4096 columns wide with a
+    // row-major `a`: the output layer's logits (`[700, 650] x [650, 10000]`) ran 9 - 13% faster
+    // so (the two ways alternating in one process, docs/BENCHMARKS.md), every other product
+    // shape of the presets the same or slower (each block packs `a` again).
+    let blocks = if cores > 1 && by_cols && n >= 4096 && a.cs == 1 {
+        2 * cores
+    } else {
+        cores
+    };
     let len = if by_cols { n } else { m };
     // Blocks of a multiple of 16 (one AVX-512 vector) columns or rows, at least 16.
     let step = len.div_ceil(blocks).div_ceil(16) * 16;
@@ -206,6 +215,7 @@ unsafe fn product_into(dst: DstPtr, ld: usize, accumulate: bool, a: Mat, b: Mat,
             .step_by(step)
             .collect::<Vec<_>>()
             .into_par_iter()
+            .with_max_len(1)
             .for_each(run);
     }
 }
@@ -312,7 +322,8 @@ mod tests {
 
     #[test]
     fn blocks_by_columns_and_rows_and_transposed_views_match_the_naive_product() {
-        for &(m, k, n) in &[(3, 5, 7), (70, 33, 301), (301, 17, 40), (1, 1, 1)] {
+        // (9, 7, 4109): wider than 4096 columns, two blocks a core.
+        for &(m, k, n) in &[(3, 5, 7), (70, 33, 301), (301, 17, 40), (1, 1, 1), (9, 7, 4109)] {
             let a = values(m * k, 1);
             let b = values(k * n, 2);
             let want = naive(&a, &b, m, k, n);
