@@ -4,8 +4,8 @@
 //! the output weight `W` `[H, V]` and bias `b` `[V]`. Composed from Burn ops, the `[N, V]`
 //! logits (7 M floats for the `small` config) went through a matmul, a bias add, the
 //! cross-entropy, and in the backward a fresh gradient tensor, a bias-gradient reduction and
-//! two more matmuls, each a full pass with its own allocation. Here the bias is written into
-//! the logits before the product accumulates onto it, the backward turns the saved logits into
+//! two more matmuls, each a full pass with its own allocation. Here the bias is added to each
+//! row of the product in the pass that takes its log-sum-exp, the backward turns the saved logits into
 //! their gradient in place, and the three products are cut into one block per core
 //! (`super::matmul`).
 
@@ -19,8 +19,8 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Int, Tensor};
 use rayon::prelude::*;
 
-use super::matmul::{matmul, product, Mat};
-use super::rows::{repeat_rows, transform_and_sum_columns};
+use super::matmul::{product, Mat};
+use super::rows::transform_and_sum_columns;
 use super::xent::{int_values, kernels, PARALLEL_MIN};
 use super::{has_fused_kernels, host_f32, register_grads, to_flex, values};
 
@@ -108,24 +108,26 @@ impl OutputOps for Flex {
         let targets = int_values(targets);
         assert_eq!(targets.len(), n, "one target per row");
         let b = values(&b);
-        // Every row starts as the bias (written once, not zeroed first), then gains x · W.
         let parallel = n * v >= PARALLEL_MIN;
-        let mut logits = repeat_rows(b, n, parallel);
-        let w = Mat::new(values(&w), h, v, v);
-        matmul(
-            &mut logits,
-            v,
-            true,
+        // x · W into a new buffer (written once), then each row gains the bias and gives its
+        // log-sum-exp in one pass while it is in cache: no pass that writes rows of bias for
+        // the product to read back and accumulate onto (13 - 19% off this op, docs/
+        // BENCHMARKS.md). The bias is added once to the whole product, where `gemm` added the
+        // product's blocks of `k` (it cuts `k` over 512) to the bias in turn: for wide layers
+        // the logits' last digits differ from before.
+        let mut logits = product(
             Mat::new(values(&x), n, h, h),
-            w,
+            Mat::new(values(&w), h, v, v),
             parallel,
         );
         let mut lse = vec![0.0f32; n];
-        let run = |(r, o): (usize, &mut f32)| *o = kernels::log_sum_exp(&logits[r * v..][..v]);
+        let run = |(o, row): (&mut f32, &mut [f32])| *o = kernels::add_log_sum_exp(row, b);
         if parallel {
-            lse.par_iter_mut().enumerate().for_each(run);
+            lse.par_iter_mut()
+                .zip(logits.par_chunks_mut(v))
+                .for_each(run);
         } else {
-            lse.iter_mut().enumerate().for_each(run);
+            lse.iter_mut().zip(logits.chunks_mut(v)).for_each(run);
         }
         let nll: Vec<f32> = (0..n)
             .map(|r| {

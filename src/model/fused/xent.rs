@@ -42,18 +42,28 @@ pub(super) mod kernels {
     const LANES: usize = 16;
 
     multiversion! {
-        /// `log Σ exp(x)`, stable for any finite `x`.
-        pub fn log_sum_exp(x: &[f32]) -> f32 {
+        /// `x += bias`, then `log Σ exp(x)` (stable for any finite `x`), in one pass over `x`
+        /// while it is in cache (`bias` as long as `x`).
+        pub fn add_log_sum_exp(x: &mut [f32], bias: &[f32]) -> f32 {
+            assert_eq!(x.len(), bias.len(), "add_log_sum_exp: one bias per value");
             // Max and sum in LANES independent lanes (one running value would not vectorise).
             let mut lanes = [f32::NEG_INFINITY; LANES];
-            let chunks = x.chunks_exact(LANES);
-            let tail = chunks.remainder();
-            for c in chunks {
+            let mut chunks = x.chunks_exact_mut(LANES);
+            for (c, b) in (&mut chunks).zip(bias.chunks_exact(LANES)) {
                 for i in 0..LANES {
+                    c[i] += b[i];
                     lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
                 }
             }
-            let mut max = tail.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let tail = chunks.into_remainder();
+            let tail_len = tail.len();
+            let mut max = f32::NEG_INFINITY;
+            for (v, &b) in tail.iter_mut().zip(&bias[bias.len() - tail_len..]) {
+                *v += b;
+                max = max.max(*v);
+            }
+            let x: &[f32] = x;
+            let tail = &x[x.len() - tail_len..];
             max = lanes.iter().fold(max, |m, &v| m.max(v));
             if !max.is_finite() {
                 return max; // an infinity or NaN that the loss must show
