@@ -1,33 +1,22 @@
-//! Passes over the rows of a row-major `[n, v]` buffer on every core: a vector broadcast into
-//! the rows of a new buffer, and column sums of transformed rows, by fixed blocks of rows (the
+//! Passes over the rows of a row-major `[n, v]` buffer on every core: a vector added to every
+//! row, and column sums of transformed rows, by fixed blocks of rows (the
 //! same sums on any number of cores), each block summed while it is in cache.
 
 use rayon::prelude::*;
-use std::mem::MaybeUninit;
 
 /// Rows per task of [`transform_and_sum_columns`]: each task keeps its own partial sums
 /// (`[v]`), added in block order afterwards.
 const BLOCK_ROWS: usize = 32;
 
-/// A new `[n, v]` buffer whose every row is `row` (`[v]`), written once (not zeroed first), on
-/// every core with `parallel`.
-pub(super) fn repeat_rows(row: &[f32], n: usize, parallel: bool) -> Vec<f32> {
-    let v = row.len();
-    let mut out = Vec::with_capacity(n * v);
-    let fill = |dst: &mut [MaybeUninit<f32>]| {
-        for (d, &x) in dst.iter_mut().zip(row) {
-            d.write(x);
-        }
-    };
-    let rows = &mut out.spare_capacity_mut()[..n * v];
+/// `d[r] += row` for every row `r` of `d` (`[n, v]`, `v` = `row.len()`), on every core with
+/// `parallel`.
+pub(super) fn add_to_rows(d: &mut [f32], row: &[f32], parallel: bool) {
+    let v = row.len().max(1);
     if parallel {
-        rows.par_chunks_mut(v.max(1)).for_each(fill);
+        d.par_chunks_mut(v).for_each(|r| add_row(r, row));
     } else {
-        rows.chunks_mut(v.max(1)).for_each(fill);
+        d.chunks_mut(v).for_each(|r| add_row(r, row));
     }
-    // SAFETY: each of the `n` rows of `v` values was written above.
-    unsafe { out.set_len(n * v) };
-    out
 }
 
 /// Runs `transform(r, row)` on every row `r` of `d` (`[n, v]`), then returns the column sums
@@ -101,14 +90,18 @@ fn add_in_order(partials: &[f32], v: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// Rows repeat the vector; the column sums of transformed rows match a plain loop, on one
-    /// core and on several, for row counts around the block size.
+    /// The vector is added to every row; the column sums of transformed rows match a plain
+    /// loop, on one core and on several, for row counts around the block size.
     #[test]
-    fn repeats_rows_and_sums_transformed_columns() {
+    fn adds_to_rows_and_sums_transformed_columns() {
         let row: Vec<f32> = (0..7).map(|j| j as f32 - 2.5).collect();
         for n in [0, 1, 31, 32, 33, 100] {
             for parallel in [false, true] {
-                let mut d = repeat_rows(&row, n, parallel);
+                let mut d = vec![1.0f32; n * 7];
+                add_to_rows(&mut d, &row, parallel);
+                let ones: Vec<f32> = row.iter().map(|x| x + 1.0).collect();
+                assert_eq!(d, ones.repeat(n), "{n} rows");
+                add_to_rows(&mut d, &[-1.0; 7], parallel);
                 assert_eq!(d, row.repeat(n), "{n} rows");
                 let plain = sum_columns(&d, 7, parallel);
                 for j in 0..7 {
