@@ -428,15 +428,27 @@ impl LstmLayerOps for Flex {
             Split::for_dims(&d),
         );
         let rows = d.steps * b;
-        // The hidden states of every step, then the last step's cell states.
+        // The hidden states of every step, then the last step's cell states, gathered on every
+        // core (the rows are independent).
+        let w7 = 7 * h;
         let mut out = Vec::with_capacity((rows + b) * h);
-        for w in ws.chunks_exact(7 * h) {
-            out.extend_from_slice(&w[..h]);
-        }
-        for w in ws[(rows - b) * 7 * h..].chunks_exact(7 * h) {
-            out.extend_from_slice(&w[h..2 * h]);
-        }
-        (to_flex(out, &[rows + b, h]), to_flex(ws, &[rows, 7 * h]))
+        let gather = |(r, dst): (usize, &mut [MaybeUninit<f32>])| {
+            let src = if r < rows {
+                &ws[r * w7..][..h]
+            } else {
+                &ws[(r - b) * w7 + h..][..h]
+            };
+            for (d, &v) in dst.iter_mut().zip(src) {
+                d.write(v);
+            }
+        };
+        out.spare_capacity_mut()[..(rows + b) * h]
+            .par_chunks_mut(h.max(1))
+            .enumerate()
+            .for_each(gather);
+        // SAFETY: each of the `rows + b` rows of `h` values was written above.
+        unsafe { out.set_len((rows + b) * h) };
+        (to_flex(out, &[rows + b, h]), to_flex(ws, &[rows, w7]))
     }
 
     fn lstm_layer_backward(
