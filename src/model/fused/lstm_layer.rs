@@ -394,8 +394,8 @@ fn segments<const N: usize>(row: &[f32], start: usize, stride: usize, n: usize) 
 }
 
 /// A new buffer of `len` values, every one of which `fill` writes through the [`Rows`] it is
-/// given (the buffer is not zeroed first: a serial pass over megabytes on one core, and the
-/// threads' writes then missed the caches; docs/BENCHMARKS.md).
+/// given: the buffer is not zeroed first (that was a serial pass over megabytes on one core,
+/// docs/BENCHMARKS.md).
 ///
 /// # Safety
 /// `fill` writes all `len` values.
