@@ -672,8 +672,8 @@ fn backward_by_rows(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32], 
         }
         // SAFETY: rows of this block only.
         unsafe {
-            scatter(dh0_rows, r0 * h, nb * h, 0, &dh, nb * h);
-            scatter(dc0_rows, r0 * h, nb * h, 0, &dc, nb * h);
+            write_at(dh0_rows, r0 * h, &dh);
+            write_at(dc0_rows, r0 * h, &dc);
         }
     });
 }
@@ -880,19 +880,13 @@ unsafe fn read<'a>(buf: Rows, offset: usize, n: usize) -> &'a [f32] {
     unsafe { std::slice::from_raw_parts(buf.ptr().add(offset), n) }
 }
 
-/// Copies `src` `[7n]` (or `[4n]`), segment by segment of `n`, into a row of `buf` whose
-/// segments are `h` wide, at unit `u0`.
+/// Copies `src` into `buf` from `offset`.
 ///
 /// # Safety
-/// The row's units `u0..u0 + n` of every segment lie inside the buffer and only this thread
-/// touches them.
-unsafe fn scatter(buf: Rows, row_start: usize, h: usize, u0: usize, src: &[f32], n: usize) {
-    for (s, seg) in src.chunks_exact(n).enumerate() {
-        // SAFETY: the caller's promise; `src` and the buffer are different allocations.
-        unsafe {
-            std::ptr::copy_nonoverlapping(seg.as_ptr(), buf.ptr().add(row_start + s * h + u0), n)
-        };
-    }
+/// `offset..offset + src.len()` lies inside the buffer and only this thread touches it.
+unsafe fn write_at(buf: Rows, offset: usize, src: &[f32]) {
+    // SAFETY: the caller's promise; `src` and the buffer are different allocations.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf.ptr().add(offset), src.len()) };
 }
 
 /// [`forward`] with the hidden units split between the cores ([`Split::Units`]): each core
@@ -1009,8 +1003,8 @@ fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32],
         for r in 0..batch {
             // SAFETY: this block's units of row r, touched by no other thread.
             unsafe {
-                scatter(dh0_rows, r * h, h, u0, &dh[r * n..][..n], n);
-                scatter(dc0_rows, r * h, h, u0, &dc[r * n..][..n], n);
+                write_at(dh0_rows, r * h + u0, &dh[r * n..][..n]);
+                write_at(dc0_rows, r * h + u0, &dc[r * n..][..n]);
             }
         }
     });
