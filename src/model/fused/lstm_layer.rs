@@ -24,7 +24,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
 use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::{DType, Device, Distribution, Tensor};
-use crossbeam_utils::Backoff;
+use crossbeam_utils::{Backoff, CachePadded};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -872,6 +872,43 @@ impl SpinBarrier {
     }
 }
 
+/// How many steps each of the threads of [`on_threads`] has finished, so that a thread waits
+/// only for the others' results it needs next, and only when it needs them (rather than all
+/// meeting after every step at a barrier). Each count sits on its own cache line.
+struct Progress {
+    done: Vec<CachePadded<AtomicUsize>>,
+}
+
+impl Progress {
+    fn new(threads: usize) -> Self {
+        Self {
+            done: (0..threads)
+                .map(|_| CachePadded::new(AtomicUsize::new(0)))
+                .collect(),
+        }
+    }
+
+    /// Thread `i` has finished `steps` steps: what it wrote before is visible to every thread
+    /// whose [`Progress::wait_for_others`] returns for them.
+    fn publish(&self, i: usize, steps: usize) {
+        self.done[i].store(steps, Ordering::Release);
+    }
+
+    /// Returns once every thread but `i` has finished `steps` steps, spinning then yielding
+    /// (crossbeam's `Backoff`): a step's work is a few tenths of a millisecond, and waking a
+    /// parked thread cost tens of microseconds each time (docs/BENCHMARKS.md).
+    fn wait_for_others(&self, i: usize, steps: usize) {
+        for (j, done) in self.done.iter().enumerate() {
+            if j != i {
+                let backoff = Backoff::new();
+                while done.load(Ordering::Acquire) < steps {
+                    backoff.snooze();
+                }
+            }
+        }
+    }
+}
+
 /// `n` values of `buf` from `offset`, written by no thread while this reference lives.
 ///
 /// # Safety
@@ -890,9 +927,11 @@ unsafe fn write_at(buf: Rows, offset: usize, src: &[f32]) {
 }
 
 /// [`forward`] with the hidden units split between the cores ([`Split::Units`]): each core
-/// packs its units' columns of the four gates of `W_h` once, then each step computes its gate
-/// pre-activations for all batch rows from the whole previous `h`, its units' cell and hidden
-/// states, and waits for the other cores before the next step.
+/// packs its units' columns of the four gates of `W_h` once, cut by the rows each core's units
+/// own; each step it computes its gate pre-activations for all batch rows from the whole
+/// previous `h` and its units' cell and hidden states. Its own units' part of the product comes
+/// first: it needs only what this core wrote, so a core that finished the last step early works
+/// on it instead of waiting, and only the other cores' parts wait for them ([`Progress`]).
 fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f32], out: Rows) {
     let Dims {
         steps,
@@ -901,13 +940,22 @@ fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f
     } = d;
     let (g4, w7) = (4 * h, 7 * h);
     let blocks = unit_blocks(h);
-    let barrier = SpinBarrier::new(blocks.len());
-    on_threads(&blocks, |_, (u0, u1)| {
+    let progress = Progress::new(blocks.len());
+    on_threads(&blocks, |i, (u0, u1)| {
         let n = u1 - u0;
-        // This block's columns of each gate, `[h, 4n]`.
+        // This block's columns of each gate (`[h, 4n]`), cut by the rows of each core's units.
         let whole = Mat::new(w_h, h, g4, g4);
         let gates: Vec<Mat> = (0..4).map(|s| whole.cols(s * h + u0, s * h + u1)).collect();
-        let w = PackedWeight::new(&gates);
+        let parts: Vec<PackedWeight> = blocks
+            .iter()
+            .map(|&(v0, v1)| {
+                PackedWeight::new(&gates.iter().map(|g| g.rows(v0, v1)).collect::<Vec<_>>())
+            })
+            .collect();
+        // This core's units of `h_{t-1}`, `[batch, n]`: read by this core only.
+        let mut own: Vec<f32> = (0..batch)
+            .flat_map(|r| h0[r * h + u0..r * h + u1].iter().copied())
+            .collect();
         let mut z = vec![0.0f32; batch * 4 * n];
         for t in 0..steps {
             for r in 0..batch {
@@ -916,27 +964,36 @@ fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f
                     z[(r * 4 + s) * n..][..n].copy_from_slice(&src[s * h + u0..s * h + u1]);
                 }
             }
-            // SAFETY: step t - 1's rows were written before the last barrier; nothing writes
-            // them now (this step writes step t's rows).
+            parts[i].mul(&mut z, 4 * n, true, Mat::new(&own, batch, n, n));
+            progress.wait_for_others(i, t);
+            // SAFETY: every core finished step t - 1 (the wait above) and nothing writes its
+            // rows any more (this step writes step t's rows).
             let prev = (t > 0).then(|| unsafe { read(out, (t - 1) * batch * w7, batch * w7) });
             let h_prev = match prev {
                 Some(prev) => Mat::new(prev, batch, h, w7),
                 None => Mat::new(h0, batch, h, h),
             };
-            w.mul(&mut z, 4 * n, true, h_prev);
+            for (j, (&(v0, v1), w)) in blocks.iter().zip(&parts).enumerate() {
+                if j != i {
+                    w.mul(&mut z, 4 * n, true, h_prev.cols(v0, v1));
+                }
+            }
             for r in 0..batch {
                 let c_prev = match prev {
                     Some(prev) => &prev[r * w7 + h + u0..][..n],
                     None => &c0[r * h + u0..][..n],
                 };
+                let row = (t * batch + r) * w7 + u0;
                 kernels::forward(
                     segments(&z, r * 4 * n, n, n),
                     c_prev,
                     // SAFETY: this block's units of row (t, r): no other thread touches them.
-                    unsafe { out.segments((t * batch + r) * w7 + u0, h, n) },
+                    unsafe { out.segments(row, h, n) },
                 );
+                // SAFETY: this core's units of row (t, r), just written; no thread writes them.
+                own[r * n..][..n].copy_from_slice(unsafe { read(out, row, n) });
             }
-            barrier.wait();
+            progress.publish(i, t + 1);
         }
     });
 }
@@ -1111,6 +1168,33 @@ mod tests {
                     assert_eq!(slot.load(Ordering::Relaxed), round, "round {round}");
                 }
                 barrier.wait();
+            }
+        });
+    }
+
+    /// Once `wait_for_others` returns for step `r`, a thread sees every other thread's writes
+    /// made before it published `r`, and no thread runs more than one step ahead of the
+    /// slowest (each waits for the others' step before it publishes the next), over many
+    /// steps.
+    #[test]
+    fn progress_orders_the_steps() {
+        use std::sync::atomic::AtomicU64;
+        let (threads, steps) = (3, 2000);
+        let progress = Progress::new(threads);
+        let slots: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
+        let blocks: Vec<(usize, usize)> = (0..threads).map(|i| (i, i + 1)).collect();
+        on_threads(&blocks, |i, _| {
+            for step in 1..=steps {
+                slots[i].store(step as u64, Ordering::Relaxed);
+                progress.publish(i, step);
+                progress.wait_for_others(i, step);
+                for slot in &slots {
+                    let seen = slot.load(Ordering::Relaxed);
+                    assert!(
+                        seen == step as u64 || seen == step as u64 + 1,
+                        "step {step}: {seen}"
+                    );
+                }
             }
         });
     }

@@ -323,7 +323,13 @@ mod tests {
     #[test]
     fn blocks_by_columns_and_rows_and_transposed_views_match_the_naive_product() {
         // (9, 7, 4109): wider than 4096 columns, two blocks a core.
-        for &(m, k, n) in &[(3, 5, 7), (70, 33, 301), (301, 17, 40), (1, 1, 1), (9, 7, 4109)] {
+        for &(m, k, n) in &[
+            (3, 5, 7),
+            (70, 33, 301),
+            (301, 17, 40),
+            (1, 1, 1),
+            (9, 7, 4109),
+        ] {
             let a = values(m * k, 1);
             let b = values(k * n, 2);
             let want = naive(&a, &b, m, k, n);
