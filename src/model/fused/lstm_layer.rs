@@ -784,7 +784,8 @@ impl<B: Backend + LstmLayerOps, C: CheckpointStrategy> LstmLayerOps for Autodiff
 enum Split {
     /// Each core its batch rows through every step, no barrier.
     Rows,
-    /// Each core all batch rows and its own hidden units' gate columns, one barrier a step.
+    /// Each core all batch rows and its own hidden units' gate columns; the cores wait for
+    /// each other's previous step (the forward only for the part of the product that needs it).
     Units,
 }
 
@@ -823,7 +824,7 @@ fn unit_blocks(h: usize) -> Vec<(usize, usize)> {
 }
 
 /// Runs `work(i, block)` for every block on its own thread (the last on this one), so that the
-/// blocks can wait for each other at a barrier: rayon's tasks may not all run at once.
+/// blocks can wait for each other every step: rayon's tasks may not all run at once.
 fn on_threads(blocks: &[(usize, usize)], work: impl Fn(usize, (usize, usize)) + Sync) {
     std::thread::scope(|scope| {
         let work = &work;
