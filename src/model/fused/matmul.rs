@@ -7,6 +7,7 @@
 //! step's `[20, 256] x [256, 1024]` at 158 against 124.
 
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A read-only f32 matrix view into a slice: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Debug, Clone, Copy)]
@@ -174,20 +175,15 @@ unsafe fn product_into(dst: DstPtr, ld: usize, accumulate: bool, a: Mat, b: Mat,
     // `[700, 10000] x [10000, 650]` ran at 110 - 136 GFLOP/s a core that way against 147 - 150
     // by columns (docs/BENCHMARKS.md).
     let by_cols = n >= m || n >= 64 * cores;
-    // Two blocks a core, taken as the cores free up, for products over 4096 columns wide with a
-    // row-major `a`: the output layer's logits (`[700, 650] x [650, 10000]`) ran 9 - 13% faster
-    // so (the two ways alternating in one process, docs/BENCHMARKS.md), every other product
-    // shape of the presets the same or slower (each block packs `a` again).
-    let blocks = if cores > 1 && by_cols && n >= 4096 && a.cs == 1 {
-        2 * cores
-    } else {
-        cores
-    };
     let len = if by_cols { n } else { m };
-    // Blocks of a multiple of 16 (one AVX-512 vector) columns or rows, at least 16.
-    let step = len.div_ceil(blocks).div_ceil(16) * 16;
-    let run = |start: usize| {
-        let end = (start + step).min(len);
+    // Products over 4096 columns wide (the output layer's logits and weight gradient) end in
+    // small blocks that the cores take as they free up, so that a core the machine slowed down
+    // does not leave the other idle at the end: alternating with equal blocks in one process,
+    // the two products took 7% less time on average (5 runs, -17% to +2%, docs/BENCHMARKS.md).
+    // Narrower products keep one block a core: there every extra block's packing of `a` cost
+    // more than the balance saved.
+    let spans = spans(len, cores, by_cols && n >= 4096);
+    let run = |(start, end): (usize, usize)| {
         let (a, b, offset, rows, cols) = if by_cols {
             (a, b.cols(start, end), start, m, end - start)
         } else {
@@ -208,16 +204,42 @@ unsafe fn product_into(dst: DstPtr, ld: usize, accumulate: bool, a: Mat, b: Mat,
             )
         };
     };
-    if step >= len {
-        run(0);
+    if let [only] = spans[..] {
+        run(only);
     } else {
-        (0..len)
-            .step_by(step)
-            .collect::<Vec<_>>()
+        // Each core takes the next block until none is left (the big ones come first).
+        let next = AtomicUsize::new(0);
+        (0..cores.min(spans.len()))
             .into_par_iter()
             .with_max_len(1)
-            .for_each(run);
+            .for_each(|_| {
+                while let Some(&span) = spans.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    run(span);
+                }
+            });
     }
+}
+
+/// `0..len` cut into blocks for `cores` cores, each a multiple of 16 (one AVX-512 vector) long
+/// but the last, at least 16: one equal block a core or, `with_tail`, one block of 85% / `cores`
+/// of `len` a core, then the rest in blocks of about 15% / `cores`.
+fn spans(len: usize, cores: usize, with_tail: bool) -> Vec<(usize, usize)> {
+    let round = |x: usize| (x.div_ceil(16) * 16).max(16);
+    let (big, small) = if with_tail && cores > 1 {
+        let big = round(len * 85 / 100 / cores);
+        (big, round(len.saturating_sub(cores * big).div_ceil(cores)))
+    } else {
+        let equal = round(len.div_ceil(cores));
+        (equal, equal)
+    };
+    let mut spans = Vec::new();
+    let mut start = 0;
+    while start < len {
+        let size = if spans.len() < cores { big } else { small };
+        spans.push((start, (start + size).min(len)));
+        start += size;
+    }
+    spans
 }
 
 /// `gemm`'s product of the views `a` `[rows, k]` and `b` `[k, cols]` into the row-major `dst`
@@ -318,6 +340,38 @@ mod tests {
         (0..n)
             .map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 - 500.0) / 250.0)
             .collect()
+    }
+
+    /// The blocks cover `0..len` once, in order, each a multiple of 16 but the last; with a
+    /// tail, every core's first block is the biggest, and the tail is about 15% of `len`.
+    #[test]
+    fn spans_cover_the_range_once_big_blocks_first() {
+        for (len, cores, with_tail) in [
+            (10_000, 2, true),
+            (4109, 2, true),
+            (650, 2, false),
+            (10, 4, false),
+            (5000, 3, true),
+        ] {
+            let spans = spans(len, cores, with_tail);
+            assert_eq!(spans.first().map(|s| s.0), Some(0));
+            assert_eq!(spans.last().map(|s| s.1), Some(len));
+            assert!(spans
+                .windows(2)
+                .all(|w| w[0].1 == w[1].0 && (w[0].1 - w[0].0) % 16 == 0));
+            if with_tail {
+                let big = spans[0].1 - spans[0].0;
+                assert!(spans[..cores].iter().all(|s| s.1 - s.0 == big));
+                assert!(spans[cores..].iter().all(|s| s.1 - s.0 < big));
+                let tail = len - spans[cores - 1].1;
+                assert!(
+                    tail * 100 >= 10 * len && tail * 100 <= 16 * len,
+                    "{len}: tail {tail}"
+                );
+            } else {
+                assert!(spans.len() <= cores);
+            }
+        }
     }
 
     #[test]
