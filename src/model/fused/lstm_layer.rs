@@ -1128,6 +1128,7 @@ mod kernels {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
 
     /// The fused layer on flex against Burn's composed ops, values and gradients.
     fn check(steps: usize, batch: usize, hidden: usize, scale: f32) {
@@ -1152,24 +1153,26 @@ mod tests {
         check(6, 19, 37, 4.0);
     }
 
+    /// Runs `round(thread, round, slots)` for rounds 1 to 2000 on each of 3 threads of
+    /// [`on_threads`], with one slot a thread for it to write the round into and read back.
+    fn rounds_on_threads(round: impl Fn(usize, u64, &[AtomicU64]) + Sync) {
+        let slots: Vec<AtomicU64> = (0..3).map(|_| AtomicU64::new(0)).collect();
+        let blocks: Vec<(usize, usize)> = (0..3).map(|i| (i, i + 1)).collect();
+        on_threads(&blocks, |i, _| (1..=2000).for_each(|r| round(i, r, &slots)));
+    }
+
     /// Every thread sees every other thread's writes of a round once the barrier lets it go,
     /// over many rounds (the barrier is reused, as a layer's steps reuse it).
     #[test]
     fn the_spin_barrier_orders_the_rounds() {
-        use std::sync::atomic::AtomicU64;
-        let (threads, rounds) = (3, 2000);
-        let barrier = SpinBarrier::new(threads);
-        let slots: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
-        let blocks: Vec<(usize, usize)> = (0..threads).map(|i| (i, i + 1)).collect();
-        on_threads(&blocks, |i, _| {
-            for round in 1..=rounds {
-                slots[i].store(round, Ordering::Relaxed);
-                barrier.wait();
-                for slot in &slots {
-                    assert_eq!(slot.load(Ordering::Relaxed), round, "round {round}");
-                }
-                barrier.wait();
+        let barrier = SpinBarrier::new(3);
+        rounds_on_threads(|i, round, slots| {
+            slots[i].store(round, Ordering::Relaxed);
+            barrier.wait();
+            for slot in slots {
+                assert_eq!(slot.load(Ordering::Relaxed), round, "round {round}");
             }
+            barrier.wait();
         });
     }
 
@@ -1179,23 +1182,14 @@ mod tests {
     /// steps.
     #[test]
     fn progress_orders_the_steps() {
-        use std::sync::atomic::AtomicU64;
-        let (threads, steps) = (3, 2000);
-        let progress = Progress::new(threads);
-        let slots: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
-        let blocks: Vec<(usize, usize)> = (0..threads).map(|i| (i, i + 1)).collect();
-        on_threads(&blocks, |i, _| {
-            for step in 1..=steps {
-                slots[i].store(step as u64, Ordering::Relaxed);
-                progress.publish(i, step);
-                progress.wait_for_others(i, step);
-                for slot in &slots {
-                    let seen = slot.load(Ordering::Relaxed);
-                    assert!(
-                        seen == step as u64 || seen == step as u64 + 1,
-                        "step {step}: {seen}"
-                    );
-                }
+        let progress = Progress::new(3);
+        rounds_on_threads(|i, step, slots| {
+            slots[i].store(step, Ordering::Relaxed);
+            progress.publish(i, step as usize);
+            progress.wait_for_others(i, step as usize);
+            for slot in slots {
+                let seen = slot.load(Ordering::Relaxed);
+                assert!(seen == step || seen == step + 1, "step {step}: {seen}");
             }
         });
     }
