@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::matmul::{matmul, product, Mat};
 use super::panels::PackedWeight;
 use super::simd::{self, multiversion};
+use super::xent::PARALLEL_MIN;
 use super::{has_fused_kernels, host_f32, max_rel_err, register_grads, to_flex, values};
 
 /// The recurrence of one LSTM layer over a sequence, time-major.
@@ -429,7 +430,7 @@ impl LstmLayerOps for Flex {
         );
         let rows = d.steps * b;
         // The hidden states of every step, then the last step's cell states, gathered on every
-        // core (the rows are independent).
+        // core (the rows are independent) unless they are few (a generation step's).
         let w7 = 7 * h;
         let mut out = Vec::with_capacity((rows + b) * h);
         let gather = |(r, dst): (usize, &mut [MaybeUninit<f32>])| {
@@ -442,10 +443,12 @@ impl LstmLayerOps for Flex {
                 d.write(v);
             }
         };
-        out.spare_capacity_mut()[..(rows + b) * h]
-            .par_chunks_mut(h.max(1))
-            .enumerate()
-            .for_each(gather);
+        let dst = &mut out.spare_capacity_mut()[..(rows + b) * h];
+        if dst.len() >= PARALLEL_MIN {
+            dst.par_chunks_mut(h.max(1)).enumerate().for_each(gather);
+        } else {
+            dst.chunks_mut(h.max(1)).enumerate().for_each(gather);
+        }
         // SAFETY: each of the `rows + b` rows of `h` values was written above.
         unsafe { out.set_len((rows + b) * h) };
         (to_flex(out, &[rows + b, h]), to_flex(ws, &[rows, w7]))
@@ -1151,6 +1154,9 @@ mod tests {
         // 19 rows: blocks of unequal size when split; odd width: the vector loops' tails;
         // scale 4: saturated gates.
         check(6, 19, 37, 4.0);
+        // 520 units: split by units between the cores; (6 + 1) x 20 rows of 520 outputs (over
+        // PARALLEL_MIN): gathered on every core.
+        check(6, 20, 520, 1.0);
     }
 
     /// Runs `round(thread, round, slots)` for rounds 1 to 2000 on each of 3 threads of
