@@ -1086,10 +1086,10 @@ mod kernels {
             let [zi, zf, zg, zo] = z.map(|s| &s[..n]);
             let [hs, cs, is, fs, gs, os, tcs] = ws.map(|s| &mut s[..n]);
             for j in 0..n {
-                let (i, f) = (simd::sigmoid(zi[j]), simd::sigmoid(zf[j]));
-                let (g, o) = (simd::tanh(zg[j]), simd::sigmoid(zo[j]));
+                let (i, f) = (simd::sigmoid::<FMA>(zi[j]), simd::sigmoid::<FMA>(zf[j]));
+                let (g, o) = (simd::tanh::<FMA>(zg[j]), simd::sigmoid::<FMA>(zo[j]));
                 let c = f * c_prev[j] + i * g;
-                let t = simd::tanh(c);
+                let t = simd::tanh::<FMA>(c);
                 is[j].write(i);
                 fs[j].write(f);
                 gs[j].write(g);

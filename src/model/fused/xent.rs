@@ -71,10 +71,10 @@ pub(super) mod kernels {
             let mut sums = [0.0f32; LANES];
             for c in x.chunks_exact(LANES) {
                 for i in 0..LANES {
-                    sums[i] += exp(c[i] - max);
+                    sums[i] += exp::<FMA>(c[i] - max);
                 }
             }
-            let sum = sums.iter().sum::<f32>() + tail.iter().map(|&v| exp(v - max)).sum::<f32>();
+            let sum = sums.iter().sum::<f32>() + tail.iter().map(|&v| exp::<FMA>(v - max)).sum::<f32>();
             max + sum.ln()
         }
     }
@@ -83,7 +83,7 @@ pub(super) mod kernels {
         /// `x[i] = g · exp(x[i] - lse)`.
         pub fn softmax_scaled_in_place(x: &mut [f32], lse: f32, g: f32) {
             for v in x.iter_mut() {
-                *v = g * exp(*v - lse);
+                *v = g * exp::<FMA>(*v - lse);
             }
         }
     }
