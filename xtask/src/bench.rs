@@ -2,7 +2,12 @@
 //!
 //! Each round runs every config once with each system, alternating which goes first, every run
 //! in its own process (so peak memory is per config). The ratio of a config is the median over
-//! rounds of ours / PyTorch's tokens/s, so both sides of a ratio saw the same machine load.
+//! rounds of ours / PyTorch's tokens/s, so both sides of a ratio saw the same machine load. The
+//! sgemm ceiling is measured in every round too (lstm-lm's in each of its runs, right after the
+//! steps; PyTorch's at the end of the round), and a config's share of the ceiling is the median
+//! over rounds of its rate against that round's ceiling: on a machine whose speed drifts by a
+//! third within minutes, a step time from one moment against a ceiling from another said more
+//! about the drift than about the headroom (docs/BENCHMARKS.md).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -88,6 +93,7 @@ pub fn bench(options: &Options) -> Result<()> {
     build(options)?;
     let mut ours: Vec<Vec<Run>> = vec![Vec::new(); options.configs.len()];
     let mut theirs: Vec<Vec<Run>> = vec![Vec::new(); options.configs.len()];
+    let mut torch_ceilings = Vec::new();
     for round in 0..options.rounds {
         for (c, config) in options.configs.iter().enumerate() {
             let reference_first = round % 2 == 1;
@@ -120,15 +126,43 @@ pub fn bench(options: &Options) -> Result<()> {
                 }
             }
         }
-    }
-    let torch_ceiling = match &options.python {
-        Some(python) if options.reference_device == "cpu" => {
-            Some(reference_ceiling(options, python)?)
+        if let (Some(python), "cpu") = (&options.python, options.reference_device.as_str()) {
+            let gflops = reference_ceiling(options, python)?;
+            eprintln!(
+                "round {}: PyTorch's sgemm ceiling {gflops:.0} GFLOP/s",
+                round + 1
+            );
+            torch_ceilings.push(gflops);
         }
-        _ => None,
-    };
-    print_table(options, &ours, &theirs, torch_ceiling);
+    }
+    print_table(options, &ours, &theirs, &torch_ceilings);
     Ok(())
+}
+
+/// Each round's sgemm ceiling for one config: the higher of lstm-lm's (measured in that round's
+/// run of the config) and PyTorch's (measured at the end of the round, when it ran); NaN where
+/// neither was measured.
+fn round_ceilings(ours: &[Run], torch: &[f64]) -> Vec<f64> {
+    ours.iter()
+        .enumerate()
+        .map(|(round, run)| {
+            let own = run.ceiling.as_ref().map_or(f64::NAN, |c| c.gflops);
+            // `f64::max` returns the other value when one is NaN.
+            own.max(torch.get(round).copied().unwrap_or(f64::NAN))
+        })
+        .collect()
+}
+
+/// The median over rounds of `flop_per_step` at each run's step time against its round's
+/// ceiling (the rounds without a ceiling left out); NaN when no round has one.
+fn median_share(runs: &[Run], ceilings: &[f64], flop_per_step: f64) -> f64 {
+    median(
+        runs.iter()
+            .zip(ceilings)
+            .filter(|(_, c)| c.is_finite())
+            .map(|(r, c)| flop_per_step / r.ms_per_step * 1e3 / c)
+            .collect(),
+    )
 }
 
 /// PyTorch's sgemm rate on a `[2048, 2048]` product with the benchmark's threads (MKL or
@@ -377,6 +411,17 @@ fn after_warmup(stdout: &str, batch: usize) -> Result<(f64, f64)> {
     ))
 }
 
+/// `median GFLOP/s (min-max)`, or `not run`.
+fn spread(values: &[f64]) -> String {
+    if values.is_empty() {
+        return "not run".into();
+    }
+    let (lo, hi) = values.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| {
+        (lo.min(v), hi.max(v))
+    });
+    format!("{:.0} GFLOP/s ({lo:.0}-{hi:.0})", median(values.to_vec()))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -386,12 +431,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn print_table(
-    options: &Options,
-    ours: &[Vec<Run>],
-    theirs: &[Vec<Run>],
-    torch_ceiling: Option<f64>,
-) {
+fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>], torch_ceilings: &[f64]) {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let device = ours
         .iter()
@@ -421,14 +461,13 @@ fn print_table(
         .flatten()
         .filter_map(|r| r.ceiling.as_ref())
         .collect();
-    let ours_ceiling = median(measured.iter().map(|c| c.gflops).collect());
     let path = measured.first().map_or("-", |c| c.path.as_str());
-    // The higher of the two; lstm-lm's is NaN when no run measured it.
-    let ceiling = torch_ceiling.map_or(ours_ceiling, |t| t.max(ours_ceiling));
     println!(
-        "sgemm ceiling ([2048, 2048] product, every core): lstm-lm's paths {ours_ceiling:.0} GFLOP/s \
-         ({path}), PyTorch {}; shares below are of {ceiling:.0} GFLOP/s",
-        torch_ceiling.map_or("not run".into(), |t| format!("{t:.0} GFLOP/s"))
+        "sgemm ceiling ([2048, 2048] product, every core), measured in every round: lstm-lm's \
+         paths {} ({path}), PyTorch {}; each share below is the median over rounds of the rate \
+         against the higher of the two in the same round",
+        spread(&measured.iter().map(|c| c.gflops).collect::<Vec<_>>()),
+        spread(torch_ceilings),
     );
     println!(
         "| config | system | tokens/s (median, min-max) | samples/s | ms/step | peak RSS MiB | GFLOP/s | share of ceiling | ratio to PyTorch |"
@@ -460,19 +499,21 @@ fn print_table(
             // Both sides run the same products on a stream; with buckets lstm-lm skips the
             // padded positions at the output layer and PyTorch does not, so its FLOPs differ.
             let flop = ours[c].iter().find_map(|r| r.gflop_per_step);
-            let gflops = match (name, flop) {
-                ("lstm-lm", Some(f)) => Some(f / ms * 1e3),
-                (_, Some(f)) if config != "seed" => Some(f / ms * 1e3),
+            let flop = match (name, flop) {
+                ("lstm-lm", Some(f)) => Some(f),
+                (_, Some(f)) if config != "seed" => Some(f),
                 _ => None,
             };
+            let gflops = flop.map(|f| f / ms * 1e3);
+            let share = flop
+                .map(|f| median_share(runs, &round_ceilings(&ours[c], torch_ceilings), f))
+                .filter(|s| s.is_finite());
             println!(
                 "| {config} | {name} | {:.0} ({lo:.0}-{hi:.0}) | {:.1} | {ms:.1} | {peak:.0} | {} | {} | {} |",
                 median(tps),
                 median(runs.iter().map(|r| r.samples_per_sec).collect()),
                 gflops.map_or("-".into(), |g| format!("{g:.0}")),
-                gflops
-                    .filter(|_| ceiling.is_finite())
-                    .map_or("-".into(), |g| format!("{:.0}%", g / ceiling * 100.0)),
+                share.map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
                 match ratio {
                     Some(r) if !ratios.is_empty() => format!("{r:.2}x"),
                     _ => String::new(),
@@ -508,6 +549,43 @@ mod tests {
         assert!((tokens - 1050.0).abs() < 1.0, "{tokens}");
         assert!((samples - 400.0).abs() < 0.5, "{samples}");
         assert!(after_warmup("EPOCH 1: tok/s=1\n", 20).is_err());
+    }
+
+    fn run(ms_per_step: f64, ceiling: Option<f64>) -> Run {
+        Run {
+            tokens_per_sec: 0.0,
+            ms_per_step,
+            peak_rss_mib: None,
+            samples_per_sec: 0.0,
+            device: String::new(),
+            gflop_per_step: None,
+            ceiling: ceiling.map(|gflops| Ceiling {
+                gflops,
+                path: "gemm".into(),
+            }),
+        }
+    }
+
+    /// A step of 50 GFLOP in three rounds: the machine fast in the first (ceiling 250 from
+    /// lstm-lm, 300 from PyTorch: 250 ms a step is 2/3 of 300), slow in the second (200 / 150:
+    /// 375 ms is 2/3 of 200) and the third measured by lstm-lm alone (ceiling 100, 1000 ms a
+    /// step: 1/2). Each round's rate is set against its own round's higher ceiling.
+    #[test]
+    fn shares_set_each_round_against_its_own_ceiling() {
+        let ours = [
+            run(250.0, Some(250.0)),
+            run(375.0, Some(200.0)),
+            run(1000.0, Some(100.0)),
+        ];
+        let ceilings = round_ceilings(&ours, &[300.0, 150.0]);
+        assert_eq!(ceilings, [300.0, 200.0, 100.0]);
+        let share = median_share(&ours, &ceilings, 50.0);
+        assert!((share - 2.0 / 3.0).abs() < 1e-12, "{share}");
+        // Without any ceiling there is no share, rather than a made-up one.
+        let none = [run(250.0, None)];
+        assert!(median_share(&none, &round_ceilings(&none, &[]), 50.0).is_nan());
+        assert_eq!(spread(&[]), "not run");
+        assert_eq!(spread(&[300.0, 250.0, 200.0]), "250 GFLOP/s (200-300)");
     }
 
     /// The wrapper is Python that parses, on the CPU and with the GPU lines.
