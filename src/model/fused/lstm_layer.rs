@@ -826,9 +826,30 @@ fn unit_blocks(h: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// Runs `work(i, block)` for every block on its own thread (the last on this one), so that the
-/// blocks can wait for each other every step: rayon's tasks may not all run at once.
+/// Runs `work(i, block)` for every block at once, each on its own thread, so that the blocks can
+/// wait for each other every step.
+///
+/// Called from outside rayon's pool with no more blocks than the pool has threads, the blocks
+/// run on the pool's threads (`rayon::broadcast`, one broadcast at a time): those threads were
+/// just busy with the products before, and two fresh threads beside them competed with them for
+/// the cores while they idled down. Alternating per call in training, 7 runs of 100 `medium`
+/// steps: 15.08 -> 14.47 ms a call on average, faster in 6 of 7 (docs/BENCHMARKS.md). Called from
+/// inside the pool, where the pool's threads may be waiting on this one, the blocks run on
+/// threads of their own (the last on this one).
 fn on_threads(blocks: &[(usize, usize)], work: impl Fn(usize, (usize, usize)) + Sync) {
+    /// Two broadcasts from different threads could each hold a pool thread while waiting for
+    /// the other's: one at a time.
+    static BROADCAST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if rayon::current_thread_index().is_none() && blocks.len() <= rayon::current_num_threads() {
+        // A panic in another broadcast's `work` has already been reported there.
+        let _one = BROADCAST.lock().unwrap_or_else(|e| e.into_inner());
+        rayon::broadcast(|ctx| {
+            if let Some(&block) = blocks.get(ctx.index()) {
+                work(ctx.index(), block);
+            }
+        });
+        return;
+    }
     std::thread::scope(|scope| {
         let work = &work;
         for (i, &block) in blocks.iter().enumerate() {
@@ -1180,6 +1201,40 @@ mod tests {
             }
             barrier.wait();
         });
+    }
+
+    /// `on_threads` runs every block exactly once and all of them at once (each round below
+    /// needs every block at the barrier), whichever way it takes: from outside rayon's pool
+    /// (its threads, when it has enough), from two threads at a time, and from inside the pool
+    /// (threads of its own).
+    #[test]
+    fn on_threads_runs_every_block_at_once_from_anywhere() {
+        let run = |blocks: usize| {
+            let barrier = SpinBarrier::new(blocks);
+            let runs: Vec<AtomicU64> = (0..blocks).map(|_| AtomicU64::new(0)).collect();
+            let spans: Vec<(usize, usize)> = (0..blocks).map(|i| (i, i + 1)).collect();
+            on_threads(&spans, |i, (start, _)| {
+                assert_eq!(i, start, "block {i} handed block {start}");
+                runs[i].fetch_add(1, Ordering::Relaxed);
+                (0..200).for_each(|_| barrier.wait());
+            });
+            assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1));
+        };
+        let pool = rayon::current_num_threads();
+        run(pool);
+        run(pool + 1);
+        std::thread::scope(|s| {
+            s.spawn(|| (0..20).for_each(|_| run(pool)));
+            (0..20).for_each(|_| run(pool));
+        });
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a pool of two threads")
+            .install(|| {
+                assert!(rayon::current_thread_index().is_some());
+                run(2);
+            });
     }
 
     /// Once `wait_for_others` returns for step `r`, a thread sees every other thread's writes
