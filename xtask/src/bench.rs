@@ -461,11 +461,16 @@ fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>], torch_
         .flatten()
         .filter_map(|r| r.ceiling.as_ref())
         .collect();
-    let path = measured.first().map_or("-", |c| c.path.as_str());
+    // The path that was fastest most often.
+    let path = measured
+        .iter()
+        .map(|c| c.path.as_str())
+        .max_by_key(|p| measured.iter().filter(|c| c.path == *p).count())
+        .unwrap_or("-");
     println!(
         "sgemm ceiling ([2048, 2048] product, every core), measured in every round: lstm-lm's \
-         paths {} ({path}), PyTorch {}; each share below is the median over rounds of the rate \
-         against the higher of the two in the same round",
+         paths {} (fastest most often: {path}), PyTorch {}; each share below is the median over \
+         rounds of the rate against the higher of the two in the same round",
         spread(&measured.iter().map(|c| c.gflops).collect::<Vec<_>>()),
         spread(torch_ceilings),
     );
