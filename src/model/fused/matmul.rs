@@ -225,14 +225,12 @@ unsafe fn product_into(dst: DstPtr, ld: usize, accumulate: bool, a: Mat, b: Mat,
 /// but the last, at least 16: one equal block a core or, `with_tail`, one block of 85% / `cores`
 /// of `len` a core, then the rest in blocks of about 15% / `cores`.
 fn spans(len: usize, cores: usize, with_tail: bool) -> Vec<(usize, usize)> {
+    if !with_tail || cores < 2 {
+        return equal_spans(len, cores, 16);
+    }
     let round = |x: usize| (x.div_ceil(16) * 16).max(16);
-    let (big, small) = if with_tail && cores > 1 {
-        let big = round(len * 85 / 100 / cores);
-        (big, round(len.saturating_sub(cores * big).div_ceil(cores)))
-    } else {
-        let equal = round(len.div_ceil(cores));
-        (equal, equal)
-    };
+    let big = round(len * 85 / 100 / cores);
+    let small = round(len.saturating_sub(cores * big).div_ceil(cores));
     let mut spans = Vec::new();
     let mut start = 0;
     while start < len {
@@ -241,6 +239,16 @@ fn spans(len: usize, cores: usize, with_tail: bool) -> Vec<(usize, usize)> {
         start += size;
     }
     spans
+}
+
+/// `0..len` cut into `parts` equal blocks (fewer when rounding leaves nothing for the last),
+/// each a multiple of `multiple` long but the last.
+pub(crate) fn equal_spans(len: usize, parts: usize, multiple: usize) -> Vec<(usize, usize)> {
+    let size = len.div_ceil(parts.max(1)).div_ceil(multiple).max(1) * multiple;
+    (0..len)
+        .step_by(size)
+        .map(|start| (start, (start + size).min(len)))
+        .collect()
 }
 
 /// `gemm`'s product of the views `a` `[rows, k]` and `b` `[k, cols]` into the row-major `dst`
