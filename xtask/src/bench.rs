@@ -411,14 +411,19 @@ fn after_warmup(stdout: &str, batch: usize) -> Result<(f64, f64)> {
     ))
 }
 
+/// The smallest and largest of `values` (infinity and 0 when there are none).
+fn range(values: &[f64]) -> (f64, f64) {
+    values.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| {
+        (lo.min(v), hi.max(v))
+    })
+}
+
 /// `median GFLOP/s (min-max)`, or `not run`.
 fn spread(values: &[f64]) -> String {
     if values.is_empty() {
         return "not run".into();
     }
-    let (lo, hi) = values.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (lo, hi) = range(values);
     format!("{:.0} GFLOP/s ({lo:.0}-{hi:.0})", median(values.to_vec()))
 }
 
@@ -492,10 +497,7 @@ fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>], torch_
                 continue;
             }
             let tps: Vec<f64> = runs.iter().map(|r| r.tokens_per_sec).collect();
-            let (lo, hi) = (
-                tps.iter().cloned().fold(f64::INFINITY, f64::min),
-                tps.iter().cloned().fold(0.0, f64::max),
-            );
+            let (lo, hi) = range(&tps);
             let peak = runs
                 .iter()
                 .filter_map(|r| r.peak_rss_mib)
