@@ -7,7 +7,8 @@
 //! step's `[20, 256] x [256, 1024]` at 158 against 124.
 
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 /// A read-only f32 matrix view into a slice: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Debug, Clone, Copy)]
@@ -181,9 +182,35 @@ unsafe fn product_into(dst: DstPtr, ld: usize, accumulate: bool, a: Mat, b: Mat,
     // small blocks that the cores take as they free up, so that a core the machine slowed down
     // does not leave the other idle at the end: alternating with equal blocks in one process,
     // the two products took 7% less time on average (5 runs, -17% to +2%, docs/BENCHMARKS.md).
-    // Narrower products keep one block a core: there every extra block's packing of `a` cost
-    // more than the balance saved.
-    let spans = spans(len, cores, by_cols && n >= 4096);
+    // Narrower products keep one block a core (there every extra block's packing of `a` cost
+    // more than the balance saved), each sized by how fast its core ran the last products
+    // ([`SPEEDS`]; with the tails as well, those two products were no faster).
+    let with_tail = by_cols && n >= 4096 && cores > 1;
+    let weights = if with_tail || cores == 1 {
+        vec![1.0; cores]
+    } else {
+        SPEEDS.get(cores)
+    };
+    let spans = spans(len, &weights, with_tail);
+    // SAFETY: passed on from the caller.
+    unsafe { product_in_blocks(dst, ld, accumulate, a, b, by_cols, &spans) }
+}
+
+/// [`product_into`] with the product cut into `spans` of its columns (`by_cols`) or rows, run
+/// by [`run_blocks`].
+///
+/// # Safety
+/// As [`product_into`]; `spans` lie inside `0..n` (`by_cols`) or `0..m` and do not overlap.
+unsafe fn product_in_blocks(
+    dst: DstPtr,
+    ld: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    by_cols: bool,
+    spans: &[(usize, usize)],
+) {
+    let (m, n) = (a.rows, b.cols);
     let run = |(start, end): (usize, usize)| {
         let (a, b, offset, rows, cols) = if by_cols {
             (a, b.cols(start, end), start, m, end - start)
@@ -205,38 +232,132 @@ unsafe fn product_into(dst: DstPtr, ld: usize, accumulate: bool, a: Mat, b: Mat,
             )
         };
     };
+    run_blocks(spans, run);
+}
+
+/// Runs `run` on every one of `spans` once: a single block on this thread, more on rayon's
+/// threads, where thread `i` first takes `spans[i]` (one block a thread, see [`spans`]), then
+/// any block nobody has taken yet (the tail blocks in order, then other threads' blocks not yet
+/// started). How fast each thread ran its blocks feeds [`SPEEDS`].
+fn run_blocks(spans: &[(usize, usize)], run: impl Fn((usize, usize)) + Sync) {
     if let [only] = spans[..] {
         run(only);
-    } else {
-        // Each core takes the next block until none is left (the big ones come first).
-        let next = AtomicUsize::new(0);
-        (0..cores.min(spans.len()))
-            .into_par_iter()
-            .with_max_len(1)
-            .for_each(|_| {
-                while let Some(&span) = spans.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    run(span);
+        return;
+    }
+    let cores = rayon::current_num_threads();
+    let owned = cores.min(spans.len());
+    let taken: Vec<AtomicBool> = spans.iter().map(|_| AtomicBool::new(false)).collect();
+    // Per thread: columns (or rows) done and nanoseconds taken.
+    let done: Vec<(AtomicUsize, AtomicU64)> = (0..owned)
+        .map(|_| (AtomicUsize::new(0), AtomicU64::new(0)))
+        .collect();
+    (0..owned).into_par_iter().with_max_len(1).for_each(|_| {
+        let me = rayon::current_thread_index().filter(|&i| i < owned);
+        let order = me.into_iter().chain(owned..spans.len()).chain(0..owned);
+        for i in order {
+            if taken[i].swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let start = Instant::now();
+            run(spans[i]);
+            if let Some(me) = me {
+                done[me].0.fetch_add(spans[i].1 - spans[i].0, Ordering::Relaxed);
+                let nanos = start.elapsed().as_nanos() as u64;
+                done[me].1.fetch_add(nanos, Ordering::Relaxed);
+            }
+        }
+    });
+    if owned == cores {
+        let rates: Vec<f64> = done
+            .iter()
+            .map(|(len, nanos)| {
+                let nanos = nanos.load(Ordering::Relaxed);
+                let len = len.load(Ordering::Relaxed);
+                if nanos == 0 || len == 0 {
+                    0.0
+                } else {
+                    len as f64 / nanos as f64
                 }
-            });
+            })
+            .collect();
+        SPEEDS.update(&rates);
     }
 }
 
-/// `0..len` cut into blocks for `cores` cores, each a multiple of 16 (one AVX-512 vector) long
-/// but the last, at least 16: one equal block a core or, `with_tail`, one block of 85% / `cores`
-/// of `len` a core, then the rest in blocks of about 15% / `cores`.
-fn spans(len: usize, cores: usize, with_tail: bool) -> Vec<(usize, usize)> {
-    if !with_tail || cores < 2 {
-        return equal_spans(len, cores, 16);
+/// The most rayon threads whose speeds [`SPEEDS`] follows; with more, blocks are equal.
+const MAX_TRACKED: usize = 64;
+
+/// Each of rayon's threads' speed relative to the others' (1 = their mean), smoothed over the
+/// last products it ran a block of: the machine this runs on slows now one core, now the other,
+/// by 15 - 50% for tens of products at a time (a thread's speed ratio from one product to the
+/// next correlated at 0.72 over 230 `medium` products), while every product's blocks were
+/// equal, so one core idled 8% of the products' time waiting for the other
+/// (docs/BENCHMARKS.md). Where a product is cut changes none of its values: each element's
+/// sum runs over `k` in the same order whichever block it falls in.
+static SPEEDS: Speeds = Speeds([const { AtomicU32::new(0) }; MAX_TRACKED]);
+
+/// [`SPEEDS`]: f32 bits, 0 for "never measured" (taken as 1).
+struct Speeds([AtomicU32; MAX_TRACKED]);
+
+impl Speeds {
+    /// How much of a product each of `cores` threads should get: relative speeds, all 1 when
+    /// nothing was measured or `cores` is more than [`MAX_TRACKED`].
+    fn get(&self, cores: usize) -> Vec<f64> {
+        if cores > MAX_TRACKED {
+            return vec![1.0; cores];
+        }
+        self.0[..cores]
+            .iter()
+            .map(|s| match f32::from_bits(s.load(Ordering::Relaxed)) {
+                s if s > 0.0 => f64::from(s),
+                _ => 1.0,
+            })
+            .collect()
     }
-    let round = |x: usize| (x.div_ceil(16) * 16).max(16);
-    let big = round(len * 85 / 100 / cores);
-    let small = round(len.saturating_sub(cores * big).div_ceil(cores));
+
+    /// Folds one product's rates (work per nanosecond, thread by thread; 0 when a thread ran
+    /// nothing of its own, which leaves every speed as it was) into the speeds: half the last
+    /// speed, half this product's rate over the threads' mean rate, kept within 1/4 - 4.
+    fn update(&self, rates: &[f64]) {
+        if rates.len() > MAX_TRACKED || rates.iter().any(|&r| r <= 0.0) {
+            return;
+        }
+        let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+        let old = self.get(rates.len());
+        for ((slot, rate), old) in self.0.iter().zip(rates).zip(old) {
+            let new = (0.5 * old + 0.5 * rate / mean).clamp(0.25, 4.0);
+            slot.store((new as f32).to_bits(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// `0..len` cut into blocks for `weights.len()` cores, each a multiple of 16 (one AVX-512
+/// vector) long but the last: first one block a core, core `i`'s in proportion to `weights[i]`,
+/// covering all of `len` or, `with_tail`, about 85% of it; then the rest in blocks of about
+/// 15% / cores. Fewer blocks than cores when `len` is too short to give each at least 16.
+fn spans(len: usize, weights: &[f64], with_tail: bool) -> Vec<(usize, usize)> {
+    let cores = weights.len();
+    let round = |x: f64| ((x / 16.0).round() as usize * 16).max(16);
+    let share = if with_tail { 0.85 } else { 1.0 };
+    let total: f64 = weights.iter().sum();
     let mut spans = Vec::new();
     let mut start = 0;
-    while start < len {
-        let size = if spans.len() < cores { big } else { small };
+    for (i, w) in weights.iter().enumerate() {
+        if start >= len {
+            break;
+        }
+        let size = if i + 1 == cores && !with_tail {
+            len - start
+        } else {
+            round(len as f64 * share * w / total)
+        };
         spans.push((start, (start + size).min(len)));
         start += size;
+    }
+    let small = round(len.saturating_sub(start) as f64 / cores as f64);
+    while start < len {
+        spans.push((start, (start + small).min(len)));
+        start += small;
     }
     spans
 }
@@ -362,7 +483,7 @@ mod tests {
             (10, 4, false),
             (5000, 3, true),
         ] {
-            let spans = spans(len, cores, with_tail);
+            let spans = spans(len, &vec![1.0; cores], with_tail);
             assert_eq!(spans.first().map(|s| s.0), Some(0));
             assert_eq!(spans.last().map(|s| s.1), Some(len));
             assert!(spans
@@ -381,6 +502,59 @@ mod tests {
                 assert!(spans.len() <= cores);
             }
         }
+    }
+
+    /// Each core's block follows its speed: a core three times as fast as the other gets three
+    /// quarters of the product (of the 85% before the tail, with one).
+    #[test]
+    fn spans_follow_the_cores_speeds() {
+        assert_eq!(spans(6400, &[3.0, 1.0], false), vec![(0, 4800), (4800, 6400)]);
+        let tailed = spans(6400, &[3.0, 1.0], true);
+        assert_eq!(tailed[..2], [(0, 4080), (4080, 5440)]);
+        assert_eq!(tailed.last().map(|s| s.1), Some(6400));
+        // Too short for every core: fewer blocks, still covering everything.
+        assert_eq!(spans(20, &[1.0, 1.0, 1.0], false), vec![(0, 16), (16, 20)]);
+    }
+
+    /// A thread's speed moves halfway from where it was towards its rate in the last product
+    /// over the threads' mean rate; a product where a thread ran nothing of its own changes
+    /// nothing.
+    #[test]
+    fn speeds_move_halfway_towards_each_products_rates() {
+        let speeds = Speeds([const { AtomicU32::new(0) }; MAX_TRACKED]);
+        assert_eq!(speeds.get(2), vec![1.0, 1.0]);
+        speeds.update(&[2.0, 1.0]);
+        let got = speeds.get(2);
+        assert!((got[0] - 7.0 / 6.0).abs() < 1e-6 && (got[1] - 5.0 / 6.0).abs() < 1e-6);
+        speeds.update(&[3.0, 0.0]);
+        assert_eq!(speeds.get(2), got);
+        assert_eq!(speeds.get(MAX_TRACKED + 1), vec![1.0; MAX_TRACKED + 1]);
+    }
+
+    /// However a product is cut (equal blocks, skewed blocks, tails, more blocks than threads,
+    /// by rows or columns), every block runs once and every value comes out bit for bit the same:
+    /// the speeds that move the cuts never move the results.
+    #[test]
+    fn a_products_values_do_not_depend_on_where_it_is_cut() {
+        let (m, k, n) = (150, 650, 700);
+        let (a, b) = (values(m * k, 3), values(k * n, 4));
+        let (a, b) = (Mat::new(&a, m, k, k), Mat::new(&b, k, n, n));
+        let cut = |by_cols: bool, spans: &[(usize, usize)]| {
+            let mut c = vec![1.0f32; m * n];
+            // SAFETY: `c` holds `[m, n]`; the spans cover `0..n` or `0..m` without overlap.
+            unsafe { product_in_blocks(DstPtr(c.as_mut_ptr()), n, true, a, b, by_cols, spans) };
+            c
+        };
+        let whole = cut(true, &[(0, n)]);
+        for spans in [
+            spans(n, &[1.0, 1.0], false),
+            spans(n, &[3.7, 0.4], false),
+            spans(n, &[0.6, 1.4], true),
+            (0..n).step_by(48).map(|s| (s, (s + 48).min(n))).collect(),
+        ] {
+            assert_eq!(cut(true, &spans), whole, "by columns, {spans:?}");
+        }
+        assert_eq!(cut(false, &spans(m, &[2.5, 1.0], false)), whole, "by rows");
     }
 
     #[test]
