@@ -221,6 +221,25 @@ mod tests {
         check(70, 19, 1003);
     }
 
+    /// Inputs that are views into bigger buffers (whole rows from the middle of a tensor, as
+    /// the LSTM layer hands on its hidden states, read in place) or strided views (a transposed
+    /// weight, copied) give exactly what their copies give.
+    #[test]
+    fn reads_views_as_their_copies() {
+        let flex = Device::flex();
+        let normal =
+            |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), &flex);
+        let copy = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &flex);
+        let (big, w_t) = (normal([10, 4]), normal([9, 4]));
+        let b = Tensor::<1>::from_data(
+            TensorData::new((0..9).map(|j| j as f32).collect(), [9]),
+            &flex,
+        );
+        let (x, w) = (big.slice([3..8, 0..4]), w_t.transpose());
+        let want = linear(copy(&x), copy(&w), b.clone()).into_data();
+        assert_eq!(linear(x, w, b).into_data(), want);
+    }
+
     /// Without autodiff (evaluation, generation) the op gives Burn's values.
     #[test]
     fn untracked_without_autodiff_matches_burn() {

@@ -261,7 +261,9 @@ fn run_blocks(spans: &[(usize, usize)], run: impl Fn((usize, usize)) + Sync) {
             let start = Instant::now();
             run(spans[i]);
             if let Some(me) = me {
-                done[me].0.fetch_add(spans[i].1 - spans[i].0, Ordering::Relaxed);
+                done[me]
+                    .0
+                    .fetch_add(spans[i].1 - spans[i].0, Ordering::Relaxed);
                 let nanos = start.elapsed().as_nanos() as u64;
                 done[me].1.fetch_add(nanos, Ordering::Relaxed);
             }
@@ -508,7 +510,10 @@ mod tests {
     /// quarters of the product (of the 85% before the tail, with one).
     #[test]
     fn spans_follow_the_cores_speeds() {
-        assert_eq!(spans(6400, &[3.0, 1.0], false), vec![(0, 4800), (4800, 6400)]);
+        assert_eq!(
+            spans(6400, &[3.0, 1.0], false),
+            vec![(0, 4800), (4800, 6400)]
+        );
         let tailed = spans(6400, &[3.0, 1.0], true);
         assert_eq!(tailed[..2], [(0, 4080), (4080, 5440)]);
         assert_eq!(tailed.last().map(|s| s.1), Some(6400));

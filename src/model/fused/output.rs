@@ -162,6 +162,7 @@ impl OutputOps for Flex {
         let (lse, grad) = (values(&lse), values(&grad));
         // The logits become their gradient, in place (copied first only if shared).
         let d: &mut [f32] = logits.storage_mut();
+        assert_eq!(d.len(), n * v, "the logits are a whole buffer of their own");
         let parallel = n * v >= PARALLEL_MIN;
         // The bias gradient: the column sums of the logits' gradient, taken as it is made.
         let db = transform_and_sum_columns(d, v, parallel, |r, row| {

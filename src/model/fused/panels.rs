@@ -157,10 +157,7 @@ fn pack_panels(parts: &[Mat], k: usize, n: usize) -> Vec<f32> {
 /// on); shorter runs value by value.
 #[inline]
 fn write(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
-    if let (Some(dst), Some(src)) = (
-        dst.first_chunk_mut::<LANES>(),
-        src.first_chunk::<LANES>(),
-    ) {
+    if let (Some(dst), Some(src)) = (dst.first_chunk_mut::<LANES>(), src.first_chunk::<LANES>()) {
         *dst = src.map(MaybeUninit::new);
     } else {
         for (d, &s) in dst.iter_mut().zip(src) {
