@@ -116,8 +116,9 @@ impl DstPtr {
 /// `dst = a · b` (or `dst += a · b` with `accumulate`), where `dst` is row-major `[m, n]` with
 /// rows `ld` apart, `a` is `[m, k]` and `b` is `[k, n]`. With `parallel`, the product is cut into
 /// one block of columns (or of rows, when `b` is too narrow to give each at least 64 columns)
-/// per rayon thread, each computed on one core; a product over 4096 columns wide ends in small
-/// blocks that the threads take as they free up.
+/// per rayon thread, each computed on one core and sized by how fast that core ran the last
+/// products; a product over 4096 columns wide has equal blocks and ends in small ones that the
+/// threads take as they free up. The cut never changes a value.
 pub(crate) fn matmul(dst: &mut [f32], ld: usize, accumulate: bool, a: Mat, b: Mat, parallel: bool) {
     let (m, n) = (a.rows, b.cols);
     assert!(n <= ld, "matmul: destination rows too short");

@@ -5,9 +5,10 @@
 //! logits (7 M floats for the `small` config) went through a matmul, a bias add, the
 //! cross-entropy, and in the backward a fresh gradient tensor, a bias-gradient reduction and
 //! two more matmuls, each a full pass with its own allocation. Here the bias is added to each
-//! row of the product in the pass that takes its log-sum-exp, the backward turns the saved logits into
-//! their gradient in place, and the three products are cut into one block per core
-//! (`super::matmul`).
+//! row of the product in the pass that takes its log-sum-exp, which leaves `exp(logit - max)` in
+//! the row for the backward; the backward folds each row's scale into the products' other factor
+//! instead of passing over the `[N, V]` values again, and the three products are cut into one
+//! block per core (`super::matmul`).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -20,7 +21,6 @@ use burn::tensor::{DType, Int, Tensor};
 use rayon::prelude::*;
 
 use super::matmul::{product, Mat};
-use super::rows::transform_and_sum_columns;
 use super::xent::{int_values, kernels, PARALLEL_MIN};
 use super::{has_fused_kernels, host_f32, register_grads, to_flex, values};
 
@@ -62,8 +62,8 @@ pub trait OutputOps: Backend {
         targets: IntTensor<Self>,
     ) -> FloatTensor<Self>;
 
-    /// [`linear_nll`](Self::linear_nll)'s output, the logits `[N, V]` and their row-wise
-    /// `logsumexp` `[N, 1]`, which the backward reads.
+    /// [`linear_nll`](Self::linear_nll)'s output, `exp(logits - max)` `[N, V]` (each row's
+    /// max taken out) and each row's sum of them `[N, 1]`, which the backward reads.
     fn linear_nll_forward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -72,12 +72,13 @@ pub trait OutputOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// Gradients in `x`, `weight` and `bias` from the output gradient `grad` `[N, 1]`; consumes
-    /// the logits (their buffer becomes the logits' gradient when nothing else holds it).
+    /// the forward's `exps` (their buffer becomes the logits' gradient, up to each row's scale,
+    /// when nothing else holds it).
     fn linear_nll_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        logits: FloatTensor<Self>,
-        lse: FloatTensor<Self>,
+        exps: FloatTensor<Self>,
+        sums: FloatTensor<Self>,
         targets: IntTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
@@ -90,7 +91,7 @@ impl OutputOps for Flex {
         bias: FloatTensor<Self>,
         targets: IntTensor<Self>,
     ) -> FloatTensor<Self> {
-        Self::linear_nll_forward(x, weight, bias, targets).0
+        forward(x, weight, bias, targets, false).0
     }
 
     fn linear_nll_forward(
@@ -99,91 +100,148 @@ impl OutputOps for Flex {
         bias: FloatTensor<Self>,
         targets: IntTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (x, xd) = host_f32::<2>(x, "hidden states");
-        let (w, wd) = host_f32::<2>(weight, "weights");
-        let (b, bd) = host_f32::<1>(bias, "bias");
-        let (n, h, v) = (xd[0], xd[1], wd[1]);
-        assert_eq!(wd[0], h, "weight must be [d_hidden, vocab]");
-        assert_eq!(bd[0], v, "bias must be [vocab]");
-        let targets = int_values(targets);
-        assert_eq!(targets.len(), n, "one target per row");
-        let b = values(&b);
-        let parallel = n * v >= PARALLEL_MIN;
-        // x · W into a new buffer (written once), then each row gains the bias and gives its
-        // log-sum-exp in one pass while it is in cache: no pass that writes rows of bias for
-        // the product to read back and accumulate onto (13 - 19% off this op, docs/
-        // BENCHMARKS.md). The bias is added once to the whole product, where `gemm` added the
-        // product's blocks of `k` (it cuts `k` over 512) to the bias in turn: for wide layers
-        // the logits' last digits differ from before.
-        let mut logits = product(
-            Mat::new(values(&x), n, h, h),
-            Mat::new(values(&w), h, v, v),
-            parallel,
-        );
-        let mut lse = vec![0.0f32; n];
-        let run = |(o, row): (&mut f32, &mut [f32])| *o = kernels::add_log_sum_exp(row, b);
-        if parallel {
-            lse.par_iter_mut()
-                .zip(logits.par_chunks_mut(v))
-                .for_each(run);
-        } else {
-            lse.iter_mut().zip(logits.chunks_mut(v)).for_each(run);
-        }
-        let nll: Vec<f32> = (0..n)
-            .map(|r| {
-                let t = targets[r];
-                assert!(t < v, "target id {t} is outside the vocabulary of {v}");
-                lse[r] - logits[r * v + t]
-            })
-            .collect();
-        (
-            to_flex(nll, &[n, 1]),
-            to_flex(logits, &[n, v]),
-            to_flex(lse, &[n, 1]),
-        )
+        forward(x, weight, bias, targets, true)
     }
 
     fn linear_nll_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        logits: FloatTensor<Self>,
-        lse: FloatTensor<Self>,
+        exps: FloatTensor<Self>,
+        sums: FloatTensor<Self>,
         targets: IntTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let (x, xd) = host_f32::<2>(x, "hidden states");
         let (w, wd) = host_f32::<2>(weight, "weights");
-        let (mut logits, ld) = host_f32::<2>(logits, "logits");
-        let (lse, _) = host_f32::<2>(lse, "logsumexp");
+        let (mut exps, ed) = host_f32::<2>(exps, "exponentials");
+        let (sums, _) = host_f32::<2>(sums, "row sums");
         let (grad, _) = host_f32::<2>(grad, "output gradient");
         let (n, h, v) = (xd[0], xd[1], wd[1]);
-        assert_eq!(ld, [n, v]);
+        assert_eq!(ed, [n, v]);
         let targets = int_values(targets);
-        let (lse, grad) = (values(&lse), values(&grad));
-        // The logits become their gradient, in place (copied first only if shared).
-        let d: &mut [f32] = logits.storage_mut();
-        assert_eq!(d.len(), n * v, "the logits are a whole buffer of their own");
+        let (x, w, sums, grad) = (values(&x), values(&w), values(&sums), values(&grad));
         let parallel = n * v >= PARALLEL_MIN;
-        // The bias gradient: the column sums of the logits' gradient, taken as it is made.
-        let db = transform_and_sum_columns(d, v, parallel, |r, row| {
-            let g = grad[r];
-            if g == 0.0 {
+        // Row r's gradient in the logits is g_r (e_r / s_r - 1[target]) = (g_r / s_r) d_r with
+        // d_r = e_r - s_r 1[target]: the exponentials become d in place (one value a row, or
+        // zeros for a row without gradient), and the rows' scales g_r / s_r go into the
+        // products' other factor. Before, a pass over all `[N, V]` values wrote g_r · softmax
+        // and summed the bias gradient's columns (docs/BENCHMARKS.md).
+        let d: &mut [f32] = exps.storage_mut();
+        assert_eq!(
+            d.len(),
+            n * v,
+            "the exponentials are a whole buffer of their own"
+        );
+        let scales: Vec<f32> = (0..n)
+            .map(|r| {
+                if grad[r] == 0.0 {
+                    0.0
+                } else {
+                    grad[r] / sums[r]
+                }
+            })
+            .collect();
+        let to_gradient = |(r, row): (usize, &mut [f32])| {
+            if grad[r] == 0.0 {
                 row.fill(0.0);
             } else {
-                kernels::softmax_scaled_in_place(row, lse[r], g);
-                row[targets[r]] -= g;
+                row[targets[r]] -= sums[r];
             }
-        });
+        };
+        if parallel {
+            d.par_chunks_mut(v).enumerate().for_each(to_gradient);
+        } else {
+            d.chunks_mut(v).enumerate().for_each(to_gradient);
+        }
         let d: &[f32] = d;
-        let (x, w, dm) = (values(&x), values(&w), Mat::new(d, n, v, v));
-        let dw = product(Mat::new(x, n, h, h).t(), dm, parallel);
-        let dx = product(dm, Mat::new(w, h, v, v).t(), parallel);
+        let dm = Mat::new(d, n, v, v);
+        // `[x_r · scale_r | scale_r]` `[N, H + 1]`: its product with d gives the weight's
+        // gradient in its first H rows and the bias's in its last.
+        let mut scaled = Vec::with_capacity(n * (h + 1));
+        for (r, &s) in scales.iter().enumerate() {
+            scaled.extend(x[r * h..(r + 1) * h].iter().map(|&a| a * s));
+            scaled.push(s);
+        }
+        let mut dw = product(Mat::new(&scaled, n, h + 1, h + 1).t(), dm, parallel);
+        let db = dw.split_off(h * v);
+        let mut dx = product(dm, Mat::new(w, h, v, v).t(), parallel);
+        for (row, &s) in dx.chunks_mut(h.max(1)).zip(&scales) {
+            row.iter_mut().for_each(|a| *a *= s);
+        }
         (
             to_flex(dx, &[n, h]),
             to_flex(dw, &[h, v]),
             to_flex(db, &[v]),
         )
     }
+}
+
+/// The fused forward: `nll` `[N, 1]`, and with `keep` also what the backward reads,
+/// `exp(logits - max)` `[N, V]` and each row's sum of them `[N, 1]` (otherwise two empty
+/// tensors).
+fn forward(
+    x: FloatTensor<Flex>,
+    weight: FloatTensor<Flex>,
+    bias: FloatTensor<Flex>,
+    targets: IntTensor<Flex>,
+    keep: bool,
+) -> (FloatTensor<Flex>, FloatTensor<Flex>, FloatTensor<Flex>) {
+    let (x, xd) = host_f32::<2>(x, "hidden states");
+    let (w, wd) = host_f32::<2>(weight, "weights");
+    let (b, bd) = host_f32::<1>(bias, "bias");
+    let (n, h, v) = (xd[0], xd[1], wd[1]);
+    assert_eq!(wd[0], h, "weight must be [d_hidden, vocab]");
+    assert_eq!(bd[0], v, "bias must be [vocab]");
+    let targets = int_values(targets);
+    assert_eq!(targets.len(), n, "one target per row");
+    if let Some(&t) = targets.iter().find(|&&t| t >= v) {
+        panic!("target id {t} is outside the vocabulary of {v}");
+    }
+    let b = values(&b);
+    let parallel = n * v >= PARALLEL_MIN;
+    // x · W into a new buffer (written once), then each row gains the bias and gives its
+    // log-sum-exp in one pass while it is in cache: no pass that writes rows of bias for the
+    // product to read back and accumulate onto (13 - 19% off this op, docs/BENCHMARKS.md). The
+    // bias is added once to the whole product, where `gemm` added the product's blocks of `k`
+    // (it cuts `k` over 512) to the bias in turn: for wide layers the logits' last digits
+    // differ from before.
+    let mut logits = product(
+        Mat::new(values(&x), n, h, h),
+        Mat::new(values(&w), h, v, v),
+        parallel,
+    );
+    // Per row: (nll, sum of exp(logit - max)).
+    let mut out = vec![(0.0f32, 0.0f32); n];
+    let run = |(r, (o, row)): (usize, (&mut (f32, f32), &mut [f32]))| {
+        let t = targets[r];
+        let target = row[t] + b[t];
+        let (max, sum) = kernels::add_exp(row, b, keep);
+        *o = (max + sum.ln() - target, sum);
+    };
+    if parallel {
+        out.par_iter_mut()
+            .zip(logits.par_chunks_mut(v))
+            .enumerate()
+            .for_each(run);
+    } else {
+        out.iter_mut()
+            .zip(logits.chunks_mut(v))
+            .enumerate()
+            .for_each(run);
+    }
+    let (nll, sums): (Vec<f32>, Vec<f32>) = out.into_iter().unzip();
+    if !keep {
+        return (
+            to_flex(nll, &[n, 1]),
+            to_flex(Vec::new(), &[0, 0]),
+            to_flex(Vec::new(), &[0, 1]),
+        );
+    }
+    (
+        to_flex(nll, &[n, 1]),
+        to_flex(logits, &[n, v]),
+        to_flex(sums, &[n, 1]),
+    )
 }
 
 impl<B: Backend + OutputOps, C: CheckpointStrategy> OutputOps for Autodiff<B, C> {
@@ -198,7 +256,7 @@ impl<B: Backend + OutputOps, C: CheckpointStrategy> OutputOps for Autodiff<B, C>
         struct OutputBackward;
 
         impl<B: Backend + OutputOps> Backward<B, 3> for OutputBackward {
-            /// (x, weight, logits, lse, targets), all on the inner backend.
+            /// (x, weight, exps, sums, targets), all on the inner backend.
             type State = (
                 FloatTensor<B>,
                 FloatTensor<B>,
@@ -214,8 +272,8 @@ impl<B: Backend + OutputOps, C: CheckpointStrategy> OutputOps for Autodiff<B, C>
                 _checkpointer: &mut Checkpointer,
             ) {
                 let grad = grads.consume::<B>(&ops.node);
-                let (x, weight, logits, lse, targets) = ops.state;
-                let (dx, dw, db) = B::linear_nll_backward(x, weight, logits, lse, targets, grad);
+                let (x, weight, exps, sums, targets) = ops.state;
+                let (dx, dw, db) = B::linear_nll_backward(x, weight, exps, sums, targets, grad);
                 register_grads::<B, 3>(grads, ops.parents.map(|p| p.map(|n| n.id)), [dx, dw, db]);
             }
         }
@@ -228,9 +286,9 @@ impl<B: Backend + OutputOps, C: CheckpointStrategy> OutputOps for Autodiff<B, C>
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (nll, logits, lse) =
+                let (nll, exps, sums) =
                     B::linear_nll_forward(x.clone(), weight.clone(), bias, targets.clone());
-                prep.finish((x, weight, logits, lse, targets), nll)
+                prep.finish((x, weight, exps, sums, targets), nll)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::linear_nll(x, weight, bias, targets)),
         }
@@ -258,16 +316,16 @@ impl<B: Backend + OutputOps, C: CheckpointStrategy> OutputOps for Autodiff<B, C>
     fn linear_nll_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        logits: FloatTensor<Self>,
-        lse: FloatTensor<Self>,
+        exps: FloatTensor<Self>,
+        sums: FloatTensor<Self>,
         targets: IntTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let (a, b, c) = B::linear_nll_backward(
             Self::inner(x),
             Self::inner(weight),
-            Self::inner(logits),
-            Self::inner(lse),
+            Self::inner(exps),
+            Self::inner(sums),
             targets,
             Self::inner(grad),
         );

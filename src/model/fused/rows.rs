@@ -1,11 +1,10 @@
 //! Passes over the rows of a row-major `[n, v]` buffer on every core: a vector added to every
-//! row, and column sums of transformed rows, by fixed blocks of rows (the
-//! same sums on any number of cores), each block summed while it is in cache.
+//! row, and column sums by fixed blocks of rows (the same sums on any number of cores).
 
 use rayon::prelude::*;
 
-/// Rows per task of [`transform_and_sum_columns`]: each task keeps its own partial sums
-/// (`[v]`), added in block order afterwards.
+/// Rows per task of [`sum_columns`]: each task keeps its own partial sums (`[v]`), added in
+/// block order afterwards.
 const BLOCK_ROWS: usize = 32;
 
 /// `d[r] += row` for every row `r` of `d` (`[n, v]`, `v` = `row.len()`), on every core with
@@ -19,40 +18,8 @@ pub(super) fn add_to_rows(d: &mut [f32], row: &[f32], parallel: bool) {
     }
 }
 
-/// Runs `transform(r, row)` on every row `r` of `d` (`[n, v]`), then returns the column sums
-/// `[v]` of the transformed rows. Each block of rows is summed right after its transform,
-/// while it is in cache, into its own partial; the partials are added in block order, so the
-/// sums are the same on any number of cores.
-pub(super) fn transform_and_sum_columns(
-    d: &mut [f32],
-    v: usize,
-    parallel: bool,
-    transform: impl Fn(usize, &mut [f32]) + Sync,
-) -> Vec<f32> {
-    let width = v.max(1);
-    let rows = BLOCK_ROWS * width;
-    // One partial `[v]` per block, allocated here: the tasks only write them.
-    let mut partials = vec![0.0f32; d.len().div_ceil(rows) * width];
-    let block = |(k, (rows, sums)): (usize, (&mut [f32], &mut [f32]))| {
-        for (i, row) in rows.chunks_mut(width).enumerate() {
-            transform(k * BLOCK_ROWS + i, row);
-            add_row(sums, row);
-        }
-    };
-    if parallel {
-        (d.par_chunks_mut(rows).zip(partials.par_chunks_mut(width)))
-            .enumerate()
-            .for_each(block);
-    } else {
-        (d.chunks_mut(rows).zip(partials.chunks_mut(width)))
-            .enumerate()
-            .for_each(block);
-    }
-    add_in_order(&partials, v)
-}
-
-/// The column sums `[v]` of `d` (`[n, v]`), by the blocks of rows of
-/// [`transform_and_sum_columns`] (the same sums), reading `d` only.
+/// The column sums `[v]` of `d` (`[n, v]`): each block of [`BLOCK_ROWS`] rows into its own
+/// partial, the partials added in block order, so the sums are the same on any number of cores.
 pub(super) fn sum_columns(d: &[f32], v: usize, parallel: bool) -> Vec<f32> {
     let width = v.max(1);
     let rows = BLOCK_ROWS * width;
@@ -90,10 +57,10 @@ fn add_in_order(partials: &[f32], v: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// The vector is added to every row; the column sums of transformed rows match a plain
-    /// loop, on one core and on several, for row counts around the block size.
+    /// The vector is added to every row; the column sums match a plain loop, on one core and
+    /// on several, for row counts around the block size.
     #[test]
-    fn adds_to_rows_and_sums_transformed_columns() {
+    fn adds_to_rows_and_sums_columns() {
         let row: Vec<f32> = (0..7).map(|j| j as f32 - 2.5).collect();
         for n in [0, 1, 31, 32, 33, 100] {
             for parallel in [false, true] {
@@ -107,15 +74,6 @@ mod tests {
                 for j in 0..7 {
                     let want = row[j] * n as f32;
                     assert!((plain[j] - want).abs() < 1e-3, "{n} rows, column {j}");
-                }
-                let sums = transform_and_sum_columns(&mut d, 7, parallel, |r, x| {
-                    x[r % 7] += r as f32;
-                });
-                for j in 0..7 {
-                    let want: f32 = (0..n)
-                        .map(|r| row[j] + if r % 7 == j { r as f32 } else { 0.0 })
-                        .sum();
-                    assert!((sums[j] - want).abs() < 1e-3, "{n} rows, column {j}");
                 }
             }
         }

@@ -4,8 +4,8 @@
 //! pass over the `[tokens, vocab]` logits (7 M floats for batch 20 x 35 steps x 10,000 words),
 //! with a scalar `expf` in two of them; forward and backward took 68 ms of a 408 ms training
 //! step of the `small` benchmark config. Here the forward is one pass per row (max, then the sum
-//! of `exp(x - max)`) giving `lse = log Σ exp(x)` and `nll = lse - x[target]`, and the backward
-//! is one pass writing `g · (exp(x - lse) - 1[v = target])`, rows split over the cores.
+//! of `exp(x - max)`) giving `lse = log Σ exp(x)` and `nll = lse - x[target]`; when a backward
+//! pass follows, the same pass leaves `exp(x - max)` in the row for it (see `super::output`).
 
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
@@ -42,10 +42,13 @@ pub(super) mod kernels {
     const LANES: usize = 16;
 
     multiversion! {
-        /// `x += bias`, then `log Σ exp(x)` (stable for any finite `x`), in one pass over `x`
-        /// while it is in cache (`bias` as long as `x`).
-        pub fn add_log_sum_exp(x: &mut [f32], bias: &[f32]) -> f32 {
-            assert_eq!(x.len(), bias.len(), "add_log_sum_exp: one bias per value");
+        /// `x += bias`, then `(max, Σ exp(x - max))` over the row: `log Σ exp(x)` is
+        /// `max + ln(sum)` (stable for any finite `x`). With `keep`, `x[i]` becomes
+        /// `exp(x[i] - max)`, the softmax times `sum`, which the backward pass reads. Two passes
+        /// over `x` while it is in cache (`bias` as long as `x`); a non-finite max (an infinity or
+        /// NaN that the loss must show) comes back with a sum of 1 and `x` left as it is.
+        pub fn add_exp(x: &mut [f32], bias: &[f32], keep: bool) -> (f32, f32) {
+            assert_eq!(x.len(), bias.len(), "add_exp: one bias per value");
             // Max and sum in LANES independent lanes (one running value would not vectorise).
             let mut lanes = [f32::NEG_INFINITY; LANES];
             let mut chunks = x.chunks_exact_mut(LANES);
@@ -56,35 +59,36 @@ pub(super) mod kernels {
                 }
             }
             let tail = chunks.into_remainder();
-            let tail_len = tail.len();
+            let tail_bias = &bias[bias.len() - tail.len()..];
             let mut max = f32::NEG_INFINITY;
-            for (v, &b) in tail.iter_mut().zip(&bias[bias.len() - tail_len..]) {
+            for (v, &b) in tail.iter_mut().zip(tail_bias) {
                 *v += b;
                 max = max.max(*v);
             }
-            let x: &[f32] = x;
-            let tail = &x[x.len() - tail_len..];
             max = lanes.iter().fold(max, |m, &v| m.max(v));
             if !max.is_finite() {
-                return max; // an infinity or NaN that the loss must show
+                return (max, 1.0);
             }
             let mut sums = [0.0f32; LANES];
-            for c in x.chunks_exact(LANES) {
+            let mut chunks = x.chunks_exact_mut(LANES);
+            for c in &mut chunks {
                 for i in 0..LANES {
-                    sums[i] += exp::<FMA>(c[i] - max);
+                    let e = exp::<FMA>(c[i] - max);
+                    sums[i] += e;
+                    if keep {
+                        c[i] = e;
+                    }
                 }
             }
-            let sum = sums.iter().sum::<f32>() + tail.iter().map(|&v| exp::<FMA>(v - max)).sum::<f32>();
-            max + sum.ln()
-        }
-    }
-
-    multiversion! {
-        /// `x[i] = g · exp(x[i] - lse)`.
-        pub fn softmax_scaled_in_place(x: &mut [f32], lse: f32, g: f32) {
-            for v in x.iter_mut() {
-                *v = g * exp::<FMA>(*v - lse);
+            let mut sum = sums.iter().sum::<f32>();
+            for v in chunks.into_remainder() {
+                let e = exp::<FMA>(*v - max);
+                sum += e;
+                if keep {
+                    *v = e;
+                }
             }
+            (max, sum)
         }
     }
 }
