@@ -106,7 +106,7 @@ fn pack_panels(parts: &[Mat], k: usize, n: usize) -> Vec<f32> {
     // Written once below, not zeroed first: only the last panel's padding lanes are zeros.
     let mut data: Vec<f32> = Vec::with_capacity(len);
     let out = &mut data.spare_capacity_mut()[..len];
-    if n % LANES != 0 {
+    if !n.is_multiple_of(LANES) {
         let last = (n / LANES) * k * LANES;
         for row in out[last..].chunks_exact_mut(LANES) {
             row[n % LANES..].fill(MaybeUninit::new(0.0));
