@@ -149,9 +149,9 @@ impl OutputOps for Flex {
             }
         };
         if parallel {
-            d.par_chunks_mut(v).enumerate().for_each(to_gradient);
+            d.par_chunks_mut(v.max(1)).enumerate().for_each(to_gradient);
         } else {
-            d.chunks_mut(v).enumerate().for_each(to_gradient);
+            d.chunks_mut(v.max(1)).enumerate().for_each(to_gradient);
         }
         let d: &[f32] = d;
         let dm = Mat::new(d, n, v, v);
