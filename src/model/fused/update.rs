@@ -171,7 +171,8 @@ multiversion! {
     /// `sum(v[i]^2)` in f64, over 32 lanes (so that it vectorises) added at the end: four
     /// vectors of 8 f64 lanes, so that four additions are under way at a time. With one vector,
     /// each addition waited for the last (4 cycles for 8 values), and the pass read its
-    /// gradients at half the speed of the update's own pass (21 against 43 GB/s; a scratch test over 26 MB, 20 passes each way: 1.01 -> 0.86 ms).
+    /// gradients at half the speed of the update's own pass (21 against 43 GB/s; a scratch test
+    /// over 26 MB, 20 passes each way: 1.01 -> 0.86 ms).
     fn squares(v: &[f32]) -> f64 {
         let mut lanes = [0.0f64; 32];
         let blocks = v.chunks_exact(32);
