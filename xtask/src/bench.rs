@@ -489,6 +489,9 @@ fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>], torch_
             .zip(&theirs[c])
             .map(|(a, b)| a.tokens_per_sec / b.tokens_per_sec)
             .collect();
+        // The config's FLOPs per step and each round's ceiling, the same for both systems.
+        let config_flop = ours[c].iter().find_map(|r| r.gflop_per_step);
+        let ceilings = round_ceilings(&ours[c], torch_ceilings);
         for (name, runs, ratio) in [
             ("lstm-lm", &ours[c], Some(median(ratios.clone()))),
             ("PyTorch", &theirs[c], None),
@@ -505,15 +508,14 @@ fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>], torch_
             let ms = median(runs.iter().map(|r| r.ms_per_step).collect());
             // Both sides run the same products on a stream; with buckets lstm-lm skips the
             // padded positions at the output layer and PyTorch does not, so its FLOPs differ.
-            let flop = ours[c].iter().find_map(|r| r.gflop_per_step);
-            let flop = match (name, flop) {
+            let flop = match (name, config_flop) {
                 ("lstm-lm", Some(f)) => Some(f),
                 (_, Some(f)) if config != "seed" => Some(f),
                 _ => None,
             };
             let gflops = flop.map(|f| f / ms * 1e3);
             let share = flop
-                .map(|f| median_share(runs, &round_ceilings(&ours[c], torch_ceilings), f))
+                .map(|f| median_share(runs, &ceilings, f))
                 .filter(|s| s.is_finite());
             println!(
                 "| {config} | {name} | {:.0} ({lo:.0}-{hi:.0}) | {:.1} | {ms:.1} | {peak:.0} | {} | {} | {} |",
