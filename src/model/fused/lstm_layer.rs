@@ -7,8 +7,11 @@
 //! `[hidden, 4 * hidden]` weight gradient per step that autodiff allocated and summed; flex also
 //! ran each step's small matmul on one core. Here:
 //!
-//! - the batch rows are independent sequences, so they are cut into one block per core and each
-//!   block runs all its steps on its own core, with no synchronisation between steps;
+//! - below 512 hidden units the batch rows, independent sequences, are cut into one block per
+//!   core and each block runs all its steps on its own core, with no synchronisation between
+//!   steps; from 512 on (where `W_h` streams from L3 at every step) each core takes all batch
+//!   rows and its own hidden units' gate columns instead, so that it streams only its part of
+//!   `W_h`, and the cores wait for each other's previous step (`Split`, `threads.rs`);
 //! - the backward runs the steps in reverse the same way, keeping only `dh` and `dc` per block,
 //!   and computes the recurrent weight's gradient after the loop as one product
 //!   `[hidden, steps * batch] x [steps * batch, 4 * hidden]`.
@@ -24,14 +27,13 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
 use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::{DType, Device, Distribution, Tensor};
-use crossbeam_utils::{Backoff, CachePadded};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::matmul::{equal_spans, matmul, product, Mat};
 use super::panels::PackedWeight;
 use super::simd::{self, multiversion};
+use super::threads::{on_threads, Progress, SpinBarrier};
 use super::xent::PARALLEL_MIN;
 use super::{has_fused_kernels, host_f32, max_rel_err, register_grads, to_flex, values};
 
@@ -829,114 +831,6 @@ fn unit_blocks(h: usize, multiple: usize) -> Vec<(usize, usize)> {
     equal_spans(h, n, multiple)
 }
 
-/// Runs `work(i, block)` for every block at once, each on its own thread, so that the blocks can
-/// wait for each other every step.
-///
-/// Called from outside rayon's pool with no more blocks than the pool has threads, the blocks
-/// run on the pool's threads (`rayon::broadcast`, one broadcast at a time): those threads were
-/// just busy with the products before, and two fresh threads beside them competed with them for
-/// the cores while they idled down. Alternating per call in training, 7 runs of 100 `medium`
-/// steps: 15.08 -> 14.47 ms a call on average, faster in 6 of 7 (docs/BENCHMARKS.md). Called from
-/// inside the pool, where the pool's threads may be waiting on this one, the blocks run on
-/// threads of their own (the last on this one).
-fn on_threads(blocks: &[(usize, usize)], work: impl Fn(usize, (usize, usize)) + Sync) {
-    /// Two broadcasts from different threads could each hold a pool thread while waiting for
-    /// the other's: one at a time.
-    static BROADCAST: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    if rayon::current_thread_index().is_none() && blocks.len() <= rayon::current_num_threads() {
-        // A panic in another broadcast's `work` has already been reported there.
-        let _one = BROADCAST.lock().unwrap_or_else(|e| e.into_inner());
-        rayon::broadcast(|ctx| {
-            if let Some(&block) = blocks.get(ctx.index()) {
-                work(ctx.index(), block);
-            }
-        });
-        return;
-    }
-    std::thread::scope(|scope| {
-        let work = &work;
-        for (i, &block) in blocks.iter().enumerate() {
-            if i + 1 == blocks.len() {
-                work(i, block);
-            } else {
-                scope.spawn(move || work(i, block));
-            }
-        }
-    });
-}
-
-/// Where the threads of [`on_threads`] meet after every step: each spins, then yields
-/// (crossbeam's `Backoff`), until the last one arrives. A step's work per core is a few tenths
-/// of a millisecond, and waking a thread parked on `std::sync::Barrier` cost tens of
-/// microseconds each time (docs/BENCHMARKS.md).
-struct SpinBarrier {
-    threads: usize,
-    arrived: AtomicUsize,
-    generation: AtomicUsize,
-}
-
-impl SpinBarrier {
-    fn new(threads: usize) -> Self {
-        Self {
-            threads,
-            arrived: AtomicUsize::new(0),
-            generation: AtomicUsize::new(0),
-        }
-    }
-
-    /// Returns once all `threads` have called it (this round); what each wrote before is
-    /// visible to all after.
-    fn wait(&self) {
-        let generation = self.generation.load(Ordering::Acquire);
-        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
-            self.arrived.store(0, Ordering::Relaxed);
-            self.generation.fetch_add(1, Ordering::Release);
-        } else {
-            let backoff = Backoff::new();
-            while self.generation.load(Ordering::Acquire) == generation {
-                backoff.snooze();
-            }
-        }
-    }
-}
-
-/// How many steps each of the threads of [`on_threads`] has finished, so that a thread waits
-/// only for the others' results it needs next, and only when it needs them (rather than all
-/// meeting after every step at a barrier). Each count sits on its own cache line.
-struct Progress {
-    done: Vec<CachePadded<AtomicUsize>>,
-}
-
-impl Progress {
-    fn new(threads: usize) -> Self {
-        Self {
-            done: (0..threads)
-                .map(|_| CachePadded::new(AtomicUsize::new(0)))
-                .collect(),
-        }
-    }
-
-    /// Thread `i` has finished `steps` steps: what it wrote before is visible to every thread
-    /// whose [`Progress::wait_for_others`] returns for them.
-    fn publish(&self, i: usize, steps: usize) {
-        self.done[i].store(steps, Ordering::Release);
-    }
-
-    /// Returns once every thread but `i` has finished `steps` steps, spinning then yielding
-    /// (crossbeam's `Backoff`): a step's work is a few tenths of a millisecond, and waking a
-    /// parked thread cost tens of microseconds each time (docs/BENCHMARKS.md).
-    fn wait_for_others(&self, i: usize, steps: usize) {
-        for (j, done) in self.done.iter().enumerate() {
-            if j != i {
-                let backoff = Backoff::new();
-                while done.load(Ordering::Acquire) < steps {
-                    backoff.snooze();
-                }
-            }
-        }
-    }
-}
-
 /// `n` values of `buf` from `offset`, written by no thread while this reference lives.
 ///
 /// # Safety
@@ -1155,7 +1049,6 @@ mod kernels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU64;
 
     /// The fused layer on flex against Burn's composed ops, values and gradients.
     fn check(steps: usize, batch: usize, hidden: usize, scale: f32) {
@@ -1181,81 +1074,6 @@ mod tests {
         // 520 units: split by units between the cores; (6 + 1) x 20 rows of 520 outputs (over
         // PARALLEL_MIN): gathered on every core.
         check(6, 20, 520, 1.0);
-    }
-
-    /// Runs `round(thread, round, slots)` for rounds 1 to 2000 on each of 3 threads of
-    /// [`on_threads`], with one slot a thread for it to write the round into and read back.
-    fn rounds_on_threads(round: impl Fn(usize, u64, &[AtomicU64]) + Sync) {
-        let slots: Vec<AtomicU64> = (0..3).map(|_| AtomicU64::new(0)).collect();
-        let blocks: Vec<(usize, usize)> = (0..3).map(|i| (i, i + 1)).collect();
-        on_threads(&blocks, |i, _| (1..=2000).for_each(|r| round(i, r, &slots)));
-    }
-
-    /// Every thread sees every other thread's writes of a round once the barrier lets it go,
-    /// over many rounds (the barrier is reused, as a layer's steps reuse it).
-    #[test]
-    fn the_spin_barrier_orders_the_rounds() {
-        let barrier = SpinBarrier::new(3);
-        rounds_on_threads(|i, round, slots| {
-            slots[i].store(round, Ordering::Relaxed);
-            barrier.wait();
-            for slot in slots {
-                assert_eq!(slot.load(Ordering::Relaxed), round, "round {round}");
-            }
-            barrier.wait();
-        });
-    }
-
-    /// `on_threads` runs every block exactly once and all of them at once (each round below
-    /// needs every block at the barrier), whichever way it takes: from outside rayon's pool
-    /// (its threads, when it has enough), from two threads at a time, and from inside the pool
-    /// (threads of its own).
-    #[test]
-    fn on_threads_runs_every_block_at_once_from_anywhere() {
-        let run = |blocks: usize| {
-            let barrier = SpinBarrier::new(blocks);
-            let runs: Vec<AtomicU64> = (0..blocks).map(|_| AtomicU64::new(0)).collect();
-            let spans: Vec<(usize, usize)> = (0..blocks).map(|i| (i, i + 1)).collect();
-            on_threads(&spans, |i, (start, _)| {
-                assert_eq!(i, start, "block {i} handed block {start}");
-                runs[i].fetch_add(1, Ordering::Relaxed);
-                (0..200).for_each(|_| barrier.wait());
-            });
-            assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1));
-        };
-        let pool = rayon::current_num_threads();
-        run(pool);
-        run(pool + 1);
-        std::thread::scope(|s| {
-            s.spawn(|| (0..20).for_each(|_| run(pool)));
-            (0..20).for_each(|_| run(pool));
-        });
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .expect("a pool of two threads")
-            .install(|| {
-                assert!(rayon::current_thread_index().is_some());
-                run(2);
-            });
-    }
-
-    /// Once `wait_for_others` returns for step `r`, a thread sees every other thread's writes
-    /// made before it published `r`, and no thread runs more than one step ahead of the
-    /// slowest (each waits for the others' step before it publishes the next), over many
-    /// steps.
-    #[test]
-    fn progress_orders_the_steps() {
-        let progress = Progress::new(3);
-        rounds_on_threads(|i, step, slots| {
-            slots[i].store(step, Ordering::Relaxed);
-            progress.publish(i, step as usize);
-            progress.wait_for_others(i, step as usize);
-            for slot in slots {
-                let seen = slot.load(Ordering::Relaxed);
-                assert!(seen == step || seen == step + 1, "step {step}: {seen}");
-            }
-        });
     }
 
     /// The split by hidden units gives what the split by batch rows gives: the same workspace

@@ -20,6 +20,7 @@ pub mod output;
 mod panels;
 mod rows;
 mod simd;
+mod threads;
 pub mod update;
 mod xent;
 
