@@ -37,7 +37,7 @@ pub struct Options {
     pub threads: usize,
     /// Cargo features for building lstm-lm (`wgpu` for the GPU).
     pub features: Option<String>,
-    /// A built lstm-lm to run instead of `cargo run` (no build then).
+    /// A built lstm-lm to run (no build then); by default one release build before the rounds.
     pub binary: Option<PathBuf>,
     /// PyTorch's device: `cpu`, or `cuda` (cuDNN).
     pub reference_device: String,
@@ -90,7 +90,7 @@ pub fn bench(options: &Options) -> Result<()> {
             );
         }
     }
-    build(options)?;
+    let binary = build(options)?;
     let mut ours: Vec<Vec<Run>> = vec![Vec::new(); options.configs.len()];
     let mut theirs: Vec<Vec<Run>> = vec![Vec::new(); options.configs.len()];
     let mut torch_ceilings = Vec::new();
@@ -115,7 +115,7 @@ pub fn bench(options: &Options) -> Result<()> {
                     );
                     theirs[c].push(r);
                 } else {
-                    let r = run_ours(options, config)?;
+                    let r = run_ours(options, &binary, config)?;
                     eprintln!(
                         "round {}: {config:>13} lstm-lm {:>8.0} tok/s {:>8.1} ms/step",
                         round + 1,
@@ -195,23 +195,43 @@ fn parse_gflops(stdout: &str) -> Option<f64> {
         .find_map(|l| l.split(':').nth(1)?.split_whitespace().next()?.parse().ok())
 }
 
-fn build(options: &Options) -> Result<()> {
+fn build(options: &Options) -> Result<PathBuf> {
     if let Some(binary) = &options.binary {
         if !binary.is_file() {
             bail!("--binary {} is not a file", binary.display());
         }
-        return Ok(());
+        return Ok(binary.clone());
     }
+    build_release(options.features.as_deref())
+}
+
+/// Builds lstm-lm in release mode (with `features`) and returns the executable cargo made, so
+/// that every round runs that one build: run through `cargo run` instead, a round started after
+/// a source file changed would time a new build.
+pub(crate) fn build_release(features: Option<&str>) -> Result<PathBuf> {
     let mut cmd = cargo();
-    cmd.args(["build", "--release", "--quiet", "--bin", "lstm-lm"]);
-    if let Some(f) = &options.features {
+    cmd.args(["build", "--release", "--quiet", "--bin", "lstm-lm"])
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(std::process::Stdio::inherit());
+    if let Some(f) = features {
         cmd.args(["--features", f]);
     }
-    let status = cmd.status().context("cannot run cargo build")?;
-    if !status.success() {
+    let out = cmd.output().context("cannot run cargo build")?;
+    if !out.status.success() {
         bail!("cargo build --release failed");
     }
-    Ok(())
+    executable(&String::from_utf8_lossy(&out.stdout))
+        .context("cargo build --release named no lstm-lm executable")
+}
+
+/// The path of the `lstm-lm` executable in cargo's JSON messages (`--message-format=json`).
+fn executable(messages: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .rev()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "lstm-lm")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
 }
 
 /// Cargo, for the lstm-lm package (xtask is a workspace of its own).
@@ -221,19 +241,8 @@ pub(crate) fn cargo() -> Command {
     cmd
 }
 
-fn run_ours(options: &Options, config: &str) -> Result<Run> {
-    let mut cmd = match &options.binary {
-        Some(binary) => Command::new(binary),
-        None => {
-            let mut cmd = cargo();
-            cmd.args(["run", "--release", "--quiet", "--bin", "lstm-lm"]);
-            if let Some(f) = &options.features {
-                cmd.args(["--features", f]);
-            }
-            cmd.arg("--");
-            cmd
-        }
-    };
+fn run_ours(options: &Options, binary: &Path, config: &str) -> Result<Run> {
+    let mut cmd = Command::new(binary);
     cmd.args(["bench", "--json", "--config", config, "--device"])
         .arg(&options.device)
         .arg("--text")
@@ -545,6 +554,30 @@ mod tests {
             threads=2   2048 x  2048 x  2048 :   201.3 GFLOP/s   (load 1.02)\n";
         assert_eq!(parse_gflops(out), Some(201.3));
         assert_eq!(parse_gflops("torch 2.15.0\n"), None);
+    }
+
+    /// The executable is read from cargo's artifact messages: the binary's, not a library's
+    /// or a build script's, and the last if several.
+    #[test]
+    fn the_built_executable_is_read_from_cargos_messages() {
+        let messages = concat!(
+            r#"{"reason":"compiler-artifact","target":{"name":"build-script-build"},"executable":null}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"name":"lstm_lm"},"executable":null}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"name":"lstm-lm"},"executable":"/t/release/lstm-lm"}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+            "\n"
+        );
+        assert_eq!(
+            executable(messages),
+            Some(PathBuf::from("/t/release/lstm-lm"))
+        );
+        assert_eq!(
+            executable(r#"{"reason":"build-finished","success":true}"#),
+            None
+        );
     }
 
     #[test]

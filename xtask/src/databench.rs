@@ -62,7 +62,7 @@ pub fn is_first_batch(line: &str) -> bool {
 pub fn bench(options: &Options) -> Result<()> {
     let binary = match &options.binary {
         Some(b) => b.clone(),
-        None => build()?,
+        None => crate::bench::build_release(None)?,
     };
     let run_dir = std::env::temp_dir().join(format!("lstm-lm-bench-data-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run_dir);
@@ -88,22 +88,6 @@ pub fn bench(options: &Options) -> Result<()> {
     let _ = std::fs::remove_dir_all(&run_dir);
     let _ = std::fs::remove_dir_all(&cache);
     Ok(())
-}
-
-/// Builds lstm-lm in release mode, as `cargo xtask bench` does, and returns its path.
-fn build() -> Result<PathBuf> {
-    let status = crate::bench::cargo()
-        .args(["build", "--release", "--quiet", "--bin", "lstm-lm"])
-        .status()
-        .context("cannot run cargo build")?;
-    if !status.success() {
-        bail!("cargo build --release failed");
-    }
-    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release/lstm-lm"))
 }
 
 /// One run: seconds to the first training batch, and the memory seen until then.
