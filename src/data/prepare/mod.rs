@@ -12,31 +12,38 @@
 //! run is removed by the next. A prepared folder that does not open cleanly (a damaged store)
 //! is prepared again, with a one-line message.
 //!
+//! Its parts: `text` reads the inputs in blocks of whole lines and counts or encodes one block,
+//! `bpe` learns a BPE, `cache` keeps the folders whole, `report` is what a caller hears; this
+//! file plans the splits, keys the cache and writes a prepared folder.
+//!
 //! Preparing reproduces what reading the text whole did, id for id: blank lines skipped,
 //! tokens split at Unicode whitespace, `<eos>` after every sentence, words ranked by count
 //! then first appearance, the same held-out lines.
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use super::corpus::{CorpusSource, EMBEDDED_TINY_SHAKESPEARE};
+use super::corpus::CorpusSource;
 use super::store::{StoreWriter, Tokens};
-use super::tokenizer::{count_chars, count_words, Codec, Tokenizer, BPE_FILE, DEFAULT_BPE_VOCAB};
-use super::vocab::{Vocab, EOS, EOS_ID, PAD, UNK};
+use super::tokenizer::{Codec, Tokenizer};
+use super::vocab::Vocab;
 use crate::error::{Error, Result};
+use cache::{in_cache, read_manifest, write_manifest};
+pub use report::PrepareEvent;
+use text::{
+    count_block, encode_block, for_each_batch, lines_per_input, total_bytes, Counts, Input,
+};
 
-/// Bytes of text a block holds (more when a line is longer).
-const BLOCK_BYTES: usize = 16 << 20;
+mod bpe;
+mod cache;
+mod report;
+mod text;
+
 /// Version of the prepared folder's layout; part of the cache key.
 const FORMAT: u32 = 3;
-/// The prepared folder's description of itself.
-const MANIFEST: &str = "prepared.json";
 
 /// Where and how to prepare.
 #[derive(Debug, Clone)]
@@ -52,33 +59,13 @@ pub struct PrepareOptions {
     pub fixed: Option<(Vocab, Codec)>,
 }
 
-/// What preparing reports as it goes.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PrepareEvent {
-    /// A pass over `bytes` of text starts.
-    Started {
-        /// What the pass does, e.g. "counting tokens".
-        stage: &'static str,
-        /// Bytes the pass reads.
-        bytes: u64,
-    },
-    /// `bytes` of the pass are done (a running total).
-    Advanced {
-        /// Bytes done so far in this pass.
-        bytes: u64,
-    },
-    /// The pass is done.
-    Finished,
-    /// A fact worth one line: the cache reused, a damaged preparation redone.
-    Note(String),
-}
-
 /// A prepared corpus: its vocabulary and the ids of each split.
 #[derive(Debug)]
 pub struct Prepared {
     /// The vocabulary of the training split.
     pub vocab: Vocab,
-    /// The tokenizer, for BPE with its model (also in the folder, [`BPE_FILE`]).
+    /// The tokenizer, for BPE with its model (also in the folder,
+    /// [`BPE_FILE`](super::tokenizer::BPE_FILE)).
     pub codec: Codec,
     /// Training ids.
     pub train: Arc<Tokens>,
@@ -115,7 +102,7 @@ pub fn prepare(
     let key = plan.key(options)?;
     let (mut prepared, reused) = in_cache(
         &options.cache_dir,
-        &key,
+        &key.name,
         report,
         &mut |dir, report| write_prepared(dir, &plan, &key.material, options, report),
         &|dir| open(dir, &key.material, &plan),
@@ -168,7 +155,7 @@ pub fn encode_text(
         let manifest = serde_json::json!({ "key": key.material, "unknown": tally.unknown });
         write_manifest(dir, &manifest)
     };
-    let (text, _) = in_cache(cache_dir, &key, report, build, &|dir| {
+    let (text, _) = in_cache(cache_dir, &key.name, report, build, &|dir| {
         let stored = read_manifest(dir, &key.material)?;
         Ok(EncodedText {
             tokens: Arc::new(Tokens::open(&dir.join("text.tokens"), Some(vocab.len()))?),
@@ -195,59 +182,11 @@ fn vocab_material(vocab: &Vocab, codec: &Codec) -> serde_json::Value {
     })
 }
 
-/// Writes a cache folder's files into the given folder, reporting as it goes.
-type BuildFn<'a> = dyn FnMut(&Path, &mut dyn FnMut(PrepareEvent)) -> Result<()> + 'a;
-
 /// Running totals of the encoding passes: bytes read and words not in the vocabulary.
 #[derive(Debug, Default)]
 struct Tally {
     bytes: u64,
     unknown: usize,
-}
-
-/// Opens the cache's folder for `key`, or builds it first: `build` writes into a temporary
-/// folder that is renamed into place when whole. A folder that does not open is built again,
-/// with a note. Returns what `open` made of it and whether it was there before.
-fn in_cache<T>(
-    cache: &Path,
-    key: &Key,
-    report: &mut dyn FnMut(PrepareEvent),
-    build: &mut BuildFn,
-    open: &dyn Fn(&Path) -> Result<T>,
-) -> Result<(T, bool)> {
-    std::fs::create_dir_all(cache).map_err(|e| Error::io("cannot create", cache, e))?;
-    remove_abandoned(cache);
-    let dir = cache.join(&key.name);
-    if dir.exists() {
-        match open(&dir) {
-            Ok(found) => return Ok((found, true)),
-            Err(e) => {
-                report(PrepareEvent::Note(format!(
-                    "token cache {}: {e}; preparing it again",
-                    dir.display()
-                )));
-                std::fs::remove_dir_all(&dir).map_err(|e| Error::io("cannot remove", &dir, e))?;
-            }
-        }
-    }
-    let tmp = cache.join(format!(
-        "{}.partial-{}-{}",
-        key.name,
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir(&tmp).map_err(|e| Error::io("cannot create", &tmp, e))?;
-    if let Err(e) = build(&tmp, report) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if std::fs::rename(&tmp, &dir).is_err() {
-        // Another process prepared the same text meanwhile: use its folder.
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    Ok((open(&dir)?, false))
 }
 
 /// The tokenizer a prepared folder was made with, from its manifest's key.
@@ -257,245 +196,6 @@ fn plan_tokenizer(stored: &serde_json::Value) -> Tokenizer {
         Some("bpe") => Tokenizer::Bpe,
         _ => Tokenizer::Word,
     }
-}
-
-/// Learns a byte-level BPE of `max_vocab` pieces (specials included; [`DEFAULT_BPE_VOCAB`]
-/// when 0) on the training lines (held-out ones left out), streamed from the files, and writes
-/// it into `dir` as [`BPE_FILE`]. Its ids are the vocabulary's: the specials are its tokens
-/// 0, 1, 2.
-fn train_bpe(
-    dir: &Path,
-    plan: &Plan,
-    cut: Option<usize>,
-    max_vocab: usize,
-    report: &mut dyn FnMut(PrepareEvent),
-) -> Result<(Vocab, Codec)> {
-    use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
-    use tokenizers::normalizers::NormalizerWrapper;
-    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    use tokenizers::processors::PostProcessorWrapper;
-    use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, TokenizerBuilder};
-
-    let size = if max_vocab == 0 {
-        DEFAULT_BPE_VOCAB
-    } else {
-        max_vocab
-    };
-    let path = dir.join(BPE_FILE);
-    let failed = |e: tokenizers::Error| Error::Corpus {
-        path: plan.train[0].path().to_path_buf(),
-        problem: format!("learning the BPE failed: {e}"),
-    };
-    report(PrepareEvent::Started {
-        stage: "learning BPE",
-        bytes: total_bytes(&plan.train)?,
-    });
-    let mut model = TokenizerBuilder::<
-        BPE,
-        NormalizerWrapper,
-        PreTokenizerWrapper,
-        PostProcessorWrapper,
-        DecoderWrapper,
-    >::new()
-    .with_model(BPE::default())
-    .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false).into()))
-    .with_decoder(Some(ByteLevel::default().into()))
-    .build()
-    .map_err(failed)?;
-    let specials = [PAD, EOS, UNK]
-        .map(|s| AddedToken::from(s.to_string(), true))
-        .to_vec();
-    let mut trainer = BpeTrainerBuilder::new()
-        .vocab_size(size)
-        .min_frequency(2)
-        .special_tokens(specials)
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .show_progress(false)
-        .build();
-    let error = Arc::new(std::sync::Mutex::new(None));
-    let lines = TrainLines::new(plan.train.clone(), cut, error.clone());
-    model.train(&mut trainer, lines).map_err(failed)?;
-    if let Some(e) = error.lock().expect("line reader lock").take() {
-        return Err(e);
-    }
-    let model: tokenizers::Tokenizer = model.into();
-    let got = model.get_vocab_size(true);
-    if got < size {
-        return Err(Error::Corpus {
-            path: plan.train[0].path().to_path_buf(),
-            problem: format!(
-                "the training text allows only {got} BPE pieces (256 bytes, 3 specials and every \
-                 merge of a pair seen twice), fewer than the {size} asked for; pass --max-vocab \
-                 {got} or less, or more text"
-            ),
-        });
-    }
-    let tokens: Vec<String> = (0..got as u32)
-        .map(|i| model.id_to_token(i).unwrap_or_default())
-        .collect();
-    let vocab = Vocab::from_ordered(tokens).map_err(|problem| Error::Corpus {
-        path: path.clone(),
-        problem: format!("the learned BPE is not a vocabulary: {problem}"),
-    })?;
-    let codec = Codec::Bpe(Arc::new(model));
-    save_codec(&codec, dir)?;
-    report(PrepareEvent::Finished);
-    Ok((vocab, codec))
-}
-
-/// Writes a BPE model into the prepared folder `dir` (words and characters need no file).
-fn save_codec(codec: &Codec, dir: &Path) -> Result<()> {
-    if let Codec::Bpe(model) = codec {
-        let path = dir.join(BPE_FILE);
-        model.save(&path, true).map_err(|e| Error::Corpus {
-            path: path.clone(),
-            problem: format!("cannot write the BPE: {e}"),
-        })?;
-    }
-    Ok(())
-}
-
-/// The training lines of some inputs, streamed (line ends removed), up to global line `cut`;
-/// a read error ends the lines and is left in `error`.
-struct TrainLines {
-    inputs: std::vec::IntoIter<Input>,
-    current: Option<Box<dyn std::io::BufRead + Send>>,
-    path: PathBuf,
-    /// Lines read, over all inputs, and in the current one.
-    line: usize,
-    file_line: usize,
-    cut: Option<usize>,
-    error: Arc<std::sync::Mutex<Option<Error>>>,
-}
-
-impl TrainLines {
-    fn new(
-        inputs: Vec<Input>,
-        cut: Option<usize>,
-        error: Arc<std::sync::Mutex<Option<Error>>>,
-    ) -> Self {
-        Self {
-            inputs: inputs.into_iter(),
-            current: None,
-            path: PathBuf::new(),
-            line: 0,
-            file_line: 0,
-            cut,
-            error,
-        }
-    }
-
-    fn fail(&mut self, e: Error) -> Option<String> {
-        *self.error.lock().expect("line reader lock") = Some(e);
-        self.current = None;
-        self.inputs = Vec::new().into_iter();
-        None
-    }
-}
-
-impl Iterator for TrainLines {
-    type Item = String;
-
-    fn next(&mut self) -> Option<String> {
-        if self.cut.is_some_and(|c| self.line >= c) {
-            return None;
-        }
-        loop {
-            if self.current.is_none() {
-                let input = self.inputs.next()?;
-                self.path = input.path().to_path_buf();
-                self.file_line = 0;
-                match input.open() {
-                    Ok(r) => {
-                        self.current = Some(Box::new(std::io::BufReader::with_capacity(1 << 20, r)))
-                    }
-                    Err(e) => return self.fail(e),
-                }
-            }
-            let mut bytes = Vec::new();
-            let reader = self.current.as_mut().expect("an open input");
-            match reader.read_until(b'\n', &mut bytes) {
-                Ok(0) => {
-                    self.current = None;
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let path = self.path.clone();
-                    return self.fail(Error::io("cannot read corpus file", &path, e));
-                }
-            }
-            self.line += 1;
-            self.file_line += 1;
-            if bytes.ends_with(b"\n") {
-                bytes.pop();
-                if bytes.ends_with(b"\r") {
-                    bytes.pop();
-                }
-            }
-            return match String::from_utf8(bytes) {
-                Ok(line) => Some(line),
-                Err(_) => {
-                    let problem = format!(
-                        "line {}: not valid UTF-8; convert the file to UTF-8",
-                        self.file_line
-                    );
-                    let path = self.path.clone();
-                    self.fail(Error::Corpus { path, problem })
-                }
-            };
-        }
-    }
-}
-
-/// Removes the temporary folders of preparations whose process is gone.
-fn remove_abandoned(cache: &Path) {
-    let Ok(entries) = std::fs::read_dir(cache) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some((_, rest)) = name.split_once(".partial-") else {
-            continue;
-        };
-        let pid: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
-        if pid.is_some_and(|pid| !process_alive(pid)) {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-/// Whether process `pid` runs (where `/proc` says; elsewhere it is assumed to).
-fn process_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    let proc = Path::new("/proc");
-    !proc.is_dir() || proc.join(pid.to_string()).exists()
-}
-
-/// The manifest of the folder `dir`, checked to be made from `material`.
-fn read_manifest(dir: &Path, material: &serde_json::Value) -> Result<serde_json::Value> {
-    let manifest = dir.join(MANIFEST);
-    let text =
-        std::fs::read_to_string(&manifest).map_err(|e| Error::io("cannot read", &manifest, e))?;
-    let stored: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Corpus {
-        path: manifest.clone(),
-        problem: format!("not a prepared corpus ({e})"),
-    })?;
-    if stored.get("key") != Some(material) {
-        return Err(Error::Corpus {
-            path: manifest,
-            problem: "made from other files or settings".into(),
-        });
-    }
-    Ok(stored)
-}
-
-/// Writes the folder's manifest (last: a folder with one is whole).
-fn write_manifest(dir: &Path, manifest: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(manifest).expect("a JSON value");
-    crate::fsutil::write_atomic(&dir.join(MANIFEST), text.as_bytes())
 }
 
 /// Opens the prepared folder `dir`, checking that it was made from `material`.
@@ -527,67 +227,6 @@ fn open(dir: &Path, material: &serde_json::Value, plan: &Plan) -> Result<Prepare
         dir: dir.to_path_buf(),
         reused: false,
     })
-}
-
-/// One text the corpus is read from.
-#[derive(Debug, Clone)]
-enum Input {
-    Embedded,
-    File(PathBuf),
-}
-
-impl Input {
-    fn path(&self) -> &Path {
-        match self {
-            Input::Embedded => Path::new("<embedded>"),
-            Input::File(p) => p,
-        }
-    }
-
-    /// Its text, from the start.
-    fn open(&self) -> Result<Box<dyn Read + Send>> {
-        match self {
-            Input::Embedded => Ok(Box::new(EMBEDDED_TINY_SHAKESPEARE.as_bytes())),
-            Input::File(p) => Ok(Box::new(
-                File::open(p).map_err(|e| Error::io("cannot read corpus file", p, e))?,
-            )),
-        }
-    }
-
-    fn bytes(&self) -> Result<u64> {
-        match self {
-            Input::Embedded => Ok(EMBEDDED_TINY_SHAKESPEARE.len() as u64),
-            Input::File(p) => std::fs::metadata(p)
-                .map(|m| m.len())
-                .map_err(|e| Error::io("cannot read corpus file", p, e)),
-        }
-    }
-
-    /// What the cache key holds of it: the embedded text's checksum, a file's path, size and
-    /// modification time.
-    fn fingerprint(&self) -> Result<serde_json::Value> {
-        Ok(match self {
-            Input::Embedded => serde_json::json!({
-                "embedded": "tinyshakespeare",
-                "crc32": crc32fast::hash(EMBEDDED_TINY_SHAKESPEARE.as_bytes()),
-            }),
-            Input::File(p) => {
-                let io = |e| Error::io("cannot read corpus file", p, e);
-                let meta = std::fs::metadata(p).map_err(io)?;
-                let modified = meta
-                    .modified()
-                    .map_err(io)?
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos());
-                let path = std::fs::canonicalize(p).map_err(io)?;
-                serde_json::json!({
-                    "path": path.to_string_lossy(),
-                    "bytes": meta.len(),
-                    "modified_ns": modified.to_string(),
-                })
-            }
-        })
-    }
 }
 
 /// How a held-out validation split is cut from the training text.
@@ -725,156 +364,6 @@ impl Key {
     }
 }
 
-/// A block of whole lines of one input.
-struct Block {
-    text: String,
-    /// The input it comes from.
-    input: usize,
-    /// Whether its lines are held out for validation.
-    held_out: bool,
-}
-
-/// Reads `inputs` block by block, in order, and hands `f` a batch of blocks at a time (two
-/// per core, to work on in parallel). With `cut`, the block holding line `cut` (0-based,
-/// counted over all inputs together) is split there, and the blocks from it on are marked
-/// held out. Bytes that are not UTF-8 and NUL bytes are errors naming the file and the line.
-fn for_each_batch(
-    inputs: &[Input],
-    cut: Option<usize>,
-    f: &mut dyn FnMut(Vec<Block>) -> Result<()>,
-) -> Result<()> {
-    let per_batch = 2 * rayon::current_num_threads().max(1);
-    let mut batch = Vec::with_capacity(per_batch);
-    let mut lines_before = 0usize;
-    for (index, input) in inputs.iter().enumerate() {
-        let mut reader = input.open()?;
-        let path = input.path();
-        let (mut pending, mut offset, mut line) = (Vec::new(), 0usize, 1usize);
-        let mut eof = false;
-        while !eof {
-            let start = pending.len();
-            pending.resize(start + BLOCK_BYTES, 0);
-            let n = read_full(&mut reader, &mut pending[start..])
-                .map_err(|e| Error::io("cannot read corpus file", path, e))?;
-            pending.truncate(start + n);
-            eof = n == 0;
-            let end = if eof {
-                pending.len()
-            } else {
-                match memchr::memrchr(b'\n', &pending) {
-                    Some(i) => i + 1,
-                    None => continue,
-                }
-            };
-            if end == 0 {
-                continue;
-            }
-            let rest = pending.split_off(end);
-            let bytes = std::mem::replace(&mut pending, rest);
-            let text = checked_text(bytes, path, offset, line)?;
-            offset += end;
-            let lines = count_lines(&text);
-            let mut parts = vec![(text, lines_before)];
-            if let Some(cut) = cut.filter(|&c| c > lines_before && c < lines_before + lines) {
-                let (text, before) = parts.pop().expect("one part");
-                let (head, tail) = text.split_at(nth_line_start(&text, cut - before));
-                parts.push((head.to_owned(), before));
-                parts.push((tail.to_owned(), cut));
-            }
-            for (text, before) in parts {
-                batch.push(Block {
-                    text,
-                    input: index,
-                    held_out: cut.is_some_and(|c| before >= c),
-                });
-            }
-            line += lines;
-            lines_before += lines;
-            if batch.len() >= per_batch {
-                f(std::mem::take(&mut batch))?;
-            }
-        }
-    }
-    if !batch.is_empty() {
-        f(batch)?;
-    }
-    Ok(())
-}
-
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match reader.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-/// `bytes` as text; an error names the line of the first invalid UTF-8 byte or NUL byte.
-/// `offset` and `line` are where the block starts in its file.
-fn checked_text(bytes: Vec<u8>, path: &Path, offset: usize, line: usize) -> Result<String> {
-    let line_of = |bytes: &[u8], at: usize| line + memchr::memchr_iter(b'\n', &bytes[..at]).count();
-    if let Some(at) = memchr::memchr(0, &bytes) {
-        return Err(Error::Corpus {
-            path: path.to_path_buf(),
-            problem: format!(
-                "line {}: contains NUL bytes, so it looks like binary data; pass a text file \
-                 with one sentence per line",
-                line_of(&bytes, at)
-            ),
-        });
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        let bytes = e.into_bytes();
-        Error::Corpus {
-            path: path.to_path_buf(),
-            problem: format!(
-                "line {}: not valid UTF-8 (byte {}); convert the file to UTF-8",
-                line_of(&bytes, at),
-                offset + at
-            ),
-        }
-    })
-}
-
-/// Lines as `str::lines` counts them (a last line without a line end counts).
-fn count_lines(text: &str) -> usize {
-    let n = memchr::memchr_iter(b'\n', text.as_bytes()).count();
-    n + usize::from(!text.is_empty() && !text.ends_with('\n'))
-}
-
-/// Byte where line `n` (0-based) of `text` starts.
-fn nth_line_start(text: &str, n: usize) -> usize {
-    if n == 0 {
-        return 0;
-    }
-    memchr::memchr_iter(b'\n', text.as_bytes())
-        .nth(n - 1)
-        .map_or(text.len(), |i| i + 1)
-}
-
-/// Word counts, by a fast hash (the keys are the user's own text).
-type Counts<K> = HashMap<K, (u64, u64), foldhash::fast::FixedState>;
-
-/// Token counts of a block: token -> (count, index of its first appearance in the block).
-fn count_block(text: &str, tokenizer: Tokenizer) -> Counts<&str> {
-    let mut counts = Counts::default();
-    let mut index = 0u64;
-    for line in text.lines() {
-        tokenizer.for_each_token(line, |token| {
-            counts.entry(token).or_insert((0, index)).0 += 1;
-            index += 1;
-        });
-    }
-    counts
-}
-
 /// Counts the training tokens (held-out lines left out) and ranks them into a vocabulary.
 fn count_tokens(
     plan: &Plan,
@@ -920,40 +409,6 @@ fn count_tokens(
     Ok(Vocab::from_counts(words, options.max_vocab))
 }
 
-fn total_bytes(inputs: &[Input]) -> Result<u64> {
-    inputs.iter().map(Input::bytes).sum()
-}
-
-/// A block encoded: its sentences' ids one after the other (each ending in `<eos>`), each
-/// sentence's length, the tokens not in the vocabulary and the block's characters.
-struct Encoded {
-    ids: Vec<u32>,
-    lens: Vec<u32>,
-    unknown: usize,
-    chars: u64,
-    words: u64,
-}
-
-fn encode_block(vocab: &Vocab, codec: &Codec, text: &str) -> Encoded {
-    let (mut ids, mut lens, mut unknown) = (Vec::new(), Vec::new(), 0);
-    for line in text.lines() {
-        let start = ids.len();
-        let (sentence, unknowns) = codec.encode_line(vocab, line, &mut ids);
-        unknown += unknowns;
-        if sentence {
-            ids.push(EOS_ID as u32);
-            lens.push((ids.len() - start) as u32);
-        }
-    }
-    Encoded {
-        ids,
-        lens,
-        unknown,
-        chars: count_chars(text),
-        words: count_words(text),
-    }
-}
-
 /// Encodes `inputs` into `main` (and the held-out blocks into `held`), adding the words not
 /// in the vocabulary to `unknown`; returns each input's sentence count.
 #[allow(clippy::too_many_arguments)]
@@ -991,27 +446,6 @@ fn encode_inputs(
     Ok(sentences)
 }
 
-/// Each input's lines, as `str::lines` counts them, without decoding the text.
-fn lines_per_input(inputs: &[Input]) -> Result<Vec<usize>> {
-    let mut counts = Vec::with_capacity(inputs.len());
-    for input in inputs {
-        let mut reader = input.open()?;
-        let mut buf = vec![0u8; 1 << 20];
-        let (mut lines, mut last) = (0usize, b'\n');
-        loop {
-            let n = read_full(&mut reader, &mut buf)
-                .map_err(|e| Error::io("cannot read corpus file", input.path(), e))?;
-            if n == 0 {
-                break;
-            }
-            lines += memchr::memchr_iter(b'\n', &buf[..n]).count();
-            last = buf[n - 1];
-        }
-        counts.push(lines + usize::from(last != b'\n'));
-    }
-    Ok(counts)
-}
-
 /// The error for an input without tokens.
 fn no_tokens(path: &Path) -> Error {
     Error::Corpus {
@@ -1041,10 +475,18 @@ fn write_prepared(
         .map(|h| (train_lines.iter().sum::<usize>() as f64 * h.train_fraction) as usize);
     let (vocab, codec) = match (&options.fixed, options.tokenizer) {
         (Some((vocab, codec)), _) => {
-            save_codec(codec, dir)?;
+            bpe::save_codec(codec, dir)?;
             (vocab.clone(), codec.clone())
         }
-        (None, Tokenizer::Bpe) => train_bpe(dir, plan, cut, options.max_vocab, report)?,
+        (None, Tokenizer::Bpe) => {
+            report(PrepareEvent::Started {
+                stage: "learning BPE",
+                bytes: total_bytes(&plan.train)?,
+            });
+            let learned = bpe::train(dir, &plan.train, cut, options.max_vocab)?;
+            report(PrepareEvent::Finished);
+            learned
+        }
         (None, Tokenizer::Word) => (count_tokens(plan, cut, options, report)?, Codec::Word),
         (None, Tokenizer::Char) => (count_tokens(plan, cut, options, report)?, Codec::Char),
     };
@@ -1188,8 +630,9 @@ fn check_held_out(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::corpus::read_corpus;
-    use crate::data::vocab::UNK_ID;
+    use crate::data::corpus::{read_corpus, EMBEDDED_TINY_SHAKESPEARE};
+    use crate::data::tokenizer::BPE_FILE;
+    use crate::data::vocab::{EOS, EOS_ID, PAD, UNK, UNK_ID};
 
     fn options(dir: &Path) -> PrepareOptions {
         PrepareOptions {
@@ -1352,9 +795,6 @@ mod tests {
             note.contains("line 4 of") && note.contains("b.txt"),
             "{note}"
         );
-        assert_eq!(nth_line_start("x\ny\nz", 2), 4);
-        assert_eq!(count_lines("x\ny\nz"), 3);
-        assert_eq!(count_lines("x\n"), 1);
     }
 
     /// The embedded text: the first 90% of its 40,000 lines train (blank ones included in the
