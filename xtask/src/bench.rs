@@ -561,6 +561,8 @@ mod tests {
     #[test]
     fn the_built_executable_is_read_from_cargos_messages() {
         let messages = concat!(
+            r#"{"reason":"compiler-artifact","target":{"name":"lstm-lm"},"executable":"/old/lstm-lm"}"#,
+            "\n",
             r#"{"reason":"compiler-artifact","target":{"name":"build-script-build"},"executable":null}"#,
             "\n",
             r#"{"reason":"compiler-artifact","target":{"name":"lstm_lm"},"executable":null}"#,

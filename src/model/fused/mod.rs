@@ -9,9 +9,9 @@
 //! ([`update`]) followed, for the zeroed buffers and single-core passes around their products.
 //! Each op here is implemented for flex and for autodiff over flex, with a hand-written
 //! backward (the LSTM layer's flex loops in `lstm_layer/cpu.rs`); the LSTM layer also for wgpu
-//! (`lstm_layer/cube.rs`, GPU kernels, where per-step kernel launches were the cost). On every other device the callers use Burn's own ops, so the
-//! model code stays backend-agnostic. Tests compare values and gradients with Burn's reference
-//! ops.
+//! (`lstm_layer/cube.rs`, GPU kernels, where per-step kernel launches were the cost). On every
+//! other device the callers use Burn's own ops, so the model code stays backend-agnostic. Tests
+//! compare values and gradients with Burn's reference ops.
 
 pub mod linear;
 pub mod lstm_layer;
