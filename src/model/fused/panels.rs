@@ -4,32 +4,67 @@
 //! Each step of the recurrence multiplies a few rows (the batch, 20 in the presets) by the
 //! whole recurrent weight (`W_h` forward, its transpose backward). `gemm` packs its right-hand
 //! side at every call, and its microkernels are shaped for many rows; here the weight is packed
-//! once, before the first step, into panels of 16 columns (one AVX-512 vector wide, `[k, 16]`
-//! each, zero-padded), and a kernel keeps up to 12 rows x 32 columns of the result in registers
-//! while it streams the panels, prefetching them from L3 ahead of use: at batch 20 the weight no
-//! longer fits a core's L2, so each step streams it from L3. Measured on the 2-vCPU Xeon
-//! (docs/BENCHMARKS.md, 2026-12-01): `[20, 650] x [650, 1300]` at ~140 GFLOP/s on one core
-//! against ~90 for `gemm`.
+//! once, before the first step, into panels one vector wide (`[k, 16]` each with AVX-512, `[k,
+//! 8]` with AVX2 + FMA; zero-padded), and a kernel keeps a block of rows x two panels of the
+//! result in registers while it streams the panels: at batch 20 the weight no longer fits a
+//! core's L2, so each step streams it from L3 (the AVX-512 kernel prefetches it ahead of use;
+//! on Zen 3 the hardware prefetchers did better alone). Measured (docs/BENCHMARKS.md): `[20,
+//! 650] x [650, 1300]` at ~140 GFLOP/s a core against ~90 for `gemm` on a Xeon (AVX-512,
+//! 2026-12-01); on a Zen 3 EPYC (AVX2) 81 - 92 against 36 - 72 (2026-12-02 11:00).
 //!
-//! Without AVX-512 (detected at run time) the packed weight is a row-major copy and the product
+//! Without either (detected at run time) the packed weight is a row-major copy and the product
 //! runs through [`matmul`].
 
 use std::mem::MaybeUninit;
 
 use super::matmul::{matmul, Mat};
 
-/// Columns a panel holds: one AVX-512 vector of f32.
-const LANES: usize = 16;
-/// Most rows a kernel call keeps in registers (12 rows x 2 panels = 24 of 32 vector registers).
-const MAX_ROWS: usize = 12;
+/// How a weight is laid out and multiplied, by what the CPU has (detected at run time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    /// Panels of 16 columns, AVX-512F kernels.
+    Avx512,
+    /// Panels of 8 columns, AVX2 + FMA kernels.
+    Avx2,
+    /// Row-major, multiplied by [`matmul`].
+    Other,
+}
+
+impl Isa {
+    /// The widest kind this CPU runs.
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Other
+    }
+
+    /// Columns a panel holds (one vector of f32), or `None` for the row-major layout.
+    fn lanes(self) -> Option<usize> {
+        match self {
+            Isa::Avx512 => Some(16),
+            Isa::Avx2 => Some(8),
+            Isa::Other => None,
+        }
+    }
+}
 
 /// A `[k, n]` weight packed for [`PackedWeight::mul`].
 pub(crate) struct PackedWeight {
     k: usize,
     n: usize,
-    /// AVX-512: `[panels, k, 16]`, zero-padded past column `n`. Otherwise `[k, n]` row-major.
+    /// With panels: `[panels, k, lanes]`, zero-padded past column `n`. Otherwise `[k, n]`
+    /// row-major.
     data: Vec<f32>,
-    panels: bool,
+    isa: Isa,
 }
 
 impl PackedWeight {
@@ -49,9 +84,13 @@ impl PackedWeight {
             "PackedWeight: a part with neither contiguous rows nor contiguous columns"
         );
         let n: usize = parts.iter().map(|m| m.n_cols()).sum();
-        let panels = has_avx512();
-        let data = if panels {
-            pack_panels(parts, k, n)
+        Self::with_isa(parts, k, n, Isa::detect())
+    }
+
+    /// [`PackedWeight::new`] for the kernels of `isa` (which the CPU must run).
+    fn with_isa(parts: &[Mat], k: usize, n: usize, isa: Isa) -> Self {
+        let data = if let Some(lanes) = isa.lanes() {
+            pack_panels(parts, k, n, lanes)
         } else {
             let mut data = Vec::with_capacity(k * n);
             for i in 0..k {
@@ -61,7 +100,7 @@ impl PackedWeight {
             }
             data
         };
-        Self { k, n, data, panels }
+        Self { k, n, data, isa }
     }
 
     /// `dst = a · W` (or `dst += a · W` with `accumulate`) on this core, where `dst` is
@@ -77,7 +116,7 @@ impl PackedWeight {
             (m - 1) * ld + n <= dst.len(),
             "PackedWeight::mul: destination too small"
         );
-        if !self.panels || k == 0 {
+        if self.isa == Isa::Other || k == 0 {
             return matmul(dst, ld, accumulate, a, Mat::new(&self.data, k, n, n), false);
         }
         let rows: Vec<&[f32]> = (0..m)
@@ -86,30 +125,114 @@ impl PackedWeight {
                     .expect("PackedWeight::mul: rows of `a` must be contiguous")
             })
             .collect();
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `panels` is only set when the CPU has AVX-512F; the rows, the panels and the
-        // destination were bounds-checked above.
-        unsafe {
-            avx512::mul(&rows, &self.data, k, n, dst, ld, accumulate)
+        let product = Product {
+            rows: &rows,
+            panels: &self.data,
+            k,
+            n,
+            c: dst.as_mut_ptr(),
+            ld,
+            accumulate,
         };
+        // SAFETY: `isa` is what the CPU runs (`Isa::detect`, or the tests' choice among what
+        // it detects); the rows, the panels and the destination were bounds-checked above.
+        #[allow(unused_unsafe)]
+        unsafe {
+            match self.isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => product.run(16, avx512::MAX_ROWS, avx512::dispatch),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => product.run(8, avx2::MAX_ROWS, avx2::dispatch),
+                isa => unreachable!("{} rows: no panel kernel for {isa:?}", product.rows.len()),
+            }
+        }
     }
 }
 
-/// The columns of `parts` side by side (`[k, n]` in all) as `ceil(n / 16)` panels `[k, 16]`,
-/// zero-padded past column `n`. Each part is cut into runs of up to 16 columns that fill one
-/// panel's lanes; a part whose rows are contiguous (`W_h`'s gate blocks) is read row by row
-/// (each row's runs go to their panels), one whose columns are contiguous (a transposed view)
-/// a run's columns at a time, in tiles of 16 rows so that the tile's 16 cache lines of the
-/// panel stay in L1 while its columns fill them.
-fn pack_panels(parts: &[Mat], k: usize, n: usize) -> Vec<f32> {
-    let len = n.div_ceil(LANES) * k * LANES;
+/// `rows` `[m, k]` times the panels of a `[k, n]` weight into `c` (`[m, n]`, rows `ld` apart),
+/// or added onto it with `accumulate`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Product<'a> {
+    rows: &'a [&'a [f32]],
+    panels: &'a [f32],
+    k: usize,
+    n: usize,
+    c: *mut f32,
+    ld: usize,
+    accumulate: bool,
+}
+
+/// One kernel call's block: `rows` x (up to two panels from `b`) into `c`; the tile's last
+/// panel holds `tail` valid columns (the panel width but in the weight's last panel).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Tile<'a> {
+    rows: &'a [&'a [f32]],
+    b: *const f32,
+    k: usize,
+    c: *mut f32,
+    ld: usize,
+    tail: usize,
+    accumulate: bool,
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl Product<'_> {
+    /// Runs the product as tiles of pairs of panels (then the odd last one) by blocks of at most
+    /// `max_rows` rows, each through `kernel(tile, panels in it)`, panels `lanes` wide.
+    ///
+    /// # Safety
+    /// `kernel` runs on this CPU; every row holds `k` values, `panels` holds `ceil(n / lanes)`
+    /// panels of `[k, lanes]` and `c` holds `rows.len()` rows of `n` values `ld` apart.
+    unsafe fn run(&self, lanes: usize, max_rows: usize, kernel: unsafe fn(&Tile, usize)) {
+        let (k, n, m) = (self.k, self.n, self.rows.len());
+        let count = n.div_ceil(lanes);
+        let blocks = m.div_ceil(max_rows);
+        let block = m.div_ceil(blocks);
+        let mut p = 0;
+        while p < count {
+            let np = if p + 2 <= count { 2 } else { 1 };
+            let tail = if p + np == count {
+                n - (count - 1) * lanes
+            } else {
+                lanes
+            };
+            for r0 in (0..m).step_by(block) {
+                let tile = Tile {
+                    rows: &self.rows[r0..(r0 + block).min(m)],
+                    // SAFETY (both): inside the panels and the destination (the caller's
+                    // promise).
+                    b: unsafe { self.panels.as_ptr().add(p * k * lanes) },
+                    k,
+                    c: unsafe { self.c.add(r0 * self.ld + p * lanes) },
+                    ld: self.ld,
+                    tail,
+                    accumulate: self.accumulate,
+                };
+                // SAFETY: the caller's promise; the tile lies inside the product.
+                unsafe { kernel(&tile, np) };
+            }
+            p += np;
+        }
+    }
+}
+
+/// The columns of `parts` side by side (`[k, n]` in all) as `ceil(n / lanes)` panels `[k,
+/// lanes]`, zero-padded past column `n`. Each part is cut into runs of up to `lanes` columns
+/// that fill one panel's lanes; a part whose rows are contiguous (`W_h`'s gate blocks) is read
+/// row by row (each row's runs go to their panels), one whose columns are contiguous (a
+/// transposed view) a run's columns at a time, in tiles of 16 rows so that the tile's panel
+/// rows stay in L1 while its columns fill them.
+fn pack_panels(parts: &[Mat], k: usize, n: usize, lanes: usize) -> Vec<f32> {
+    /// Rows of a transposed part copied a tile at a time.
+    const TILE: usize = 16;
+    let len = n.div_ceil(lanes) * k * lanes;
     // Written once below, not zeroed first: only the last panel's padding lanes are zeros.
     let mut data: Vec<f32> = Vec::with_capacity(len);
     let out = &mut data.spare_capacity_mut()[..len];
-    if !n.is_multiple_of(LANES) {
-        let last = (n / LANES) * k * LANES;
-        for row in out[last..].chunks_exact_mut(LANES) {
-            row[n % LANES..].fill(MaybeUninit::new(0.0));
+    if !n.is_multiple_of(lanes) {
+        let last = (n / lanes) * k * lanes;
+        for row in out[last..].chunks_exact_mut(lanes) {
+            row[n % lanes..].fill(MaybeUninit::new(0.0));
         }
     }
     let mut first = 0;
@@ -119,26 +242,26 @@ fn pack_panels(parts: &[Mat], k: usize, n: usize) -> Vec<f32> {
         let mut j = 0;
         while j < m.n_cols() {
             let c = first + j;
-            let run = (LANES - c % LANES).min(m.n_cols() - j);
-            runs.push((j, run, (c / LANES) * k * LANES + c % LANES));
+            let run = (lanes - c % lanes).min(m.n_cols() - j);
+            runs.push((j, run, (c / lanes) * k * lanes + c % lanes));
             j += run;
         }
         if m.row(0).is_some() {
             for i in 0..k {
                 let row = m.row(i).expect("contiguous rows");
                 for &(j, run, at) in &runs {
-                    write(&mut out[at + i * LANES..][..run], &row[j..j + run]);
+                    write(&mut out[at + i * lanes..][..run], &row[j..j + run]);
                 }
             }
         } else {
             let columns = m.t();
             for &(j, run, at) in &runs {
-                for i0 in (0..k).step_by(LANES) {
-                    let i1 = (i0 + LANES).min(k);
+                for i0 in (0..k).step_by(TILE) {
+                    let i1 = (i0 + TILE).min(k);
                     for q in 0..run {
                         let column = columns.row(j + q).expect("contiguous columns");
                         for i in i0..i1 {
-                            out[at + i * LANES + q].write(column[i]);
+                            out[at + i * lanes + q].write(column[i]);
                         }
                     }
                 }
@@ -152,12 +275,22 @@ fn pack_panels(parts: &[Mat], k: usize, n: usize) -> Vec<f32> {
     data
 }
 
-/// `dst = src`: a whole panel row (16 values) as one fixed-size copy, which compiles to vector
-/// moves instead of a call to `memcpy` (one per 64 bytes: what packing `W_h` spent its time
-/// on); shorter runs value by value.
+/// `dst = src`: a whole panel row (16 or 8 values) as one fixed-size copy, which compiles to
+/// vector moves instead of a call to `memcpy` (one per 64 bytes: what packing `W_h` spent its
+/// time on); shorter runs value by value.
 #[inline]
 fn write(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
-    if let (Some(dst), Some(src)) = (dst.first_chunk_mut::<LANES>(), src.first_chunk::<LANES>()) {
+    if let (16, Some(dst), Some(src)) = (
+        dst.len(),
+        dst.first_chunk_mut::<16>(),
+        src.first_chunk::<16>(),
+    ) {
+        *dst = src.map(MaybeUninit::new);
+    } else if let (8, Some(dst), Some(src)) = (
+        dst.len(),
+        dst.first_chunk_mut::<8>(),
+        src.first_chunk::<8>(),
+    ) {
         *dst = src.map(MaybeUninit::new);
     } else {
         for (d, &s) in dst.iter_mut().zip(src) {
@@ -166,100 +299,39 @@ fn write(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
     }
 }
 
-/// Whether this CPU runs the packed kernels.
-fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// `kernel::<rows, panels>(tile)` for the tile's row count (one of `$mr`) and `$np` panels.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dispatch {
+    ($kernel:ident, $t:expr, $np:expr; $($mr:literal)*) => {
+        match ($np, $t.rows.len()) {
+            $((2, $mr) => $kernel::<$mr, 2>($t),)*
+            $((1, $mr) => $kernel::<$mr, 1>($t),)*
+            (np, rows) => unreachable!("a tile of {rows} rows x {np} panels"),
+        }
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{LANES, MAX_ROWS};
+    use super::Tile;
 
+    /// Columns a panel holds: one AVX-512 vector of f32.
+    const LANES: usize = 16;
+    /// Most rows a kernel call keeps in registers: 12 rows x 2 panels are 24 of the 32 vector
+    /// registers.
+    pub(super) const MAX_ROWS: usize = 12;
     /// Panel rows (of 16 floats, one cache line) fetched ahead of use.
     const PREFETCH: usize = 16;
 
-    /// The product over all row blocks and panels: pairs of panels, then the odd last one.
+    /// Runs the kernel for the tile's rows (`MAX_ROWS` at most) and `np` panels.
     ///
     /// # Safety
-    /// AVX-512F; every row holds `k` values, `panels` holds `ceil(n / 16)` panels of `[k, 16]`
-    /// and `dst` holds `rows.len()` rows of `n` values `ld` apart.
+    /// AVX-512F; the tile lies inside its product's rows, panels and destination.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn mul(
-        rows: &[&[f32]],
-        panels: &[f32],
-        k: usize,
-        n: usize,
-        dst: &mut [f32],
-        ld: usize,
-        accumulate: bool,
-    ) {
-        let count = n.div_ceil(LANES);
-        let blocks = rows.len().div_ceil(MAX_ROWS);
-        let block = rows.len().div_ceil(blocks);
-        let tail = (n - (count - 1) * LANES) as u32;
-        let last_mask: __mmask16 = if tail == 16 {
-            0xFFFF
-        } else {
-            (1u16 << tail) - 1
-        };
-        let mut p = 0;
-        while p < count {
-            let np = if p + 2 <= count { 2 } else { 1 };
-            let mask = if p + np == count { last_mask } else { 0xFFFF };
-            for r0 in (0..rows.len()).step_by(block) {
-                let rs = &rows[r0..(r0 + block).min(rows.len())];
-                let tile = Tile {
-                    rows: rs,
-                    b: panels.as_ptr().add(p * k * LANES),
-                    k,
-                    c: dst.as_mut_ptr().add(r0 * ld + p * LANES),
-                    ld,
-                    mask,
-                    accumulate,
-                };
-                dispatch(&tile, np);
-            }
-            p += np;
-        }
-    }
-
-    /// One call's block: `rows` x (`NP` panels from `b`) into `c`; the last panel's columns
-    /// masked by `mask`.
-    struct Tile<'a> {
-        rows: &'a [&'a [f32]],
-        b: *const f32,
-        k: usize,
-        c: *mut f32,
-        ld: usize,
-        mask: __mmask16,
-        accumulate: bool,
-    }
-
-    /// Runs the kernel monomorphised for the tile's row count and `np` panels.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dispatch(t: &Tile, np: usize) {
-        macro_rules! by_rows {
-            ($np:literal: $($mr:literal)*) => {
-                match t.rows.len() {
-                    $($mr => kernel::<$mr, $np>(t),)*
-                    other => unreachable!("a block of {other} rows"),
-                }
-            };
-        }
-        if np == 2 {
-            by_rows!(2: 1 2 3 4 5 6 7 8 9 10 11 12)
-        } else {
-            by_rows!(1: 1 2 3 4 5 6 7 8 9 10 11 12)
-        }
+    pub(super) unsafe fn dispatch(t: &Tile, np: usize) {
+        dispatch!(kernel, t, np; 1 2 3 4 5 6 7 8 9 10 11 12)
     }
 
     /// `MR` rows x `NP` panels, accumulated in registers over all of `k`.
@@ -286,16 +358,89 @@ mod avx512 {
                 }
             }
         }
+        let last_mask: __mmask16 = ((1u32 << t.tail) - 1) as u16;
         for (r, row) in acc.iter().enumerate() {
             for (q, &v) in row.iter().enumerate() {
                 let c = t.c.add(r * t.ld + q * LANES);
-                let mask = if q + 1 == NP { t.mask } else { 0xFFFF };
+                let mask = if q + 1 == NP { last_mask } else { 0xFFFF };
                 let v = if t.accumulate {
                     _mm512_add_ps(_mm512_maskz_loadu_ps(mask, c), v)
                 } else {
                     v
                 };
                 _mm512_mask_storeu_ps(c, mask, v);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::Tile;
+
+    /// Columns a panel holds: one AVX2 vector of f32.
+    const LANES: usize = 8;
+    /// Most rows a kernel call keeps in registers: 6 rows x 2 panels are 12 of the 16 vector
+    /// registers, beside the two panels' values and the broadcast row value.
+    pub(super) const MAX_ROWS: usize = 6;
+
+    /// Runs the kernel for the tile's rows (`MAX_ROWS` at most) and `np` panels.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; the tile lies inside its product's rows, panels and destination.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dispatch(t: &Tile, np: usize) {
+        dispatch!(kernel, t, np; 1 2 3 4 5 6)
+    }
+
+    /// `MR` rows x `NP` panels, accumulated in registers over all of `k`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn kernel<const MR: usize, const NP: usize>(t: &Tile) {
+        let k = t.k;
+        let mut a = [std::ptr::null::<f32>(); MR];
+        for (r, p) in a.iter_mut().enumerate() {
+            *p = t.rows[r].as_ptr();
+        }
+        let mut acc = [[_mm256_setzero_ps(); NP]; MR];
+        for i in 0..k {
+            let mut b = [_mm256_setzero_ps(); NP];
+            for (q, v) in b.iter_mut().enumerate() {
+                let at = t.b.add((q * k + i) * LANES);
+                *v = _mm256_loadu_ps(at);
+            }
+            for r in 0..MR {
+                let x = _mm256_broadcast_ss(&*a[r].add(i));
+                for q in 0..NP {
+                    acc[r][q] = _mm256_fmadd_ps(x, b[q], acc[r][q]);
+                }
+            }
+        }
+        // Lane j of the last panel is stored if j < tail (all ones in its 32 bits).
+        let last_mask = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(t.tail as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        for (r, row) in acc.iter().enumerate() {
+            for (q, &v) in row.iter().enumerate() {
+                let c = t.c.add(r * t.ld + q * LANES);
+                if q + 1 == NP && t.tail < LANES {
+                    let v = if t.accumulate {
+                        _mm256_add_ps(_mm256_maskload_ps(c, last_mask), v)
+                    } else {
+                        v
+                    };
+                    _mm256_maskstore_ps(c, last_mask, v);
+                } else {
+                    let v = if t.accumulate {
+                        _mm256_add_ps(_mm256_loadu_ps(c), v)
+                    } else {
+                        v
+                    };
+                    _mm256_storeu_ps(c, v);
+                }
             }
         }
     }
@@ -323,14 +468,32 @@ mod tests {
             .collect()
     }
 
-    /// Every row count up to two blocks, widths that are and are not multiples of 16 (the
+    /// The layouts this CPU runs: each is tested where it can run.
+    fn isas() -> Vec<Isa> {
+        let mut isas = vec![Isa::Other];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                isas.push(Isa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                isas.push(Isa::Avx512);
+            }
+        }
+        isas
+    }
+
+    /// For each layout the CPU runs: every row count up to 25 (two blocks of 12 and one row
+    /// more, four of 6 and one more), widths that are and are not multiples of the panels' (the
     /// masked last panel, an odd panel count), both `accumulate` modes, a weight given as
     /// column blocks of a transposed view or of a row-major matrix: the product matches the
     /// naive one, and the destination's padding columns are left alone.
     #[test]
     fn matches_the_naive_product_for_every_tile_shape() {
         let k = 37;
-        for n in [1, 16, 23, 32, 48, 50] {
+        for n in [1, 8, 12, 16, 23, 32, 48, 50] {
             // W as the transpose of `[n, k]` (contiguous columns), or row-major with rows
             // longer than W's (contiguous rows), packed from column blocks whose runs straddle
             // panels.
@@ -341,20 +504,27 @@ mod tests {
                 Mat::new(&w_rows, k, n + 5, n + 5).cols(2, n + 2),
             ] {
                 let cut = n / 3;
-                let packed = PackedWeight::new(&[whole.cols(0, cut), whole.cols(cut, n)]);
-                check(&packed, whole, k, n);
+                for isa in isas() {
+                    let packed = PackedWeight::with_isa(
+                        &[whole.cols(0, cut), whole.cols(cut, n)],
+                        k,
+                        n,
+                        isa,
+                    );
+                    check(&packed, whole, k, n);
+                }
             }
         }
     }
 
-    /// `packed` (of `whole`, `[k, n]`) times every row count up to two blocks, both
+    /// `packed` (of `whole`, `[k, n]`) times every row count up to 25, both
     /// `accumulate` modes: the naive product, the destination's padding columns left alone.
     fn check(packed: &PackedWeight, whole: Mat, k: usize, n: usize) {
         let w: Vec<f32> = (0..k)
             .flat_map(|i| (0..n).map(move |j| (i, j)))
             .map(|(i, j)| whole.at(i, j))
             .collect();
-        for m in 1..=2 * MAX_ROWS + 1 {
+        for m in 1..=25 {
             let a = values(m * k, m);
             let expected = naive(&a, &w, m, k, n);
             let ld = n + 3;
@@ -371,7 +541,8 @@ mod tests {
                         };
                         assert!(
                             (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "n {n}, m {m}, accumulate {accumulate}, ({i}, {j}): {got} != {want}"
+                            "{:?}: n {n}, m {m}, accumulate {accumulate}, ({i}, {j}): {got} != {want}",
+                            packed.isa
                         );
                     }
                 }
