@@ -13,7 +13,8 @@
 //! 2026-12-01); on a Zen 3 EPYC (AVX2) 81 - 92 against 36 - 72 (2026-12-02 11:00).
 //!
 //! Without either (detected at run time) the packed weight is a row-major copy and the product
-//! runs through [`matmul`].
+//! runs through [`matmul`]. `LSTM_LM_RECURRENT_KERNEL=avx512|avx2|gemm` picks another kind the
+//! CPU runs (docs/DEVELOPING.md, "Run-time overrides").
 
 use std::mem::MaybeUninit;
 
@@ -31,20 +32,79 @@ enum Isa {
 }
 
 impl Isa {
+    /// The kernels every weight is packed for: the widest this CPU runs, unless
+    /// `LSTM_LM_RECURRENT_KERNEL=avx512|avx2|gemm` names another it runs (read once a process;
+    /// a value it cannot honour prints a warning and leaves the widest).
+    fn chosen() -> Self {
+        static CHOSEN: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let value = std::env::var("LSTM_LM_RECURRENT_KERNEL").ok();
+            Isa::from_override(value.as_deref()).unwrap_or_else(|why| {
+                let widest = Isa::widest();
+                eprintln!("warning: {why}; the recurrence uses {}", widest.name());
+                widest
+            })
+        })
+    }
+
+    /// What `LSTM_LM_RECURRENT_KERNEL` asks for (unset or empty: the widest), or why it cannot
+    /// be had.
+    fn from_override(value: Option<&str>) -> Result<Self, String> {
+        let wanted = match value.map(str::trim) {
+            None | Some("") => return Ok(Isa::widest()),
+            Some("avx512") => Isa::Avx512,
+            Some("avx2") => Isa::Avx2,
+            Some("gemm") => Isa::Other,
+            Some(other) => {
+                return Err(format!(
+                    "LSTM_LM_RECURRENT_KERNEL={other:?} is none of avx512, avx2, gemm"
+                ))
+            }
+        };
+        if wanted.runs_here() {
+            Ok(wanted)
+        } else {
+            Err(format!(
+                "LSTM_LM_RECURRENT_KERNEL={}: this CPU lacks its instructions",
+                wanted.name()
+            ))
+        }
+    }
+
     /// The widest kind this CPU runs.
-    fn detect() -> Self {
+    fn widest() -> Self {
+        [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .find(|isa| isa.runs_here())
+            .unwrap_or(Isa::Other)
+    }
+
+    /// Whether this CPU has the instructions of this kind's kernels.
+    fn runs_here(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Isa::Avx2;
+            match self {
+                Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                Isa::Avx2 => {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                }
+                Isa::Other => true,
             }
         }
-        Isa::Other
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Other
+        }
+    }
+
+    /// The name `LSTM_LM_RECURRENT_KERNEL` gives this kind.
+    fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Other => "gemm",
+        }
     }
 
     /// Columns a panel holds (one vector of f32), or `None` for the row-major layout.
@@ -84,7 +144,7 @@ impl PackedWeight {
             "PackedWeight: a part with neither contiguous rows nor contiguous columns"
         );
         let n: usize = parts.iter().map(|m| m.n_cols()).sum();
-        Self::with_isa(parts, k, n, Isa::detect())
+        Self::with_isa(parts, k, n, Isa::chosen())
     }
 
     /// [`PackedWeight::new`] for the kernels of `isa` (which the CPU must run).
@@ -134,8 +194,7 @@ impl PackedWeight {
             ld,
             accumulate,
         };
-        // SAFETY: `isa` is what the CPU runs (`Isa::detect`, or the tests' choice among what
-        // it detects); the rows, the panels and the destination were bounds-checked above.
+        // SAFETY: `isa` is one the CPU runs (`Isa::chosen`, or the tests' choice among those); the rows, the panels and the destination were bounds-checked above.
         #[allow(unused_unsafe)]
         unsafe {
             match self.isa {
@@ -470,19 +529,33 @@ mod tests {
 
     /// The layouts this CPU runs: each is tested where it can run.
     fn isas() -> Vec<Isa> {
-        let mut isas = vec![Isa::Other];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                isas.push(Isa::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                isas.push(Isa::Avx512);
+        [Isa::Other, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|isa| isa.runs_here())
+            .collect()
+    }
+
+    /// `LSTM_LM_RECURRENT_KERNEL`: unset, empty or `gemm` is always honoured, a kernel kind
+    /// only where the CPU runs it, and anything else is refused with the values it takes.
+    #[test]
+    fn the_override_names_a_kernel_this_cpu_runs() {
+        assert_eq!(Isa::from_override(None), Ok(Isa::widest()));
+        assert_eq!(Isa::from_override(Some(" ")), Ok(Isa::widest()));
+        assert_eq!(Isa::from_override(Some("gemm")), Ok(Isa::Other));
+        for isa in [Isa::Avx2, Isa::Avx512] {
+            let got = Isa::from_override(Some(isa.name()));
+            if isa.runs_here() {
+                assert_eq!(got, Ok(isa));
+            } else {
+                assert!(got.unwrap_err().contains("lacks its instructions"));
             }
         }
-        isas
+        let err = Isa::from_override(Some("sse")).unwrap_err();
+        assert!(
+            err.contains("\"sse\"") && err.contains("avx512, avx2, gemm"),
+            "{err}"
+        );
+        assert!(Isa::widest().runs_here());
     }
 
     /// For each layout the CPU runs: every row count up to 25 (two blocks of 12 and one row
