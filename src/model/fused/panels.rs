@@ -194,7 +194,8 @@ impl PackedWeight {
             ld,
             accumulate,
         };
-        // SAFETY: `isa` is one the CPU runs (`Isa::chosen`, or the tests' choice among those); the rows, the panels and the destination were bounds-checked above.
+        // SAFETY: `isa` is one the CPU runs (`Isa::chosen`, or the tests' choice among those);
+        // the rows, the panels and the destination were bounds-checked above.
         #[allow(unused_unsafe)]
         unsafe {
             match self.isa {
@@ -593,6 +594,7 @@ mod tests {
     /// `packed` (of `whole`, `[k, n]`) times every row count up to 25, both
     /// `accumulate` modes: the naive product, the destination's padding columns left alone.
     fn check(packed: &PackedWeight, whole: Mat, k: usize, n: usize) {
+        let isa = packed.isa;
         let w: Vec<f32> = (0..k)
             .flat_map(|i| (0..n).map(move |j| (i, j)))
             .map(|(i, j)| whole.at(i, j))
@@ -614,8 +616,8 @@ mod tests {
                         };
                         assert!(
                             (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "{:?}: n {n}, m {m}, accumulate {accumulate}, ({i}, {j}): {got} != {want}",
-                            packed.isa
+                            "{isa:?}: n {n}, m {m}, accumulate {accumulate}, \
+                             ({i}, {j}): {got} != {want}"
                         );
                     }
                 }
