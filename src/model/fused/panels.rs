@@ -630,6 +630,37 @@ mod tests {
         assert!(Isa::widest().runs_here());
     }
 
+    /// Both panel widths, whatever the CPU runs (packing only moves values): parts with
+    /// contiguous rows or contiguous columns, of widths that straddle panels, over heights with
+    /// and without a remainder of 8 (the transposes' blocks) land in their panels' lanes, and
+    /// the padding lanes are zeros.
+    #[test]
+    fn packs_every_column_into_its_panel_lane() {
+        for lanes in [8, 16] {
+            for k in [1, 7, 8, 29, 40] {
+                for n in [1, 8, 13, 16, 27, 50] {
+                    let w_t = values(n * k, n + k);
+                    let w_rows = values(k * (n + 3), n);
+                    for whole in [
+                        Mat::new(&w_t, n, k, k).t(),
+                        Mat::new(&w_rows, k, n + 3, n + 3).cols(1, n + 1),
+                    ] {
+                        let cut = (n / 3).max(1).min(n);
+                        let packed =
+                            pack_panels(&[whole.cols(0, cut), whole.cols(cut, n)], k, n, lanes);
+                        assert_eq!(packed.len(), n.div_ceil(lanes) * k * lanes);
+                        for (at, &got) in packed.iter().enumerate() {
+                            let (p, i, q) = (at / (k * lanes), at / lanes % k, at % lanes);
+                            let j = p * lanes + q;
+                            let want = if j < n { whole.at(i, j) } else { 0.0 };
+                            assert_eq!(got, want, "lanes {lanes}, k {k}, n {n}: ({i}, {j})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// For each layout the CPU runs: every row count up to 25 (two blocks of 12 and one row
     /// more, four of 6 and one more), widths that are and are not multiples of the panels' (the
     /// masked last panel, an odd panel count), both `accumulate` modes, a weight given as
