@@ -4,10 +4,11 @@
 //! in its own process (so peak memory is per config). The ratio of a config is the median over
 //! rounds of ours / PyTorch's tokens/s, so both sides of a ratio saw the same machine load. The
 //! sgemm ceiling is measured in every round too (lstm-lm's in each of its runs, right after the
-//! steps; PyTorch's at the end of the round), and a config's share of the ceiling is the median
-//! over rounds of its rate against that round's ceiling: on a machine whose speed drifts by a
-//! third within minutes, a step time from one moment against a ceiling from another said more
-//! about the drift than about the headroom (docs/BENCHMARKS.md).
+//! steps; the reference environment's, PyTorch's and numpy's BLAS, at the end of the round), and
+//! a config's share of the ceiling is the median over rounds of its rate against that round's
+//! ceiling: on a machine whose speed drifts by a third within minutes, a step time from one
+//! moment against a ceiling from another said more about the drift than about the headroom
+//! (docs/BENCHMARKS.md).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -93,7 +94,7 @@ pub fn bench(options: &Options) -> Result<()> {
     let binary = build(options)?;
     let mut ours: Vec<Vec<Run>> = vec![Vec::new(); options.configs.len()];
     let mut theirs: Vec<Vec<Run>> = vec![Vec::new(); options.configs.len()];
-    let mut torch_ceilings = Vec::new();
+    let mut reference_ceilings = Vec::new();
     for round in 0..options.rounds {
         for (c, config) in options.configs.iter().enumerate() {
             let reference_first = round % 2 == 1;
@@ -127,28 +128,33 @@ pub fn bench(options: &Options) -> Result<()> {
             }
         }
         if let (Some(python), "cpu") = (&options.python, options.reference_device.as_str()) {
-            let gflops = reference_ceiling(options, python)?;
+            let rates = reference_ceiling(options, python)?;
+            let listed: Vec<String> = rates
+                .iter()
+                .map(|(path, gflops)| format!("{path} {gflops:.0}"))
+                .collect();
             eprintln!(
-                "round {}: PyTorch's sgemm ceiling {gflops:.0} GFLOP/s",
-                round + 1
+                "round {}: the reference environment's sgemm ceiling: {} GFLOP/s",
+                round + 1,
+                listed.join(", ")
             );
-            torch_ceilings.push(gflops);
+            reference_ceilings.push(rates.iter().map(|r| r.1).fold(f64::NAN, f64::max));
         }
     }
-    print_table(options, &ours, &theirs, &torch_ceilings);
+    print_table(options, &ours, &theirs, &reference_ceilings);
     Ok(())
 }
 
 /// Each round's sgemm ceiling for one config: the higher of lstm-lm's (measured in that round's
-/// run of the config) and PyTorch's (measured at the end of the round, when it ran); NaN where
-/// neither was measured.
-fn round_ceilings(ours: &[Run], torch: &[f64]) -> Vec<f64> {
+/// run of the config) and the reference environment's (measured at the end of the round, when
+/// it ran); NaN where neither was measured.
+fn round_ceilings(ours: &[Run], reference: &[f64]) -> Vec<f64> {
     ours.iter()
         .enumerate()
         .map(|(round, run)| {
             let own = run.ceiling.as_ref().map_or(f64::NAN, |c| c.gflops);
             // `f64::max` returns the other value when one is NaN.
-            own.max(torch.get(round).copied().unwrap_or(f64::NAN))
+            own.max(reference.get(round).copied().unwrap_or(f64::NAN))
         })
         .collect()
 }
@@ -165,9 +171,11 @@ fn median_share(runs: &[Run], ceilings: &[f64], flop_per_step: f64) -> f64 {
     )
 }
 
-/// PyTorch's sgemm rate on a `[2048, 2048]` product with the benchmark's threads (MKL or
-/// oneDNN on a CPU), from `reference/gemm_bench.py` beside the reference trainer.
-fn reference_ceiling(options: &Options, python: &Path) -> Result<f64> {
+/// The reference environment's sgemm rates on a `[2048, 2048]` product with the benchmark's
+/// threads, by path: PyTorch's (MKL or oneDNN on a CPU) and numpy's BLAS (OpenBLAS in its
+/// wheels; faster than MKL on an AMD Zen 3), from `reference/gemm_bench.py` beside the
+/// reference trainer.
+fn reference_ceiling(options: &Options, python: &Path) -> Result<Vec<(String, f64)>> {
     let script = options.reference.with_file_name("gemm_bench.py");
     let out = Command::new(python)
         .arg(&script)
@@ -184,15 +192,28 @@ fn reference_ceiling(options: &Options, python: &Path) -> Result<f64> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    parse_gflops(&stdout)
-        .with_context(|| format!("no GFLOP/s line from {}:\n{stdout}", script.display()))
+    let rates = parse_gflops(&stdout);
+    if rates.is_empty() {
+        bail!("no GFLOP/s line from {}:\n{stdout}", script.display());
+    }
+    Ok(rates)
 }
 
-/// The rate of the first `... : X GFLOP/s` line.
-fn parse_gflops(stdout: &str) -> Option<f64> {
+/// Every `[numpy ]threads=N ... : X GFLOP/s` line's path (`numpy`, else `PyTorch`) and rate.
+fn parse_gflops(stdout: &str) -> Vec<(String, f64)> {
     stdout
         .lines()
-        .find_map(|l| l.split(':').nth(1)?.split_whitespace().next()?.parse().ok())
+        .filter_map(|l| {
+            let (head, tail) = l.split_once(':')?;
+            let gflops = tail.split_whitespace().next()?.parse().ok()?;
+            let path = if head.starts_with("numpy") {
+                "numpy"
+            } else {
+                "PyTorch"
+            };
+            Some((path.to_string(), gflops))
+        })
+        .collect()
 }
 
 fn build(options: &Options) -> Result<PathBuf> {
@@ -445,7 +466,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>], torch_ceilings: &[f64]) {
+fn print_table(
+    options: &Options,
+    ours: &[Vec<Run>],
+    theirs: &[Vec<Run>],
+    reference_ceilings: &[f64],
+) {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let device = ours
         .iter()
@@ -483,10 +509,11 @@ fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>], torch_
         .unwrap_or("-");
     println!(
         "sgemm ceiling ([2048, 2048] product, every core), measured in every round: lstm-lm's \
-         paths {} (fastest most often: {path}), PyTorch {}; each share below is the median over \
-         rounds of the rate against the higher of the two in the same round",
+         paths {} (fastest most often: {path}), the reference environment's (PyTorch, numpy) \
+         {}; each share below is the median over rounds of the rate against the higher of the \
+         two in the same round",
         spread(&measured.iter().map(|c| c.gflops).collect::<Vec<_>>()),
-        spread(torch_ceilings),
+        spread(reference_ceilings),
     );
     println!(
         "| config | system | tokens/s (median, min-max) | samples/s | ms/step | peak RSS MiB | GFLOP/s | share of ceiling | ratio to PyTorch |"
@@ -500,7 +527,7 @@ fn print_table(options: &Options, ours: &[Vec<Run>], theirs: &[Vec<Run>], torch_
             .collect();
         // The config's FLOPs per step and each round's ceiling, the same for both systems.
         let config_flop = ours[c].iter().find_map(|r| r.gflop_per_step);
-        let ceilings = round_ceilings(&ours[c], torch_ceilings);
+        let ceilings = round_ceilings(&ours[c], reference_ceilings);
         for (name, runs, ratio) in [
             ("lstm-lm", &ours[c], Some(median(ratios.clone()))),
             ("PyTorch", &theirs[c], None),
@@ -551,9 +578,13 @@ mod tests {
     #[test]
     fn the_gemm_bench_rate_is_read_from_its_line() {
         let out = "torch 2.15.0 load (0.5, 0.4, 0.3)\n\
-            threads=2   2048 x  2048 x  2048 :   201.3 GFLOP/s   (load 1.02)\n";
-        assert_eq!(parse_gflops(out), Some(201.3));
-        assert_eq!(parse_gflops("torch 2.15.0\n"), None);
+            threads=2   2048 x  2048 x  2048 :   201.3 GFLOP/s   (load 1.02)\n\
+            numpy threads=2   2048 x  2048 x  2048 :   125.9 GFLOP/s   (load 1.02)\n";
+        assert_eq!(
+            parse_gflops(out),
+            [("PyTorch".to_string(), 201.3), ("numpy".to_string(), 125.9)]
+        );
+        assert!(parse_gflops("torch 2.15.0\n").is_empty());
     }
 
     /// The executable is read from cargo's artifact messages: the binary's, not a library's
