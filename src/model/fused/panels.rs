@@ -334,6 +334,8 @@ fn transpose_run(run: Mat, panel: &mut [MaybeUninit<f32>], lanes: usize, lane: u
     let columns: Vec<&[f32]> = (0..r)
         .map(|q| run.t().row(q).expect("contiguous columns"))
         .collect();
+    // Rows done by the AVX blocks (only x86-64 has them).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
