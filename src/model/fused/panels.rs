@@ -176,9 +176,10 @@ impl PackedWeight {
             (m - 1) * ld + n <= dst.len(),
             "PackedWeight::mul: destination too small"
         );
-        if self.isa == Isa::Other || k == 0 {
+        // The panels' width is the one they were packed with (`with_isa`).
+        let Some(lanes) = self.isa.lanes().filter(|_| k > 0) else {
             return matmul(dst, ld, accumulate, a, Mat::new(&self.data, k, n, n), false);
-        }
+        };
         let rows: Vec<&[f32]> = (0..m)
             .map(|i| {
                 a.row(i)
@@ -200,10 +201,10 @@ impl PackedWeight {
         unsafe {
             match self.isa {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => product.run(16, avx512::MAX_ROWS, avx512::dispatch),
+                Isa::Avx512 => product.run(lanes, avx512::MAX_ROWS, avx512::dispatch),
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => product.run(8, avx2::MAX_ROWS, avx2::dispatch),
-                isa => unreachable!("{} rows: no panel kernel for {isa:?}", product.rows.len()),
+                Isa::Avx2 => product.run(lanes, avx2::MAX_ROWS, avx2::dispatch),
+                isa => unreachable!("panels of {lanes}: no kernel for {isa:?}"),
             }
         }
     }
