@@ -5,6 +5,16 @@
 //! block of columns (or rows) per core, each computed single-threaded, ran the output layer's
 //! shapes at 171 - 207 GFLOP/s against 176 - 178 with gemm's own threading, and a recurrent
 //! step's `[20, 256] x [256, 1024]` at 158 against 124.
+//!
+//! The blocks run through the `gemm` crate or, with the `openblas` feature, through the
+//! system's OpenBLAS, whichever measured faster for the product's shape ([`library`]).
+
+mod library;
+#[cfg(feature = "openblas")]
+mod openblas;
+
+use library::Shape;
+pub(crate) use library::{decisions, trials_open, Library};
 
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -120,14 +130,28 @@ impl DstPtr {
 /// products; a product over 4096 columns wide has equal blocks and ends in small ones that the
 /// threads take as they free up. The cut never changes a value.
 pub(crate) fn matmul(dst: &mut [f32], ld: usize, accumulate: bool, a: Mat, b: Mat, parallel: bool) {
+    matmul_using(None, dst, ld, accumulate, a, b, parallel);
+}
+
+/// [`matmul`] through `library`, or with `None` the one [`library::run`] picks for the shape.
+fn matmul_using(
+    library: Option<Library>,
+    dst: &mut [f32],
+    ld: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    parallel: bool,
+) {
     let (m, n) = (a.rows, b.cols);
     assert!(n <= ld, "matmul: destination rows too short");
     assert!(
         m == 0 || n == 0 || (m - 1) * ld + n <= dst.len(),
         "matmul: destination too small"
     );
+    let dst = DstPtr(dst.as_mut_ptr());
     // SAFETY: `dst` holds the `[m, n]` block (checked above) and is initialised.
-    unsafe { product_into(DstPtr(dst.as_mut_ptr()), ld, accumulate, a, b, parallel) }
+    unsafe { product_into(dst, ld, accumulate, a, b, parallel, library) }
 }
 
 /// `a · b` as a new row-major `[m, n]` buffer, written once by the product (not zeroed first: a
@@ -139,18 +163,27 @@ pub(crate) fn product(a: Mat, b: Mat, parallel: bool) -> Vec<f32> {
     // is written (gemm does not read its destination then) before `set_len`.
     unsafe {
         let dst = DstPtr(out.spare_capacity_mut().as_mut_ptr().cast());
-        product_into(dst, b.cols, false, a, b, parallel);
+        product_into(dst, b.cols, false, a, b, parallel, None);
         out.set_len(len);
     }
     out
 }
 
-/// [`matmul`] into `dst`.
+/// [`matmul`] into `dst`, through `library`, or with `None` the one [`library::run`] picks for
+/// the product's shape.
 ///
 /// # Safety
 /// `dst` points to `m` rows of `n` values, `ld` apart, that nothing else touches meanwhile;
 /// they must be initialised when `accumulate` is set (otherwise they are only written).
-unsafe fn product_into(dst: DstPtr, ld: usize, accumulate: bool, a: Mat, b: Mat, parallel: bool) {
+unsafe fn product_into(
+    dst: DstPtr,
+    ld: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    parallel: bool,
+    library: Option<Library>,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions differ");
     assert!(n <= ld, "matmul: destination rows too short");
@@ -194,15 +227,67 @@ unsafe fn product_into(dst: DstPtr, ld: usize, accumulate: bool, a: Mat, b: Mat,
     };
     let spans = spans(len, &weights, with_tail);
     // SAFETY: passed on from the caller.
-    unsafe { product_in_blocks(dst, ld, accumulate, a, b, by_cols, &spans) }
+    let blocks =
+        |library| unsafe { product_in_blocks(library, dst, ld, accumulate, a, b, by_cols, &spans) };
+    match library {
+        Some(library) => blocks(library),
+        None => library::run(Shape::of(&a, &b), openblas_takes(&a, &b), blocks),
+    }
+}
+
+/// Whether OpenBLAS (in this build) can read the operands `a` and `b`.
+fn openblas_takes(a: &Mat, b: &Mat) -> bool {
+    #[cfg(feature = "openblas")]
+    return a.cblas().is_some() && b.cblas().is_some();
+    #[cfg(not(feature = "openblas"))]
+    {
+        let _ = (a, b);
+        false
+    }
+}
+
+#[cfg(feature = "openblas")]
+impl<'a> Mat<'a> {
+    /// This view as OpenBLAS reads it (rows or columns contiguous), if it can.
+    fn cblas(&self) -> Option<openblas::Operand<'a>> {
+        let (transposed, ld) = match (self.cs, self.rs) {
+            (1, rs) => (false, rs),
+            (cs, 1) => (true, cs),
+            _ => return None,
+        };
+        let operand = openblas::Operand {
+            data: self.data,
+            rows: self.rows,
+            cols: self.cols,
+            transposed,
+            ld,
+        };
+        operand.readable().then_some(operand)
+    }
+}
+
+impl Shape {
+    /// The shape of the product `a · b`.
+    fn of(a: &Mat, b: &Mat) -> Self {
+        Self {
+            m: a.rows,
+            k: a.cols,
+            n: b.cols,
+            a_t: a.cs != 1,
+            b_t: b.cs != 1,
+        }
+    }
 }
 
 /// [`product_into`] with the product cut into `spans` of its columns (`by_cols`) or rows, run
-/// by [`run_blocks`].
+/// by [`run_blocks`], each block through `library`.
 ///
 /// # Safety
-/// As [`product_into`]; `spans` lie inside `0..n` (`by_cols`) or `0..m` and do not overlap.
+/// As [`product_into`]; `spans` lie inside `0..n` (`by_cols`) or `0..m` and do not overlap;
+/// `library` takes the operands (OpenBLAS: `openblas::takes`).
+#[allow(clippy::too_many_arguments)]
 unsafe fn product_in_blocks(
+    library: Library,
     dst: DstPtr,
     ld: usize,
     accumulate: bool,
@@ -218,20 +303,31 @@ unsafe fn product_in_blocks(
         } else {
             (a.rows(start, end), b, start * ld, end - start, n)
         };
+        let dst = dst.at(offset);
         // SAFETY: `a` and `b` were bounds-checked; the block `rows x cols` at `offset` lies
         // inside `dst` (the caller's promise) and no other block overlaps it.
-        unsafe {
-            gemm_into(
-                dst.at(offset),
-                ld,
-                accumulate,
-                a,
-                b,
-                rows,
-                cols,
-                ::gemm::Parallelism::None,
-            )
-        };
+        match library {
+            Library::Gemm => unsafe {
+                gemm_into(
+                    dst,
+                    ld,
+                    accumulate,
+                    a,
+                    b,
+                    rows,
+                    cols,
+                    ::gemm::Parallelism::None,
+                )
+            },
+            #[cfg(feature = "openblas")]
+            Library::OpenBlas => {
+                let (Some(a), Some(b)) = (a.cblas(), b.cblas()) else {
+                    panic!("OpenBLAS was handed operands it cannot read (`openblas_takes`)");
+                };
+                // SAFETY: as for `gemm_into`; both operands are readable (checked by `cblas`).
+                unsafe { openblas::sgemm_into(dst, ld, accumulate, a, b) }
+            }
+        }
     };
     run_blocks(spans, run);
 }
@@ -421,38 +517,41 @@ unsafe fn gemm_into(
 pub(crate) type SquareProduct = fn(&mut [f32], &[f32], &[f32], usize);
 
 /// The paths a `[n, n] x [n, n]` f32 product can take in this build, by name, to measure the
-/// machine's ceiling (`lstm-lm bench`): the fused ops' own (the `gemm` crate, one block per
-/// core) and `gemm`'s own threading.
+/// machine's ceiling (`lstm-lm bench`): the fused ops' own (one block per core) through each
+/// library built in, and `gemm`'s own threading.
 pub(crate) fn ceiling_paths() -> Vec<(&'static str, SquareProduct)> {
-    vec![
-        ("gemm, one block per core", |c, a, b, n| {
-            matmul(
-                c,
+    let mut paths: Vec<(&'static str, SquareProduct)> =
+        vec![("gemm, one block per core", |c, a, b, n| {
+            square_in_blocks(Library::Gemm, c, a, b, n)
+        })];
+    #[cfg(feature = "openblas")]
+    paths.push(("OpenBLAS, one block per core", |c, a, b, n| {
+        square_in_blocks(Library::OpenBlas, c, a, b, n)
+    }));
+    paths.push(("gemm, its own threads", |c, a, b, n| {
+        let (a, b) = (Mat::new(a, n, n, n), Mat::new(b, n, n, n));
+        assert!(c.len() >= n * n, "the product needs n * n values");
+        // SAFETY: `Mat::new` checked `a` and `b`; `c` holds `n` rows of `n`.
+        unsafe {
+            gemm_into(
+                c.as_mut_ptr(),
                 n,
                 false,
-                Mat::new(a, n, n, n),
-                Mat::new(b, n, n, n),
-                true,
+                a,
+                b,
+                n,
+                n,
+                ::gemm::Parallelism::Rayon(0),
             )
-        }),
-        ("gemm, its own threads", |c, a, b, n| {
-            let (a, b) = (Mat::new(a, n, n, n), Mat::new(b, n, n, n));
-            assert!(c.len() >= n * n, "the product needs n * n values");
-            // SAFETY: `Mat::new` checked `a` and `b`; `c` holds `n` rows of `n`.
-            unsafe {
-                gemm_into(
-                    c.as_mut_ptr(),
-                    n,
-                    false,
-                    a,
-                    b,
-                    n,
-                    n,
-                    ::gemm::Parallelism::Rayon(0),
-                )
-            };
-        }),
-    ]
+        };
+    }));
+    paths
+}
+
+/// `c = a · b` for row-major `[n, n]` matrices, one block per core through `library`.
+fn square_in_blocks(library: Library, c: &mut [f32], a: &[f32], b: &[f32], n: usize) {
+    let (a, b) = (Mat::new(a, n, n, n), Mat::new(b, n, n, n));
+    matmul_using(Some(library), c, n, false, a, b, true);
 }
 
 #[cfg(test)]
@@ -548,7 +647,18 @@ mod tests {
         let cut = |by_cols: bool, spans: &[(usize, usize)]| {
             let mut c = vec![1.0f32; m * n];
             // SAFETY: `c` holds `[m, n]`; the spans cover `0..n` or `0..m` without overlap.
-            unsafe { product_in_blocks(DstPtr(c.as_mut_ptr()), n, true, a, b, by_cols, spans) };
+            unsafe {
+                product_in_blocks(
+                    Library::Gemm,
+                    DstPtr(c.as_mut_ptr()),
+                    n,
+                    true,
+                    a,
+                    b,
+                    by_cols,
+                    spans,
+                )
+            };
             c
         };
         let whole = cut(true, &[(0, n)]);
@@ -563,6 +673,9 @@ mod tests {
         assert_eq!(cut(false, &spans(m, &[2.5, 1.0], false)), whole, "by rows");
     }
 
+    /// Every library of this build (`gemm`, and OpenBLAS with the feature), on one core or cut
+    /// by columns or rows, with operands read as stored or transposed, into a fresh or a strided
+    /// destination, gives the naive product's values.
     #[test]
     fn blocks_by_columns_and_rows_and_transposed_views_match_the_naive_product() {
         // (9, 7, 4109): wider than 4096 columns, two blocks a core.
@@ -576,47 +689,51 @@ mod tests {
             let a = values(m * k, 1);
             let b = values(k * n, 2);
             let want = naive(&a, &b, m, k, n);
-            for parallel in [false, true] {
+            let at: Vec<f32> = (0..k * m).map(|x| a[(x % m) * k + x / m]).collect();
+            let bt: Vec<f32> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
+            for (&library, parallel) in Library::ALL
+                .iter()
+                .zip([false, true])
+                .chain(Library::ALL.iter().zip([true, false]))
+            {
+                let name = library.name();
                 let mut c = vec![0.0f32; m * n];
-                matmul(
-                    &mut c,
-                    n,
-                    false,
-                    Mat::new(&a, m, k, k),
-                    Mat::new(&b, k, n, n),
-                    parallel,
-                );
+                let (am, bm) = (Mat::new(&a, m, k, k), Mat::new(&b, k, n, n));
+                matmul_using(Some(library), &mut c, n, false, am, bm, parallel);
                 let err = c
                     .iter()
                     .zip(&want)
                     .map(|(x, y)| (x - y).abs())
                     .fold(0.0, f32::max);
-                assert!(err < 1e-3, "{m}x{k}x{n} parallel {parallel}: {err}");
-                // Into a new buffer that nothing zeroed: the same values, bit for bit.
-                let new = product(Mat::new(&a, m, k, k), Mat::new(&b, k, n, n), parallel);
-                assert_eq!(new, c, "{m}x{k}x{n} parallel {parallel}: product");
-            }
-            // a given transposed ([k, m] stored), b given transposed ([n, k] stored), and
-            // accumulation into a strided destination.
-            let at: Vec<f32> = (0..k * m).map(|x| a[(x % m) * k + x / m]).collect();
-            let bt: Vec<f32> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
-            let ld = n + 3;
-            let mut c = vec![1.0f32; m * ld];
-            matmul(
-                &mut c,
-                ld,
-                true,
-                Mat::new(&at, k, m, m).t(),
-                Mat::new(&bt, n, k, k).t(),
-                true,
-            );
-            for i in 0..m {
-                for j in 0..n {
-                    assert!((c[i * ld + j] - 1.0 - want[i * n + j]).abs() < 1e-3);
+                assert!(err < 1e-3, "{m}x{k}x{n} {name} parallel {parallel}: {err}");
+                // a given transposed ([k, m] stored), b given transposed ([n, k] stored), and
+                // accumulation into a strided destination.
+                let ld = n + 3;
+                let mut c = vec![1.0f32; m * ld];
+                let (am, bm) = (Mat::new(&at, k, m, m).t(), Mat::new(&bt, n, k, k).t());
+                matmul_using(Some(library), &mut c, ld, true, am, bm, parallel);
+                for i in 0..m {
+                    for j in 0..n {
+                        let got = c[i * ld + j] - 1.0;
+                        assert!((got - want[i * n + j]).abs() < 1e-3, "{name} transposed");
+                    }
+                    assert!(
+                        c[i * ld + n..(i + 1) * ld].iter().all(|&x| x == 1.0),
+                        "{name}: padding kept"
+                    );
                 }
-                assert!(
-                    c[i * ld + n..(i + 1) * ld].iter().all(|&x| x == 1.0),
-                    "padding kept"
+            }
+            // The library each shape picks: into a new buffer that nothing zeroed, the same
+            // values as into a zeroed one, bit for bit (both are below the measured size, so
+            // both run through `gemm`).
+            for parallel in [false, true] {
+                let (am, bm) = (Mat::new(&a, m, k, k), Mat::new(&b, k, n, n));
+                let mut c = vec![0.0f32; m * n];
+                matmul(&mut c, n, false, am, bm, parallel);
+                assert_eq!(
+                    product(am, bm, parallel),
+                    c,
+                    "{m}x{k}x{n} {parallel}: product"
                 );
             }
         }
