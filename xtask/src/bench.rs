@@ -63,6 +63,9 @@ struct Run {
     /// The machine's sgemm ceiling lstm-lm measured, GFLOP/s.
     #[serde(default)]
     ceiling: Option<Ceiling>,
+    /// The library each product shape kept (built with `--features openblas`), one line each.
+    #[serde(default)]
+    products: Vec<String>,
 }
 
 /// The part of lstm-lm's ceiling report the table shows.
@@ -123,6 +126,12 @@ pub fn bench(options: &Options) -> Result<()> {
                         r.tokens_per_sec,
                         r.ms_per_step
                     );
+                    for product in &r.products {
+                        eprintln!(
+                            "round {}: {config:>13} lstm-lm product {product}",
+                            round + 1
+                        );
+                    }
                     ours[c].push(r);
                 }
             }
@@ -404,6 +413,7 @@ fn run_reference(options: &Options, python: &Path, config: &str) -> Result<Run> 
         device: String::new(),
         gflop_per_step: None,
         ceiling: None,
+        products: Vec::new(),
     })
 }
 
@@ -638,6 +648,7 @@ mod tests {
                 gflops,
                 path: "gemm".into(),
             }),
+            products: Vec::new(),
         }
     }
 
