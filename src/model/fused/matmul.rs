@@ -160,7 +160,8 @@ pub(crate) fn product(a: Mat, b: Mat, parallel: bool) -> Vec<f32> {
     let len = a.rows * b.cols;
     let mut out = Vec::<f32>::with_capacity(len);
     // SAFETY: the spare capacity holds `len` values; with `accumulate` false every one of them
-    // is written (gemm does not read its destination then) before `set_len`.
+    // is written before `set_len` (neither library reads its destination then: `gemm` skips it,
+    // OpenBLAS with beta 0 writes zeros first).
     unsafe {
         let dst = DstPtr(out.spare_capacity_mut().as_mut_ptr().cast());
         product_into(dst, b.cols, false, a, b, parallel, None);
@@ -284,7 +285,7 @@ impl Shape {
 ///
 /// # Safety
 /// As [`product_into`]; `spans` lie inside `0..n` (`by_cols`) or `0..m` and do not overlap;
-/// `library` takes the operands (OpenBLAS: `openblas::takes`).
+/// `library` takes the operands (OpenBLAS: `Mat::cblas` reads both).
 #[allow(clippy::too_many_arguments)]
 unsafe fn product_in_blocks(
     library: Library,

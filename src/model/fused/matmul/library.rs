@@ -209,7 +209,7 @@ fn trials() -> std::sync::MutexGuard<'static, HashMap<Shape, Trial>> {
 
 /// Runs `product` once, through the library `shape` should use now: `LSTM_LM_SGEMM`'s, or
 /// under [`Policy::Measure`] the one its trial gives (timing the call while the trial is open).
-/// `openblas_takes` says whether OpenBLAS can read the operands (see `openblas::takes`); when it
+/// `openblas_takes` says whether OpenBLAS can read the operands (`Mat::cblas`); when it
 /// cannot, `gemm` runs the product.
 pub(crate) fn run(shape: Shape, openblas_takes: bool, product: impl FnOnce(Library)) {
     let eligible = openblas_takes && Library::ALL.len() > 1;
