@@ -210,7 +210,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10_000)]
     pub min_vocab: usize,
     /// Untimed steps before timing (GPU backends compile and autotune here); above 0, plus one
-    /// untimed step of each batch shape the timed steps meet (`seed`'s five bucket lengths).
+    /// untimed step of each batch shape the timed steps meet (`seed`'s five bucket lengths), and
+    /// with `--features openblas` up to 16 more while product shapes are still timed through
+    /// both libraries (`LSTM_LM_SGEMM`).
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
     /// Timed training steps.

@@ -320,7 +320,8 @@ impl Batches {
 }
 
 /// The most untimed steps a warm-up adds while product shapes are still timed through each
-/// library (`medium` needs 7 with OpenBLAS: its output layer's products come once a step).
+/// library (`medium` needs 7 steps in all with OpenBLAS: its output layer's products come once a
+/// step).
 const MAX_EXTRA_WARMUP: usize = 16;
 
 /// Runs the benchmark and reports its speed.
