@@ -559,7 +559,8 @@ fn square_in_blocks(library: Library, c: &mut [f32], a: &[f32], b: &[f32], n: us
 mod tests {
     use super::*;
 
-    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    /// `a` `[m, k]` times `b` `[k, n]`, both row-major, by the definition.
+    pub(super) fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
         let mut c = vec![0.0f32; m * n];
         for i in 0..m {
             for j in 0..n {
@@ -569,7 +570,8 @@ mod tests {
         c
     }
 
-    fn values(n: usize, seed: usize) -> Vec<f32> {
+    /// `n` test values in `[-2, 2)`, different for each `seed`.
+    pub(super) fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
             .map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 - 500.0) / 250.0)
             .collect()

@@ -377,17 +377,13 @@ mod tests {
     /// `LSTM_LM_SGEMM` names one), with only `gemm` nothing is timed.
     #[test]
     fn a_measured_shape_keeps_a_library_and_its_values() {
+        use super::super::tests::{naive, values};
         use super::super::{product, Mat};
         // A shape no other test uses, just over the measured size.
         let (m, k, n) = (130, 250, 131);
         assert!(m * k * n >= MIN_MEASURED);
-        let value =
-            |i: usize, seed: usize| ((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0 - 1.0;
-        let a: Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| value(i, 2)).collect();
-        let want: Vec<f32> = (0..m * n)
-            .map(|x| (0..k).map(|p| a[x / n * k + p] * b[p * n + x % n]).sum())
-            .collect();
+        let (a, b) = (values(m * k, 1), values(k * n, 2));
+        let want = naive(&a, &b, m, k, n);
         for call in 0..2 + TRIALS * Library::ALL.len() {
             let got = product(Mat::new(&a, m, k, k), Mat::new(&b, k, n, n), true);
             let err = (got.iter().zip(&want))
