@@ -32,7 +32,7 @@ pub mod strategy;
 
 use crate::config::{Batching, ExperimentConfig};
 use crate::data::corpus::CorpusSource;
-use crate::data::prepare::{prepare, PrepareOptions};
+use crate::data::prepare::{prepare, PrepareOptions, Prepared};
 use crate::data::store::Tokens;
 use crate::data::tokenizer::{Codec, Tokenizer, BPE_FILE};
 use crate::data::vocab::Vocab;
@@ -110,71 +110,39 @@ pub fn checkpoint_interval(minutes: f64) -> Result<Option<Duration>> {
 }
 
 /// Trains, or continues, the run described by `request`.
-pub fn train(request: TrainRequest) -> Result<TrainReport> {
+pub fn train(mut request: TrainRequest) -> Result<TrainReport> {
+    let start = start_from(&mut request.config, &request.run_dir)?;
+    request.config.validate()?;
+    check_devices(&request.config, &request.devices)?;
+    let corpus = prepare_corpus(
+        &mut request.config,
+        &request.corpus,
+        &request.cache_dir,
+        start.as_ref(),
+        &request.events,
+    )?;
     let TrainRequest {
-        mut config,
-        corpus,
-        cache_dir,
+        config,
         run_dir,
-        fresh,
-        devices,
         events,
-        interrupter,
-        checkpoint_every,
-    } = request;
-    let start = start_from(&mut config, &run_dir)?;
-    config.validate()?;
-    check_devices(&config, &devices)?;
-    let device = devices[0].clone();
-    let options = PrepareOptions {
-        cache_dir,
-        max_vocab: config.data.max_vocab,
-        tokenizer: config.data.tokenizer,
-        fixed: start
-            .as_ref()
-            .map(|run| (run.vocab().clone(), run.codec().clone())),
-    };
-    let corpus = prepare(&corpus, &options, &mut |e| {
-        events.send(TrainEvent::Prepare(e))
-    })?;
-    events.info(format!(
-        "tokens: {} ({})",
-        corpus.dir.display(),
-        if corpus.reused {
-            "prepared before"
-        } else {
-            "prepared now"
-        }
-    ));
-    if let Some(note) = &corpus.held_out {
-        events.info(note.clone());
-    }
-    let vocab = corpus.vocab.clone();
-    config.model.vocab_size = vocab.len();
-    config
-        .model
-        .softmax
-        .check_vocab(vocab.len())
-        .map_err(Error::Config)?;
-    if let Softmax::Adaptive { cutoffs, .. } = &config.model.softmax {
-        events.info(cluster_note(cutoffs, vocab.len(), &corpus.train));
-    }
+        ..
+    } = &request;
     let report = |resumed_from, epochs, interrupted, test| TrainReport {
         resumed_from,
         epochs,
         interrupted,
         test,
-        vocab_size: vocab.len(),
+        vocab_size: corpus.vocab.len(),
     };
 
     // Held until this function returns; a second trainer in the same folder is refused.
-    let _lock = RunLock::acquire(&run_dir)?;
-    let resumed_from = prepare_folder(&run_dir, fresh, &config, &vocab, &events)?;
+    let _lock = RunLock::acquire(run_dir)?;
+    let resumed_from = prepare_folder(run_dir, request.fresh, config, &corpus.vocab, events)?;
     if let Some(done) = resumed_from.filter(|&e| e >= config.epochs) {
-        events.info(already_trained(&run_dir, done, config.epochs));
+        events.info(already_trained(run_dir, done, config.epochs));
         return Ok(report(resumed_from, Vec::new(), false, None));
     }
-    save_run(&run_dir, &config, &vocab, resumed_from.unwrap_or(0))?;
+    save_run(run_dir, config, &corpus.vocab, resumed_from.unwrap_or(0))?;
     if let Codec::Bpe(_) = corpus.codec {
         // The BPE model goes with the run: eval, generate and resume read it there.
         let from = corpus.dir.join(BPE_FILE);
@@ -182,36 +150,129 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
         crate::fsutil::write_atomic(&run_dir.join(BPE_FILE), &bytes)?;
     }
 
+    let start = start.filter(|_| resumed_from.is_none());
+    let fitted = fit(&request, &corpus, resumed_from, start.as_ref())?;
+    let test = match (&corpus.test, fitted.interrupted) {
+        (Some(test), false) => {
+            let eval_device = request.devices[0].clone().without_autodiff();
+            let model = fitted.model.fork(&eval_device);
+            Some(score_test(
+                &model,
+                config,
+                test,
+                &eval_device,
+                run_dir,
+                events,
+            ))
+        }
+        _ => None,
+    };
+    Ok(report(
+        resumed_from,
+        fitted.epochs,
+        fitted.interrupted,
+        test,
+    ))
+}
+
+/// The corpus as token stores (prepared now, or found in `cache_dir`), announced through
+/// `events`; sets `config.model.vocab_size` to its vocabulary and checks the softmax against
+/// it. A run started from another (`start`) keeps that run's vocabulary and tokenizer.
+fn prepare_corpus(
+    config: &mut ExperimentConfig,
+    corpus: &CorpusSource,
+    cache_dir: &Path,
+    start: Option<&Run>,
+    events: &EventSink,
+) -> Result<Prepared> {
+    let options = PrepareOptions {
+        cache_dir: cache_dir.to_path_buf(),
+        max_vocab: config.data.max_vocab,
+        tokenizer: config.data.tokenizer,
+        fixed: start.map(|run| (run.vocab().clone(), run.codec().clone())),
+    };
+    let corpus = prepare(corpus, &options, &mut |e| {
+        events.send(TrainEvent::Prepare(e))
+    })?;
+    let how = if corpus.reused {
+        "prepared before"
+    } else {
+        "prepared now"
+    };
+    events.info(format!("tokens: {} ({how})", corpus.dir.display()));
+    if let Some(note) = &corpus.held_out {
+        events.info(note.clone());
+    }
+    let vocab = corpus.vocab.len();
+    config.model.vocab_size = vocab;
+    config
+        .model
+        .softmax
+        .check_vocab(vocab)
+        .map_err(Error::Config)?;
+    if let Softmax::Adaptive { cutoffs, .. } = &config.model.softmax {
+        events.info(cluster_note(cutoffs, vocab, &corpus.train));
+    }
+    Ok(corpus)
+}
+
+/// What [`fit`] leaves.
+struct Fitted {
+    /// The model after the last step.
+    model: LanguageModel,
+    /// The epochs trained.
+    epochs: Vec<EpochStats>,
+    /// True when stopped by the interrupter.
+    interrupted: bool,
+}
+
+/// Trains the model of `request` on `corpus` through burn-train's `Learner` from epoch
+/// `resumed_from` (or within the epoch after it, from a checkpoint within an epoch), the
+/// weights of `start` when a new run starts from another; a failure or a diverged loss becomes
+/// the run's error.
+fn fit(
+    request: &TrainRequest,
+    corpus: &Prepared,
+    resumed_from: Option<usize>,
+    start: Option<&Run>,
+) -> Result<Fitted> {
+    let TrainRequest {
+        config,
+        run_dir,
+        devices,
+        events,
+        ..
+    } = request;
     let first_epoch = resumed_from.unwrap_or(0) + 1;
     let loaders = loaders(
-        &config,
+        config,
         &corpus.train,
         &corpus.valid,
         first_epoch,
-        &device,
-        &events,
+        &devices[0],
+        events,
     )?;
-    let partial = partial_to_resume(&run_dir, first_epoch, devices.len(), &events);
-    let steps_per_epoch = steps_per_epoch_on(&loaders, &devices, &config);
-    let start = start.filter(|_| resumed_from.is_none() && partial.is_none());
-    let mut model = init_model(&config, &devices, &run_dir, start.as_ref(), &events)?;
+    let partial = partial_to_resume(run_dir, first_epoch, devices.len(), events);
+    let steps_per_epoch = steps_per_epoch_on(&loaders, devices, config);
+    let start = start.filter(|_| partial.is_none());
+    let mut model = init_model(config, devices, run_dir, start, events)?;
     let setup = Setup {
-        run_dir: &run_dir,
-        config: &config,
-        devices: &devices,
+        run_dir,
+        config,
+        devices,
         first_epoch,
         resumed_from,
-        checkpoint_every,
+        checkpoint_every: request.checkpoint_every,
         tokens_per_char: (
             corpus.train.tokens_per_char(),
             corpus.valid.tokens_per_char(),
         ),
-        tokens_per_word: per_word(&config, &corpus.valid),
+        tokens_per_word: per_word(config, &corpus.valid),
     };
-    announce_start(&setup, steps_per_epoch, &partial, &events);
+    announce_start(&setup, steps_per_epoch, &partial, events);
 
     let recorder = Arc::new(Mutex::new(EpochRecorder::open(
-        &run_dir,
+        run_dir,
         config.lr_schedule,
         config.optimizer.lr(),
     )));
@@ -220,35 +281,24 @@ pub fn train(request: TrainRequest) -> Result<TrainReport> {
     let optim = optimizer(&config.optimizer, &mut model);
     let learner = Learner::new(model, optim, ModuleLrScheduler::new(scheduler));
     // Stops the run at the first NaN or infinite batch loss, before any checkpoint holds it.
-    let guard = DivergenceGuard::new(interrupter.clone());
-    let result = supervised(&setup, loaders, partial, &guard, &recorder, &events)
-        .with_interrupter(interrupter)
+    let guard = DivergenceGuard::new(request.interrupter.clone());
+    let result = supervised(&setup, loaders, partial, &guard, &recorder, events)
+        .with_interrupter(request.interrupter.clone())
         .launch(learner);
-    check_outcome(result.error, &guard, &rates, &run_dir)?;
+    check_outcome(result.error, &guard, &rates, run_dir)?;
     let interrupted = result.interrupted.is_some();
     if interrupted {
         events.info(format!(
             "interrupted; {}; run the same command again to continue",
-            kept_checkpoint(&run_dir)
+            kept_checkpoint(run_dir)
         ));
     }
-    let test = match (&corpus.test, interrupted) {
-        (Some(test), false) => {
-            let eval_device = device.clone().without_autodiff();
-            let model = result.model.fork(&eval_device);
-            Some(score_test(
-                &model,
-                &config,
-                test,
-                &eval_device,
-                &run_dir,
-                &events,
-            ))
-        }
-        _ => None,
-    };
     let epochs = recorder.lock().expect("recorder lock").recorded().to_vec();
-    Ok(report(resumed_from, epochs, interrupted, test))
+    Ok(Fitted {
+        model: result.model,
+        epochs,
+        interrupted,
+    })
 }
 
 /// Readies the locked run folder: stale temporary files removed, the run cleared when `fresh`,
@@ -301,7 +351,8 @@ fn cluster_note(cutoffs: &[usize], vocab: usize, train: &Tokens) -> String {
         .map(|(ids, share)| format!("ids {}-{} {:.1}%", ids.start, ids.end - 1, share * 100.0))
         .collect();
     format!(
-        "adaptive softmax: the head's {} words hold {:.1}% of the training tokens; tail clusters: {}",
+        "adaptive softmax: the head's {} words hold {:.1}% of the training tokens; tail \
+         clusters: {}",
         cutoffs[0],
         shares[0] * 100.0,
         clusters.join(", ")
