@@ -33,97 +33,124 @@ pub(crate) fn loaders(
     device: &Device,
     events: &EventSink,
 ) -> Result<Loaders> {
-    let data = &config.data;
-    let train_tokens = train_ids.len();
-    let train_sentences = train_ids.num_sentences();
-    match data.batching {
-        Batching::Buckets => {
-            let train_buckets = Buckets::new(train_ids.clone(), &data.buckets);
-            let valid_buckets = Buckets::new(valid_ids.clone(), &data.buckets);
-            let largest = data.buckets.iter().max().copied().unwrap_or(0);
-            events.info(format!(
-                "data: {} train sentences ({} tokens), {} valid; buckets {:?}; dropped {} train and \
-                 {} valid sentences longer than {largest} tokens",
-                train_sentences,
-                train_tokens - train_sentences,
-                valid_ids.num_sentences(),
-                data.buckets,
-                train_buckets.dropped,
-                valid_buckets.dropped,
-            ));
-            let steps_per_epoch = train_buckets.num_batches(data.batch_size);
-            if train_buckets.dropped == train_sentences {
-                return Err(Error::Config(format!(
-                    "every training sentence is longer than the largest bucket ({largest} \
-                     tokens); pass --batching stream (no length limit) or larger --buckets"
-                )));
-            }
-            if steps_per_epoch == 0 {
-                return Err(Error::Config(format!(
-                    "no bucket holds {} training sentences, so there is no full batch; lower \
-                     --batch-size or add training text",
-                    data.batch_size
-                )));
-            }
-            Ok(Loaders {
-                train: Arc::new(BucketLoader::training(
-                    train_buckets,
-                    data.batch_size,
-                    config.seed,
-                    first_epoch,
-                    device.clone(),
-                )),
-                valid: Arc::new(BucketLoader::evaluation(
-                    valid_buckets,
-                    data.batch_size,
-                    device.clone(),
-                )),
-                steps_per_epoch,
-                carry: None,
-            })
-        }
-        Batching::Stream => {
-            let train = StreamLoader::training(
-                Stream::new(train_ids.clone(), data.batch_size),
-                data.bptt,
-                config.seed,
-                first_epoch,
-                device.clone(),
-            );
-            let valid = StreamLoader::evaluation(
-                Stream::new(valid_ids.clone(), data.batch_size),
-                data.bptt,
-                device.clone(),
-            );
-            events.info(format!(
-                "data: a stream of {train_tokens} train tokens in {} columns, {} windows of {} \
-                 steps per epoch; valid {} tokens in {} windows",
-                data.batch_size,
-                train.num_windows(),
-                data.bptt,
-                valid_ids.len(),
-                valid.num_windows(),
-            ));
-            if train.num_windows() == 0 || valid.num_windows() == 0 {
-                return Err(Error::Config(format!(
-                    "the {} split is too short for {} columns of at least 2 tokens; lower \
-                     --batch-size or add text",
-                    if train.num_windows() == 0 {
-                        "training"
-                    } else {
-                        "validation"
-                    },
-                    data.batch_size
-                )));
-            }
-            Ok(Loaders {
-                steps_per_epoch: train.num_windows(),
-                carry: Some(train.carry()),
-                train: Arc::new(train),
-                valid: Arc::new(valid),
-            })
-        }
+    let source = Source {
+        config,
+        train_ids,
+        valid_ids,
+        first_epoch,
+        device,
+    };
+    match config.data.batching {
+        Batching::Buckets => bucket_loaders(&source, events),
+        Batching::Stream => stream_loaders(&source, events),
     }
+}
+
+/// What the loaders of a run are made from.
+struct Source<'a> {
+    config: &'a ExperimentConfig,
+    train_ids: &'a Arc<Tokens>,
+    valid_ids: &'a Arc<Tokens>,
+    /// The epoch training starts at (the shuffles are seeded per epoch).
+    first_epoch: usize,
+    device: &'a Device,
+}
+
+/// Bucket loaders: sentences grouped by length into `config.data.buckets`, shuffled each
+/// epoch; sentences longer than the largest bucket are dropped and counted.
+fn bucket_loaders(source: &Source, events: &EventSink) -> Result<Loaders> {
+    let data = &source.config.data;
+    let train_tokens = source.train_ids.len();
+    let train_sentences = source.train_ids.num_sentences();
+    let train_buckets = Buckets::new(source.train_ids.clone(), &data.buckets);
+    let valid_buckets = Buckets::new(source.valid_ids.clone(), &data.buckets);
+    let largest = data.buckets.iter().max().copied().unwrap_or(0);
+    events.info(format!(
+        "data: {} train sentences ({} tokens), {} valid; buckets {:?}; dropped {} train and \
+         {} valid sentences longer than {largest} tokens",
+        train_sentences,
+        train_tokens - train_sentences,
+        source.valid_ids.num_sentences(),
+        data.buckets,
+        train_buckets.dropped,
+        valid_buckets.dropped,
+    ));
+    let steps_per_epoch = train_buckets.num_batches(data.batch_size);
+    if train_buckets.dropped == train_sentences {
+        return Err(Error::Config(format!(
+            "every training sentence is longer than the largest bucket ({largest} \
+             tokens); pass --batching stream (no length limit) or larger --buckets"
+        )));
+    }
+    if steps_per_epoch == 0 {
+        return Err(Error::Config(format!(
+            "no bucket holds {} training sentences, so there is no full batch; lower \
+             --batch-size or add training text",
+            data.batch_size
+        )));
+    }
+    Ok(Loaders {
+        train: Arc::new(BucketLoader::training(
+            train_buckets,
+            data.batch_size,
+            source.config.seed,
+            source.first_epoch,
+            source.device.clone(),
+        )),
+        valid: Arc::new(BucketLoader::evaluation(
+            valid_buckets,
+            data.batch_size,
+            source.device.clone(),
+        )),
+        steps_per_epoch,
+        carry: None,
+    })
+}
+
+/// Stream loaders: the split as `config.data.batch_size` columns cut into windows of
+/// `config.data.bptt` steps, the state carried from window to window.
+fn stream_loaders(source: &Source, events: &EventSink) -> Result<Loaders> {
+    let data = &source.config.data;
+    let train_tokens = source.train_ids.len();
+    let train = StreamLoader::training(
+        Stream::new(source.train_ids.clone(), data.batch_size),
+        data.bptt,
+        source.config.seed,
+        source.first_epoch,
+        source.device.clone(),
+    );
+    let valid = StreamLoader::evaluation(
+        Stream::new(source.valid_ids.clone(), data.batch_size),
+        data.bptt,
+        source.device.clone(),
+    );
+    events.info(format!(
+        "data: a stream of {train_tokens} train tokens in {} columns, {} windows of {} \
+         steps per epoch; valid {} tokens in {} windows",
+        data.batch_size,
+        train.num_windows(),
+        data.bptt,
+        source.valid_ids.len(),
+        valid.num_windows(),
+    ));
+    if train.num_windows() == 0 || valid.num_windows() == 0 {
+        return Err(Error::Config(format!(
+            "the {} split is too short for {} columns of at least 2 tokens; lower \
+             --batch-size or add text",
+            if train.num_windows() == 0 {
+                "training"
+            } else {
+                "validation"
+            },
+            data.batch_size
+        )));
+    }
+    Ok(Loaders {
+        steps_per_epoch: train.num_windows(),
+        carry: Some(train.carry()),
+        train: Arc::new(train),
+        valid: Arc::new(valid),
+    })
 }
 
 /// Refuses device lists that cannot train `config`: none at all, or a stream whose columns do not
