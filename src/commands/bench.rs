@@ -328,6 +328,47 @@ const MAX_EXTRA_WARMUP: usize = 16;
 /// Runs the benchmark and reports its speed.
 pub fn run(request: &BenchRequest) -> Result<BenchReport> {
     crate::model::fused::set_enabled(!request.composed);
+    let device = request.device.clone().autodiff();
+    let (config, batches, shares) = setup(request, &device)?;
+    let tally = time_steps(request, &config, &batches, &shares, &device);
+    let seconds = tally.seconds;
+    let per_sec = |n: usize| n as f64 / seconds;
+    let per_step = |x: f64| x / request.steps.max(1) as f64;
+    let gflops = tally.flops / seconds / 1e9;
+    // The peak before the ceiling's products: their three `[2048, 2048]` matrices (48 MiB) and
+    // packing buffers are not the training's memory, and raised the peak by up to 13 MiB.
+    let peak_rss_mib = peak_rss_mib();
+    let ceiling = request.ceiling.then(|| sgemm_ceiling(2048, 1.0));
+    Ok(BenchReport {
+        fused: crate::model::fused::enabled(),
+        config: request.config.name(),
+        device: crate::device::describe(&request.device),
+        vocab: config.model.vocab_size,
+        params: config.model.num_params(),
+        steps: request.steps,
+        seconds,
+        tokens: tally.tokens,
+        positions: tally.positions,
+        samples: tally.samples,
+        tokens_per_sec: per_sec(tally.tokens),
+        positions_per_sec: per_sec(tally.positions),
+        samples_per_sec: per_sec(tally.samples),
+        ms_per_step: per_step(seconds * 1e3),
+        phase_ms: tally.phases.map(|p| per_step(p * 1e3)),
+        last_loss: tally.last_loss,
+        peak_rss_mib,
+        gflop_per_step: per_step(tally.flops / 1e9),
+        gflops,
+        share_of_ceiling: ceiling.as_ref().map(|c| gflops / c.gflops),
+        ceiling,
+        products: matmul::decisions().iter().map(|d| d.to_string()).collect(),
+    })
+}
+
+/// The experiment `request` times, with the vocabulary of its text (padded to `min_vocab`);
+/// the batches of one pass over the text; and the adaptive softmax's shares of the tokens in
+/// each tail cluster (empty for a full softmax), which the FLOPs formula counts.
+fn setup(request: &BenchRequest, device: &Device) -> Result<(ExperimentConfig, Batches, Vec<f64>)> {
     let mut config = request.config.experiment();
     if let Some(softmax) = &request.softmax {
         config.model.softmax = softmax.clone();
@@ -335,10 +376,8 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
     let vocab = Vocab::build(request.text.iter().map(Vec::as_slice), 0);
     let ids: Vec<Vec<usize>> = request.text.iter().map(|s| vocab.encode(s)).collect();
     let ids = Arc::new(Tokens::from_sentences(&ids));
-    let device = request.device.clone().autodiff();
-    let batches = Batches::new(&config, &ids, request.seed, &device);
-    let n = batches.len();
-    if n == 0 {
+    let batches = Batches::new(&config, &ids, request.seed, device);
+    if batches.len() == 0 {
         return Err(Error::Config(format!(
             "the benchmark text is too short for one batch of {} ({} sentences)",
             config.data.batch_size,
@@ -356,15 +395,51 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
         Softmax::Adaptive { cutoffs, .. } => ids.shares_below_and_between(cutoffs)[1..].to_vec(),
         Softmax::Full => Vec::new(),
     };
-    let mut model = config.model.init(request.seed, &device);
+    Ok((config, batches, shares))
+}
+
+/// What the timed steps of [`time_steps`] did.
+struct Tally {
+    /// Wall time from the first timed step to the end of the last.
+    seconds: f64,
+    /// Tokens as the reference counts them, summed over the timed steps.
+    tokens: usize,
+    /// Positions (`batch x seq`), summed.
+    positions: usize,
+    /// Sequences, summed.
+    samples: usize,
+    /// FLOPs of the timed steps ([`step_flops`]).
+    flops: f64,
+    /// Seconds in the step (forward, loss, backward) and in the update, summed.
+    phases: [f64; 2],
+    /// The loss of the last step, timed or not.
+    last_loss: f64,
+}
+
+/// Trains a new model of `config` on `batches` as the Learner does: `request.warmup` untimed
+/// steps (more while product shapes are still timed through each library), then
+/// `request.steps` timed ones.
+fn time_steps(
+    request: &BenchRequest,
+    config: &ExperimentConfig,
+    batches: &Batches,
+    shares: &[f64],
+    device: &Device,
+) -> Tally {
+    let mut model = config.model.init(request.seed, device);
     model.max_grad_norm = config.clip;
     let mut optim = optimizer(&config.optimizer, &mut model);
     let lr = config.optimizer.lr();
-
-    let (mut tokens, mut positions, mut samples, mut flops) = (0, 0, 0, 0.0);
-    let mut last_loss = f64::NAN;
-    let mut phases = [0.0f64; 2];
-    let shapes: Vec<(usize, usize)> = (0..n).map(|k| batches.shape(k)).collect();
+    let mut tally = Tally {
+        seconds: 0.0,
+        tokens: 0,
+        positions: 0,
+        samples: 0,
+        flops: 0.0,
+        phases: [0.0; 2],
+        last_loss: f64::NAN,
+    };
+    let shapes: Vec<(usize, usize)> = (0..batches.len()).map(|k| batches.shape(k)).collect();
     let mut start = Instant::now();
     let mut was_timed = false;
     // Passes over the text, counted as epochs: each starts the stream from zeros again.
@@ -390,54 +465,25 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
             pass += 1;
         }
         let t0 = Instant::now();
-        let (batch, counted) = batches.get(pass, index, &device);
+        let (batch, counted) = batches.get(pass, index, device);
         let (rows, seq) = shapes[index];
         let scored = batch.real_rows.as_ref().map_or(rows * seq, |r| r.dims()[0]);
         let output = TrainStep::step(&model, batch);
         let t1 = Instant::now();
         model = model.optimize(&mut optim, lr.into(), output.grads);
         // Reading the loss waits for the step, as the trainer's metrics do.
-        last_loss = output.item.loss.into_scalar::<f32>() as f64;
+        tally.last_loss = output.item.loss.into_scalar::<f32>() as f64;
         if timed {
-            phases[0] += (t1 - t0).as_secs_f64();
-            phases[1] += t1.elapsed().as_secs_f64();
-            positions += rows * seq;
-            samples += rows;
-            tokens += counted;
-            flops += step_flops(&config.model, rows * seq, scored, &shares);
+            tally.phases[0] += (t1 - t0).as_secs_f64();
+            tally.phases[1] += t1.elapsed().as_secs_f64();
+            tally.positions += rows * seq;
+            tally.samples += rows;
+            tally.tokens += counted;
+            tally.flops += step_flops(&config.model, rows * seq, scored, shares);
         }
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let per_sec = |n: usize| n as f64 / seconds;
-    let gflops = flops / seconds / 1e9;
-    // The peak before the ceiling's products: their three `[2048, 2048]` matrices (48 MiB) and
-    // packing buffers are not the training's memory, and raised the peak by up to 13 MiB.
-    let peak_rss_mib = peak_rss_mib();
-    let ceiling = request.ceiling.then(|| sgemm_ceiling(2048, 1.0));
-    Ok(BenchReport {
-        fused: crate::model::fused::enabled(),
-        config: request.config.name(),
-        device: crate::device::describe(&request.device),
-        vocab: config.model.vocab_size,
-        params: config.model.num_params(),
-        steps: request.steps,
-        seconds,
-        tokens,
-        positions,
-        samples,
-        tokens_per_sec: per_sec(tokens),
-        positions_per_sec: per_sec(positions),
-        samples_per_sec: per_sec(samples),
-        ms_per_step: seconds * 1e3 / request.steps.max(1) as f64,
-        phase_ms: phases.map(|p| p * 1e3 / request.steps.max(1) as f64),
-        last_loss,
-        peak_rss_mib,
-        gflop_per_step: flops / 1e9 / request.steps.max(1) as f64,
-        gflops,
-        share_of_ceiling: ceiling.as_ref().map(|c| gflops / c.gflops),
-        ceiling,
-        products: matmul::decisions().iter().map(|d| d.to_string()).collect(),
-    })
+    tally.seconds = start.elapsed().as_secs_f64();
+    tally
 }
 
 impl std::fmt::Display for BenchReport {
