@@ -456,6 +456,35 @@ fn no_tokens(path: &Path) -> Error {
     }
 }
 
+/// The vocabulary and tokenizer the corpus is encoded with: those given (`options.fixed`, a run
+/// continued from another; the BPE model is saved into `dir`), else learned from the training
+/// inputs, up to the held-out line `cut`.
+fn vocab_and_codec(
+    dir: &Path,
+    plan: &Plan,
+    cut: Option<usize>,
+    options: &PrepareOptions,
+    report: &mut dyn FnMut(PrepareEvent),
+) -> Result<(Vocab, Codec)> {
+    Ok(match (&options.fixed, options.tokenizer) {
+        (Some((vocab, codec)), _) => {
+            bpe::save_codec(codec, dir)?;
+            (vocab.clone(), codec.clone())
+        }
+        (None, Tokenizer::Bpe) => {
+            report(PrepareEvent::Started {
+                stage: "learning BPE",
+                bytes: total_bytes(&plan.train)?,
+            });
+            let learned = bpe::train(dir, &plan.train, cut, options.max_vocab)?;
+            report(PrepareEvent::Finished);
+            learned
+        }
+        (None, Tokenizer::Word) => (count_tokens(plan, cut, options, report)?, Codec::Word),
+        (None, Tokenizer::Char) => (count_tokens(plan, cut, options, report)?, Codec::Char),
+    })
+}
+
 /// Writes the vocabulary, the stores and the manifest of `plan` into the folder `dir`.
 fn write_prepared(
     dir: &Path,
@@ -473,23 +502,7 @@ fn write_prepared(
     let cut = plan
         .held_out
         .map(|h| (train_lines.iter().sum::<usize>() as f64 * h.train_fraction) as usize);
-    let (vocab, codec) = match (&options.fixed, options.tokenizer) {
-        (Some((vocab, codec)), _) => {
-            bpe::save_codec(codec, dir)?;
-            (vocab.clone(), codec.clone())
-        }
-        (None, Tokenizer::Bpe) => {
-            report(PrepareEvent::Started {
-                stage: "learning BPE",
-                bytes: total_bytes(&plan.train)?,
-            });
-            let learned = bpe::train(dir, &plan.train, cut, options.max_vocab)?;
-            report(PrepareEvent::Finished);
-            learned
-        }
-        (None, Tokenizer::Word) => (count_tokens(plan, cut, options, report)?, Codec::Word),
-        (None, Tokenizer::Char) => (count_tokens(plan, cut, options, report)?, Codec::Char),
-    };
+    let (vocab, codec) = vocab_and_codec(dir, plan, cut, options, report)?;
     vocab.save(&dir.join("vocab.txt"))?;
     let store = |name: &str| StoreWriter::create(&dir.join(format!("{name}.tokens")), vocab.len());
     let all: Vec<&Input> = plan
