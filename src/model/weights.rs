@@ -161,27 +161,7 @@ impl LmConfig {
                 self.n_layers
             ));
         }
-        let mut layers = Vec::with_capacity(self.n_layers);
-        for (k, layer) in weights.layers.into_iter().enumerate() {
-            check(
-                &format!("layer {k}'s input weight"),
-                &layer.input,
-                if k == 0 { e } else { h },
-                4 * h,
-            )?;
-            check(
-                &format!("layer {k}'s recurrent weight"),
-                &layer.hidden,
-                h,
-                4 * h,
-            )?;
-            check_len(&format!("layer {k}'s bias"), &layer.bias, 4 * h)?;
-            layers.push(LstmLayer {
-                input_weight: layer.input.param(device),
-                hidden_weight: layer.hidden.param(device),
-                bias: vector(layer.bias, device),
-            });
-        }
+        let layers = self.lstm_layers(weights.layers, device)?;
         let embedding = Embedding {
             weight: weights.embedding.param(device),
         };
@@ -205,30 +185,82 @@ impl LmConfig {
                 Softmax::Adaptive { cutoffs, div_value },
                 _,
             ) => {
-                let mut given =
-                    std::iter::once(head).chain(tails.into_iter().flat_map(|(p, o)| [p, o]));
-                let mut problem = None;
-                let adaptive = AdaptiveSoftmax::new(h, v, cutoffs, *div_value, |rows, cols| {
-                    let m = given
-                        .next()
-                        .unwrap_or_else(|| Matrix::new(0, 0, Vec::new()));
-                    if problem.is_none() {
-                        problem = check("an adaptive softmax matrix", &m, rows, cols).err();
-                    }
-                    m.param(device)
-                });
-                if let Some(p) = problem.or_else(|| {
-                    given
-                        .next()
-                        .map(|_| "more adaptive softmax clusters than the cutoffs give".into())
-                }) {
-                    return Err(p);
-                }
+                let adaptive = self.adaptive(cutoffs, *div_value, head, tails, device)?;
                 Ok(self.assemble(embedding, layers, None, None, Some(adaptive)))
             }
             _ => {
                 Err("the output layer's kind does not match the config's softmax and tying".into())
             }
+        }
+    }
+
+    /// The LSTM layers of `weights`, each checked against the config: input weight `[input,
+    /// 4 * hidden]`, recurrent weight `[hidden, 4 * hidden]`, bias `[4 * hidden]`.
+    fn lstm_layers(
+        &self,
+        weights: Vec<LayerWeights>,
+        device: &Device,
+    ) -> Result<Vec<LstmLayer>, String> {
+        let (e, h) = (self.d_embed, self.d_hidden);
+        let mut layers = Vec::with_capacity(weights.len());
+        for (k, layer) in weights.into_iter().enumerate() {
+            check(
+                &format!("layer {k}'s input weight"),
+                &layer.input,
+                if k == 0 { e } else { h },
+                4 * h,
+            )?;
+            check(
+                &format!("layer {k}'s recurrent weight"),
+                &layer.hidden,
+                h,
+                4 * h,
+            )?;
+            check_len(&format!("layer {k}'s bias"), &layer.bias, 4 * h)?;
+            layers.push(LstmLayer {
+                input_weight: layer.input.param(device),
+                hidden_weight: layer.hidden.param(device),
+                bias: vector(layer.bias, device),
+            });
+        }
+        Ok(layers)
+    }
+
+    /// The adaptive softmax of `cutoffs` holding `head` (`[hidden, shortlist + clusters]`) and
+    /// `tails` (`([hidden, d_tail], [d_tail, cluster size])` per tail cluster), each matrix
+    /// checked against the shape the cutoffs give.
+    fn adaptive(
+        &self,
+        cutoffs: &[usize],
+        div_value: f64,
+        head: Matrix,
+        tails: Vec<(Matrix, Matrix)>,
+        device: &Device,
+    ) -> Result<AdaptiveSoftmax, String> {
+        let mut given = std::iter::once(head).chain(tails.into_iter().flat_map(|(p, o)| [p, o]));
+        let mut problem = None;
+        let adaptive = AdaptiveSoftmax::new(
+            self.d_hidden,
+            self.vocab_size,
+            cutoffs,
+            div_value,
+            |rows, cols| {
+                let m = given
+                    .next()
+                    .unwrap_or_else(|| Matrix::new(0, 0, Vec::new()));
+                if problem.is_none() {
+                    problem = check("an adaptive softmax matrix", &m, rows, cols).err();
+                }
+                m.param(device)
+            },
+        );
+        match problem.or_else(|| {
+            given
+                .next()
+                .map(|_| "more adaptive softmax clusters than the cutoffs give".into())
+        }) {
+            Some(p) => Err(p),
+            None => Ok(adaptive),
         }
     }
 }
