@@ -24,7 +24,8 @@ pub enum DeviceChoice {
 /// An adapter wgpu can see.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Adapter {
-    /// The driver's name for it, e.g. "NVIDIA H100 80GB HBM3" or "llvmpipe (LLVM 15.0.6, 256 bits)".
+    /// The driver's name for it, e.g. "NVIDIA H100 80GB HBM3" or "llvmpipe (LLVM 15.0.6, 256
+    /// bits)".
     pub name: String,
     /// wgpu's device type: DiscreteGpu, IntegratedGpu, VirtualGpu, Cpu or Other.
     pub kind: String,

@@ -1,8 +1,9 @@
 //! Train word-level LSTM language models with [Burn](https://burn.dev), on a GPU (wgpu) or a CPU.
 //!
 //! The library holds everything; the `lstm-lm` binary only parses flags, picks devices and
-//! prints what the library returns or reports ([`train::events`]). The modules are layers, each importing only the ones listed before it
-//! (`tests/layers.rs` reads `src/` and fails on an import against this order or a cycle):
+//! prints what the library returns or reports ([`train::events`]). The modules are layers, each
+//! importing only the ones listed before it (`tests/layers.rs` reads `src/` and fails on an
+//! import against this order or a cycle):
 //!
 //! | layer | what it holds |
 //! |---|---|

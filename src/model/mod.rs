@@ -214,8 +214,8 @@ pub struct LanguageModel {
     pub max_grad_norm: f64,
     /// Devices a training step is spread over (1 = one device). burn-train's multi-device
     /// strategy sums the devices' gradients, so each device's loss is divided by this, making the
-    /// sum their mean, and each device clips at its share of [`max_grad_norm`](Self::max_grad_norm).
-    /// A training setting, never checkpointed.
+    /// sum their mean, and each device clips at its share of
+    /// [`max_grad_norm`](Self::max_grad_norm). A training setting, never checkpointed.
     #[module(skip)]
     pub devices: usize,
     /// Where the clipping scale goes when the optimizer applies it in its own pass (plain SGD on

@@ -134,7 +134,8 @@ where
 }
 
 /// Tick values for a log axis over `lo..hi`: 1, 2, 5 (or denser: 1, 2, 3, 5, or 1 to 9) times
-/// powers of ten, as many as fit in 12 (every k-th power of ten over a very wide range); the ends themselves when no such value falls inside.
+/// powers of ten, as many as fit in 12 (every k-th power of ten over a very wide range); the
+/// ends themselves when no such value falls inside.
 fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     let first = lo.log10().floor() as i32;
     let last = hi.log10().ceil() as i32;

@@ -42,7 +42,8 @@ pub struct Options {
     pub binary: Option<PathBuf>,
     /// PyTorch's device: `cpu`, or `cuda` (cuDNN).
     pub reference_device: String,
-    /// Time lstm-lm with Burn's composed ops instead of its fused ones (`lstm-lm bench --composed`).
+    /// Time lstm-lm with Burn's composed ops instead of its fused ones (`lstm-lm bench
+    /// --composed`).
     pub composed: bool,
 }
 
