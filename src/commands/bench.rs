@@ -166,6 +166,10 @@ pub struct BenchReport {
     /// library kept and each one's median time, largest first: `[700, 650] x [650, 10000]:
     /// openblas (medians: gemm 45.10 ms, openblas 41.02 ms)`.
     pub products: Vec<String>,
+    /// The system OpenBLAS built in (feature `openblas`): version, build options and the
+    /// kernels it picked for this CPU, e.g. `OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH
+    /// NO_AFFINITY Zen MAX_THREADS=64`.
+    pub openblas: Option<String>,
 }
 
 /// The best f32 matrix-product rate measured on this machine: a `[2048, 2048] x [2048, 2048]`
@@ -362,6 +366,7 @@ pub fn run(request: &BenchRequest) -> Result<BenchReport> {
         share_of_ceiling: ceiling.as_ref().map(|c| gflops / c.gflops),
         ceiling,
         products: matmul::decisions().iter().map(|d| d.to_string()).collect(),
+        openblas: matmul::openblas_config(),
     })
 }
 
@@ -524,6 +529,9 @@ impl std::fmt::Display for BenchReport {
         }
         for product in &self.products {
             write!(f, "\n  product {product}")?;
+        }
+        if let Some(openblas) = &self.openblas {
+            write!(f, "\n  {openblas}")?;
         }
         Ok(())
     }

@@ -67,6 +67,10 @@ struct Run {
     /// The library each product shape kept (built with `--features openblas`), one line each.
     #[serde(default)]
     products: Vec<String>,
+    /// The system OpenBLAS built in, with the kernels it picked for this CPU (feature
+    /// `openblas`).
+    #[serde(default)]
+    openblas: Option<String>,
 }
 
 /// The part of lstm-lm's ceiling report the table shows.
@@ -415,6 +419,7 @@ fn run_reference(options: &Options, python: &Path, config: &str) -> Result<Run> 
         gflop_per_step: None,
         ceiling: None,
         products: Vec::new(),
+        openblas: None,
     })
 }
 
@@ -526,6 +531,9 @@ fn print_table(
         spread(&measured.iter().map(|c| c.gflops).collect::<Vec<_>>()),
         spread(reference_ceilings),
     );
+    if let Some(openblas) = ours.iter().flatten().find_map(|r| r.openblas.as_ref()) {
+        println!("lstm-lm's OpenBLAS: {openblas}");
+    }
     println!(
         "| config | system | tokens/s (median, min-max) | samples/s | ms/step | peak RSS MiB | GFLOP/s | share of ceiling | ratio to PyTorch |"
     );
@@ -650,6 +658,7 @@ mod tests {
                 path: "gemm".into(),
             }),
             products: Vec::new(),
+            openblas: None,
         }
     }
 

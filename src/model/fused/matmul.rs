@@ -16,6 +16,15 @@ mod openblas;
 use library::Shape;
 pub(crate) use library::{decisions, trials_open, Library};
 
+/// The system OpenBLAS the products may run through (feature `openblas`): its version, build
+/// options and the kernels it picked for this CPU; `None` in a build without it.
+pub(crate) fn openblas_config() -> Option<String> {
+    #[cfg(feature = "openblas")]
+    return Some(openblas::config());
+    #[cfg(not(feature = "openblas"))]
+    None
+}
+
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -568,6 +577,20 @@ mod tests {
             }
         }
         c
+    }
+
+    #[test]
+    fn the_bench_names_the_openblas_it_runs_and_its_kernels_only_when_built_in() {
+        let config = openblas_config();
+        #[cfg(feature = "openblas")]
+        {
+            let config = config.expect("a build with the feature has OpenBLAS");
+            // `OpenBLAS <version> <options> <the kernels picked for this CPU> MAX_THREADS=...`.
+            assert!(config.starts_with("OpenBLAS 0."), "{config}");
+            assert!(config.split_whitespace().count() >= 3, "{config}");
+        }
+        #[cfg(not(feature = "openblas"))]
+        assert_eq!(config, None);
     }
 
     /// `n` test values in `[-2, 2)`, different for each `seed`.

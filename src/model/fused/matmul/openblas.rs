@@ -5,7 +5,7 @@
 //! of its own, once, so that it never runs threads of its own beside rayon's (its idle workers
 //! spin before they sleep, which would take a core from the next parallel kernel).
 
-use std::ffi::c_int;
+use std::ffi::{c_char, c_int, CStr};
 use std::sync::Once;
 
 use cblas_sys::{cblas_sgemm, CBLAS_LAYOUT, CBLAS_TRANSPOSE};
@@ -14,6 +14,17 @@ use cblas_sys::{cblas_sgemm, CBLAS_LAYOUT, CBLAS_TRANSPOSE};
 extern "C" {
     /// OpenBLAS's own thread count for the calls that follow (not part of CBLAS).
     fn openblas_set_num_threads(threads: c_int);
+    /// The library's build options and the kernels it picked for this CPU (not part of CBLAS).
+    fn openblas_get_config() -> *const c_char;
+}
+
+/// The linked OpenBLAS's version, build options and the kernels it picked for this CPU at load
+/// time, e.g. `OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY Zen MAX_THREADS=64` (a
+/// `DYNAMIC_ARCH` build reads `OPENBLAS_CORETYPE` to pick others).
+pub(crate) fn config() -> String {
+    // SAFETY: OpenBLAS returns a NUL-terminated string it owns for the process's lifetime.
+    let config = unsafe { CStr::from_ptr(openblas_get_config()) };
+    config.to_string_lossy().trim().to_string()
 }
 
 /// An operand as row-major CBLAS reads it: `[rows, cols]` stored row by row (`ld` apart), or
