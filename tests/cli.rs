@@ -1307,3 +1307,45 @@ fn a_closed_pipe_ends_the_output_quietly() {
         assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE: {stderr}");
     }
 }
+
+/// The binary reserves memory from the OS 64 MiB at a time (mimalloc's default, 1 GiB arenas,
+/// placed a step's large buffers far apart: `medium`'s peak RSS was 256 - 290 MiB against 244 -
+/// 252), from its first allocation on, and a user's `MIMALLOC_ARENA_RESERVE` still wins.
+#[test]
+#[cfg(target_os = "linux")]
+fn memory_is_reserved_in_small_arenas_unless_the_user_says_otherwise() {
+    // mimalloc prints its statistics to stderr at exit: `reserved : <peak> <unit> ...`.
+    let reserved_mib = |env: &[(&str, &str)]| -> f64 {
+        let mut c = lstm_lm();
+        c.arg("--version").env("MIMALLOC_SHOW_STATS", "1");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().expect("lstm-lm runs");
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let line = stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with("reserved"))
+            .unwrap_or_else(|| panic!("no `reserved` line in mimalloc's statistics:\n{stderr}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        // ["reserved", ":", peak, unit, ...]
+        let peak: f64 = words[2].parse().expect("a number");
+        match words[3] {
+            "GiB" => peak * 1024.0,
+            "MiB" => peak,
+            "KiB" => peak / 1024.0,
+            unit => panic!("unexpected unit {unit} in {line}"),
+        }
+    };
+    let ours = reserved_mib(&[]);
+    assert!(
+        ours < 128.0,
+        "reserved {ours} MiB at start, not one small arena"
+    );
+    let theirs = reserved_mib(&[("MIMALLOC_ARENA_RESERVE", "256MiB")]);
+    assert!(
+        theirs >= 256.0,
+        "the user's 256 MiB arenas were overridden: {theirs} MiB"
+    );
+}
