@@ -218,6 +218,70 @@ impl ResumableStrategy {
             let _ = std::fs::remove_file(progress_path(&dir, old));
         }
     }
+    /// Trains epoch `epoch`'s split from batch `skip` on (the batches before it were done before
+    /// a resume), with the events burn-train's loop sends, and saves a partial checkpoint every
+    /// `every`; returns early when the interrupter stops the run.
+    fn train_split<M: LearnerModel>(
+        &self,
+        learner: &mut Learner<M>,
+        loader: &TrainLoader<M>,
+        (epoch, skip): (usize, usize),
+        io: SplitIo<M>,
+    ) {
+        let SplitIo {
+            processor,
+            interrupter,
+            partial,
+            store,
+        } = io;
+        interrupter.fail_on_error(processor.process_train(LearnerEvent::StartSplit {
+            epoch_number: epoch,
+            total_items: loader.num_items(),
+        }));
+        let mut iterator = loader.iter();
+        for _ in 0..skip {
+            iterator.next();
+        }
+        let mut iteration = skip;
+        let mut last_save = Instant::now();
+        while let Some(item) = next_item(&mut *iterator, interrupter) {
+            iteration += 1;
+            let progress = iterator.progress();
+            let output = learner.train_step(item);
+            learner.lr_step();
+            learner.optimizer_step(output.grads);
+            let item = TrainingItem::new(
+                output.item,
+                progress.clone(),
+                Some(iteration),
+                Some(learner.lr_current()),
+            );
+            interrupter.fail_on_error(processor.process_train(LearnerEvent::ProcessedItem(item)));
+            if interrupter.should_stop() {
+                break;
+            }
+            if let Some(every) = self.every {
+                if last_save.elapsed() >= every && !progress.is_completed() {
+                    // The metrics (and the divergence guard) see every batch before the save.
+                    interrupter.fail_on_error(processor.flush());
+                    if interrupter.should_stop() {
+                        break;
+                    }
+                    self.save_partial(partial, learner, epoch, iteration, store);
+                    last_save = Instant::now();
+                }
+            }
+        }
+        interrupter.fail_on_error(processor.process_train(LearnerEvent::EndSplit(epoch)));
+    }
+}
+
+/// Where a training split reports its events and saves its partial checkpoints.
+struct SplitIo<'a, M: LearnerModel> {
+    processor: &'a mut SupervisedTrainingEventProcessor<M>,
+    interrupter: &'a Interrupter,
+    partial: &'a mut LearningCheckpointer<M>,
+    store: &'a EventStoreClient,
 }
 
 impl<M: LearnerModel> SupervisedLearningStrategy<M> for ResumableStrategy {
@@ -230,7 +294,6 @@ impl<M: LearnerModel> SupervisedLearningStrategy<M> for ResumableStrategy {
         starting_epoch: usize,
     ) -> (M, SupervisedTrainingEventProcessor<M>) {
         let dataloader_train = dataloader_train.to_device(&self.device);
-        let train_total_items = dataloader_train.num_items();
         let dataloader_valid = dataloader_valid.to_device(&self.device.clone().inner());
         learner.fork(&self.device);
         let mut processor = components.event_processor;
@@ -249,50 +312,17 @@ impl<M: LearnerModel> SupervisedLearningStrategy<M> for ResumableStrategy {
         }
 
         for epoch in starting_epoch..=components.num_epochs {
-            interrupter.fail_on_error(processor.process_train(LearnerEvent::StartSplit {
-                epoch_number: epoch,
-                total_items: train_total_items,
-            }));
-            let mut iterator = dataloader_train.iter();
             let skip = resume
                 .take()
                 .filter(|r| r.epoch == epoch)
                 .map_or(0, |r| r.batches);
-            for _ in 0..skip {
-                iterator.next();
-            }
-            let mut iteration = skip;
-            let mut last_save = Instant::now();
-            while let Some(item) = next_item(&mut *iterator, &interrupter) {
-                iteration += 1;
-                let progress = iterator.progress();
-                let output = learner.train_step(item);
-                learner.lr_step();
-                learner.optimizer_step(output.grads);
-                let item = TrainingItem::new(
-                    output.item,
-                    progress.clone(),
-                    Some(iteration),
-                    Some(learner.lr_current()),
-                );
-                interrupter
-                    .fail_on_error(processor.process_train(LearnerEvent::ProcessedItem(item)));
-                if interrupter.should_stop() {
-                    break;
-                }
-                if let Some(every) = self.every {
-                    if last_save.elapsed() >= every && !progress.is_completed() {
-                        // The metrics (and the divergence guard) see every batch before the save.
-                        interrupter.fail_on_error(processor.flush());
-                        if interrupter.should_stop() {
-                            break;
-                        }
-                        self.save_partial(&mut partial, &learner, epoch, iteration, &store);
-                        last_save = Instant::now();
-                    }
-                }
-            }
-            interrupter.fail_on_error(processor.process_train(LearnerEvent::EndSplit(epoch)));
+            let io = SplitIo {
+                processor: &mut processor,
+                interrupter: &interrupter,
+                partial: &mut partial,
+                store: &store,
+            };
+            self.train_split(&mut learner, &dataloader_train, (epoch, skip), io);
             if interrupter.should_stop() {
                 break;
             }
