@@ -26,17 +26,32 @@ use lstm_lm::train::{self, events::EventSink};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc's `mi_option_purge_delay` (its place in `mi_option_e`, which the bindings leave
-/// unnamed): how long freed memory waits before it is returned to the OS, in ms.
+/// unnamed): how long freed memory waits before it is returned to the OS, in ms; -1: never.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Never purge freed memory: a training step frees and reallocates the same large buffers
-/// (logits, gradients, workspaces), and with mimalloc's default 10 ms delay the pages went back
-/// to the OS between steps and were zeroed again on the next: 6% of a `medium` step's samples
-/// were the kernel's `clear_page`. With this, a 16-step `medium` bench takes ~480 page faults
-/// instead of 19,000 - 27,000, and ran 3 - 11% faster in alternating runs (docs/BENCHMARKS.md).
+/// Never purge freed memory, for the training steps: a step frees and reallocates the same large
+/// buffers (logits, gradients, workspaces), and with mimalloc's default 10 ms delay the pages
+/// went back to the OS between steps and were zeroed again on the next: 6% of a `medium` step's
+/// samples were the kernel's `clear_page`. With this, a 16-step `medium` bench takes ~480 page
+/// faults instead of 19,000 - 27,000, and ran 3 - 11% faster in alternating runs
+/// (docs/BENCHMARKS.md).
 fn keep_freed_memory() {
-    // SAFETY: called once at the start of `main`, before any other thread exists.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    set_purge_delay(-1);
+}
+
+/// Purge freed memory at once while `train` prepares a text and builds the model: the passes
+/// over the text free what they used on every thread, and kept, that memory set the peak of
+/// preparing a 30M-token text at 523 - 564 MiB; purged, 355 - 363, in the same time
+/// (docs/BENCHMARKS.md). `train` keeps freed memory again from its first training split on.
+fn purge_freed_memory() {
+    set_purge_delay(0);
+}
+
+/// Sets mimalloc's purge delay: `ms` milliseconds, 0 at once, -1 never.
+fn set_purge_delay(ms: std::ffi::c_long) {
+    // SAFETY: `mi_option_set` stores the value of one of mimalloc's options, which it reads
+    // each time it schedules a purge; mimalloc exports it to be called at run time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms) };
 }
 
 /// mimalloc's `mi_option_arena_reserve` (its place in `mi_option_e`): the size of each arena it
@@ -155,6 +170,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     .context("cannot install the Ctrl-C handler")?;
 
     let mut display = Display::new(args.progress, args.log_every);
+    purge_freed_memory();
     let report = train::train(train::TrainRequest {
         config,
         corpus,
@@ -165,7 +181,12 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         run_dir,
         fresh: args.fresh,
         devices,
-        events: EventSink::new(move |event| display.show(event)),
+        events: EventSink::new(move |event| {
+            if matches!(event, train::events::TrainEvent::SplitStarted(_)) {
+                keep_freed_memory();
+            }
+            display.show(event)
+        }),
         interrupter,
         checkpoint_every,
     })?;
