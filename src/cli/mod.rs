@@ -1,4 +1,6 @@
-//! The binary's parts: its flags ([`args`]) and how it shows training ([`display`]).
+//! The binary's parts: its flags ([`args`]), how it shows training ([`display`]) and its
+//! allocator's settings ([`memory`]).
 
 pub mod args;
 pub mod display;
+pub mod memory;
