@@ -16,6 +16,10 @@ mod openblas;
 use library::Shape;
 pub(crate) use library::{decisions, trials_open, Library};
 
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
 /// The system OpenBLAS the products may run through (feature `openblas`): its version, build
 /// options and the kernels it picked for this CPU; `None` in a build without it.
 pub(crate) fn openblas_config() -> Option<String> {
@@ -24,10 +28,6 @@ pub(crate) fn openblas_config() -> Option<String> {
     #[cfg(not(feature = "openblas"))]
     None
 }
-
-use rayon::prelude::*;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
 
 /// A read-only f32 matrix view into a slice: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Debug, Clone, Copy)]
