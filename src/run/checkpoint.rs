@@ -51,10 +51,23 @@ struct RecordSum {
 }
 
 impl RecordSum {
+    #[cfg(test)]
     fn of(bytes: &[u8]) -> Self {
-        let digest = Sha256::digest(bytes);
+        Self::from_digest(bytes.len() as u64, Sha256::digest(bytes).as_slice())
+    }
+
+    /// The size and checksum of the file at `path`, read in pieces: a record is never held
+    /// in memory whole.
+    fn of_file(path: &Path) -> std::io::Result<Self> {
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = Sha256::new();
+        let bytes = std::io::copy(&mut file, &mut hasher)?;
+        Ok(Self::from_digest(bytes, hasher.finalize().as_slice()))
+    }
+
+    fn from_digest(bytes: u64, digest: &[u8]) -> Self {
         Self {
-            bytes: bytes.len() as u64,
+            bytes,
             sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
         }
     }
@@ -108,8 +121,9 @@ fn check_epoch(dir: &Path, epoch: usize, verify: bool) -> Result<(), String> {
             ));
         }
         if verify {
-            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            if RecordSum::of(&bytes) != *sum {
+            let found =
+                RecordSum::of_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if found != *sum {
                 return Err(format!("{} does not match its checksum", path.display()));
             }
         }
@@ -227,6 +241,13 @@ pub fn verify_checkpoint(run_dir: &Path, epoch: usize) -> Result<(), String> {
     check_epoch(&checkpoint_dir(run_dir), epoch, true)
 }
 
+/// Whether `name` is a temporary file of an unfinished write: ours (`.<name>.tmp-<pid>`, see
+/// `fsutil::write_atomic`) or burn-pack's for a record (`<name>.bpk.<pid>-<n>.tmp`).
+fn is_temporary(name: &str) -> bool {
+    (name.starts_with('.') && name.contains(".tmp-"))
+        || (name.ends_with(".tmp") && name.contains(".bpk."))
+}
+
 /// Removes temporary files a killed process left in the run folder and its checkpoint folder.
 pub fn remove_stale_temporaries(run_dir: &Path) {
     let checkpoints = checkpoint_dir(run_dir);
@@ -239,8 +260,7 @@ pub fn remove_stale_temporaries(run_dir: &Path) {
             continue;
         };
         for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.contains(".tmp-") {
+            if is_temporary(&entry.file_name().to_string_lossy()) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -248,7 +268,7 @@ pub fn remove_stale_temporaries(run_dir: &Path) {
 }
 
 /// A burn-train [`Checkpointer`] that writes each record atomically (temp file, fsync, rename)
-/// and then records its size and checksum in the epoch's manifest.
+/// as it is serialised, and then records its size and checksum in the epoch's manifest.
 pub struct AtomicFileCheckpointer {
     dir: PathBuf,
     name: String,
@@ -278,11 +298,18 @@ impl AtomicFileCheckpointer {
         crate::fsutil::write_atomic(&manifest_path(&self.dir, epoch), json.as_bytes())
     }
 
-    /// Writes the record file of `epoch`, its manifest opened first; returns its size and checksum.
-    fn place_record(&self, epoch: usize, bytes: &[u8]) -> crate::error::Result<RecordSum> {
-        self.open_manifest(epoch)?;
-        crate::fsutil::write_atomic(&record_path(&self.dir, &self.name, epoch), bytes)?;
-        Ok(RecordSum::of(bytes))
+    /// Writes the record file of `epoch` with `write`, its manifest opened first; returns the
+    /// file's size and checksum, read back from it. `write` must leave a whole file at the path
+    /// it is given or none (a temporary file renamed into place).
+    fn place_record(
+        &self,
+        epoch: usize,
+        write: impl FnOnce(&Path) -> Result<(), CheckpointerError>,
+    ) -> Result<RecordSum, CheckpointerError> {
+        self.open_manifest(epoch).map_err(unknown)?;
+        let path = record_path(&self.dir, &self.name, epoch);
+        write(&path)?;
+        RecordSum::of_file(&path).map_err(CheckpointerError::IOError)
     }
 
     fn add_to_manifest(&self, epoch: usize, sum: RecordSum) -> crate::error::Result<()> {
@@ -297,14 +324,25 @@ impl AtomicFileCheckpointer {
     }
 }
 
+fn unknown(e: crate::error::Error) -> CheckpointerError {
+    CheckpointerError::Unknown(e.to_string())
+}
+
 impl<R: Checkpoint> Checkpointer<R> for AtomicFileCheckpointer {
+    /// Streams the record to its file as it is serialised: burn-pack writes a temporary file
+    /// beside it (`<name>-<epoch>.bpk.<pid>-<n>.tmp`), syncs it and renames it into place. The
+    /// record is never also held as one byte buffer (`checkpoint_into_bytes`), which for
+    /// `zaremba-medium` was 58 MB more at the epoch's end. A record with nothing to save (`()`)
+    /// writes no file; it gets an empty one, so that the epoch is complete.
     fn save(&self, epoch: usize, record: R) -> Result<(), CheckpointerError> {
-        let bytes = record
-            .checkpoint_into_bytes()
-            .map_err(CheckpointerError::Record)?;
-        self.place_record(epoch, &bytes)
-            .and_then(|sum| self.add_to_manifest(epoch, sum))
-            .map_err(|e| CheckpointerError::Unknown(e.to_string()))
+        let sum = self.place_record(epoch, |path| {
+            record.save(path.to_path_buf())?;
+            if !path.exists() {
+                crate::fsutil::write_atomic(path, &[]).map_err(unknown)?;
+            }
+            Ok(())
+        })?;
+        self.add_to_manifest(epoch, sum).map_err(unknown)
     }
 
     fn restore(&self, epoch: usize) -> Result<R, CheckpointerError> {
@@ -336,11 +374,16 @@ impl<R: Checkpoint> Checkpointer<R> for AtomicFileCheckpointer {
 mod tests {
     use super::*;
 
+    /// Writes `payload` to the path it is given, atomically, as a record's `save` does.
+    fn bytes(payload: &[u8]) -> impl FnOnce(&Path) -> Result<(), CheckpointerError> + '_ {
+        move |path| crate::fsutil::write_atomic(path, payload).map_err(unknown)
+    }
+
     /// Writes the three records of `epoch` as the checkpointer does, with `payload` bytes.
     fn save_epoch(dir: &Path, epoch: usize, payload: &[u8]) {
         for name in RECORDS {
             let c = AtomicFileCheckpointer::new(dir, name);
-            let sum = c.place_record(epoch, payload).unwrap();
+            let sum = c.place_record(epoch, bytes(payload)).unwrap();
             c.add_to_manifest(epoch, sum).unwrap();
         }
     }
@@ -356,7 +399,7 @@ mod tests {
         let checkpointers = RECORDS.map(|name| AtomicFileCheckpointer::new(&dir, name));
         let sums: Vec<RecordSum> = checkpointers
             .iter()
-            .map(|c| c.place_record(2, b"two").unwrap())
+            .map(|c| c.place_record(2, bytes(b"two")).unwrap())
             .collect();
         for (c, sum) in checkpointers.iter().zip(sums) {
             assert_eq!(last_complete_checkpoint(run.path()), Some(1));
@@ -425,6 +468,49 @@ mod tests {
         assert_eq!(newest_sound_checkpoint(run.path()), Some(3));
         std::fs::remove_file(record_path(&dir, "optim", 3)).unwrap();
         assert_eq!(last_complete_checkpoint(run.path()), None);
+    }
+
+    /// A real record goes to its file as it is serialised and comes back whole; the manifest's
+    /// checksum is the file's; a write killed halfway (burn-pack's temporary file left behind)
+    /// is neither an epoch nor kept.
+    #[test]
+    fn a_record_streamed_to_its_file_is_listed_and_restored() {
+        use burn::module::Module;
+        use burn::nn::{Linear, LinearConfig};
+        use burn::store::ModuleRecord;
+        use burn::tensor::Device;
+
+        let run = tempfile::tempdir().unwrap();
+        let dir = checkpoint_dir(run.path());
+        let linear: Linear = LinearConfig::new(5, 3).init(&Device::flex());
+        let weights = linear.weight.val().into_data();
+        let c = AtomicFileCheckpointer::new(&dir, "model");
+        c.save(4, linear.clone().into_record()).unwrap();
+
+        let path = record_path(&dir, "model", 4);
+        let listed = read_manifest(&dir, 4).unwrap().unwrap().records["model"].clone();
+        assert_eq!(listed, RecordSum::of(&std::fs::read(&path).unwrap()));
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names.len(),
+            2,
+            "the record and its manifest only: {names:?}"
+        );
+        let record: ModuleRecord = c.restore(4).unwrap();
+        let restored = LinearConfig::new(5, 3)
+            .init(&Device::flex())
+            .load_record(record);
+        assert_eq!(restored.weight.val().into_data(), weights);
+
+        let stranded = dir.join(format!("model-5.bpk.{}-0.tmp", std::process::id()));
+        std::fs::write(&stranded, b"half a record").unwrap();
+        assert_eq!(candidate_epochs(&dir), vec![4]);
+        remove_stale_temporaries(run.path());
+        assert!(!stranded.exists());
+        assert!(path.exists(), "only temporary files go");
     }
 
     #[test]
