@@ -5,7 +5,7 @@ mod corpus;
 mod databench;
 mod fetch;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -149,70 +149,14 @@ enum DatasetArg {
 }
 
 fn main() {
-    let (dataset, data_dir, base_url, attempts, timeout_secs) = match Cli::parse().task {
+    let result = match Cli::parse().task {
         Task::FetchData {
             dataset,
             data_dir,
             base_url,
             attempts,
             timeout_secs,
-        } => (dataset, data_dir, base_url, attempts, timeout_secs),
-        Task::BenchData {
-            text,
-            runs,
-            binary,
-            flags,
-        } => {
-            let flags = if flags.is_empty() {
-                [
-                    "--preset",
-                    "zaremba-small",
-                    "--max-vocab",
-                    "50000",
-                    "--device",
-                    "flex",
-                ]
-                .map(String::from)
-                .to_vec()
-            } else {
-                flags
-            };
-            let options = databench::Options {
-                text,
-                flags,
-                runs,
-                binary,
-            };
-            if let Err(e) = databench::bench(&options) {
-                eprintln!("error: {e:#}");
-                std::process::exit(1);
-            }
-            return;
-        }
-        Task::GenCorpus {
-            tokens,
-            vocab,
-            exponent,
-            mean_length,
-            seed,
-            out,
-        } => {
-            let spec = corpus::Spec {
-                tokens,
-                vocab,
-                exponent,
-                mean_length,
-                seed,
-            };
-            match corpus::generate(&spec, &out) {
-                Ok(()) => println!("{tokens} tokens written to {}", out.display()),
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    std::process::exit(1);
-                }
-            }
-            return;
-        }
+        } => fetch_data(dataset, &data_dir, &base_url, attempts, timeout_secs),
         Task::Bench {
             configs,
             rounds,
@@ -228,29 +172,79 @@ fn main() {
             binary,
             reference_device,
             composed,
+        } => bench::bench(&bench::Options {
+            configs,
+            rounds: rounds.max(1),
+            steps: steps.max(1),
+            warmup,
+            device,
+            text,
+            python: (!no_reference).then_some(python),
+            reference,
+            threads,
+            features,
+            binary,
+            reference_device,
+            composed,
+        }),
+        Task::BenchData {
+            text,
+            runs,
+            binary,
+            flags,
+        } => databench::bench(&databench::Options {
+            text,
+            flags: if flags.is_empty() {
+                DEFAULT_BENCH_DATA_FLAGS.map(String::from).to_vec()
+            } else {
+                flags
+            },
+            runs,
+            binary,
+        }),
+        Task::GenCorpus {
+            tokens,
+            vocab,
+            exponent,
+            mean_length,
+            seed,
+            out,
         } => {
-            let options = bench::Options {
-                configs,
-                rounds: rounds.max(1),
-                steps: steps.max(1),
-                warmup,
-                device,
-                text,
-                python: (!no_reference).then_some(python),
-                reference,
-                threads,
-                features,
-                binary,
-                reference_device,
-                composed,
+            let spec = corpus::Spec {
+                tokens,
+                vocab,
+                exponent,
+                mean_length,
+                seed,
             };
-            if let Err(e) = bench::bench(&options) {
-                eprintln!("error: {e:#}");
-                std::process::exit(1);
-            }
-            return;
+            corpus::generate(&spec, &out)
+                .map(|()| println!("{tokens} tokens written to {}", out.display()))
         }
     };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// `cargo xtask bench-data`'s lstm-lm flags when none are given.
+const DEFAULT_BENCH_DATA_FLAGS: [&str; 6] = [
+    "--preset",
+    "zaremba-small",
+    "--max-vocab",
+    "50000",
+    "--device",
+    "flex",
+];
+
+/// Downloads `dataset`'s files into `data_dir` (see `Task::FetchData`).
+fn fetch_data(
+    dataset: DatasetArg,
+    data_dir: &Path,
+    base_url: &str,
+    attempts: u32,
+    timeout_secs: u64,
+) -> anyhow::Result<()> {
     let files: Vec<fetch::FileSpec> = fetch::catalogue()
         .into_iter()
         .filter(|f| match dataset {
@@ -265,11 +259,7 @@ fn main() {
         first_backoff: Duration::from_millis(500),
         progress: true,
     };
-    match fetch::fetch_all(&files, &base_url, &data_dir, &options) {
-        Ok(()) => println!("all files present and verified in {}", data_dir.display()),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
-        }
-    }
+    fetch::fetch_all(&files, base_url, data_dir, &options)?;
+    println!("all files present and verified in {}", data_dir.display());
+    Ok(())
 }
