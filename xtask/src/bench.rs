@@ -488,6 +488,19 @@ fn print_table(
     theirs: &[Vec<Run>],
     reference_ceilings: &[f64],
 ) {
+    print_setting(options, ours);
+    print_ceilings(ours, reference_ceilings);
+    println!(
+        "| config | system | tokens/s (median, min-max) | samples/s | ms/step | peak RSS MiB | GFLOP/s | share of ceiling | ratio to PyTorch |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (c, config) in options.configs.iter().enumerate() {
+        print_config_rows(config, &ours[c], &theirs[c], reference_ceilings);
+    }
+}
+
+/// The line above the table: rounds, steps, devices, text and the load average after the runs.
+fn print_setting(options: &Options, ours: &[Vec<Run>]) {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let device = ours
         .iter()
@@ -512,6 +525,10 @@ fn print_table(
             .collect::<Vec<_>>()
             .join(" ")
     );
+}
+
+/// The sgemm ceilings measured in the rounds, and lstm-lm's OpenBLAS when it has one.
+fn print_ceilings(ours: &[Vec<Run>], reference_ceilings: &[f64]) {
     let measured: Vec<&Ceiling> = ours
         .iter()
         .flatten()
@@ -534,56 +551,54 @@ fn print_table(
     if let Some(openblas) = ours.iter().flatten().find_map(|r| r.openblas.as_ref()) {
         println!("lstm-lm's OpenBLAS: {openblas}");
     }
-    println!(
-        "| config | system | tokens/s (median, min-max) | samples/s | ms/step | peak RSS MiB | GFLOP/s | share of ceiling | ratio to PyTorch |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (c, config) in options.configs.iter().enumerate() {
-        let ratios: Vec<f64> = ours[c]
-            .iter()
-            .zip(&theirs[c])
-            .map(|(a, b)| a.tokens_per_sec / b.tokens_per_sec)
-            .collect();
-        // The config's FLOPs per step and each round's ceiling, the same for both systems.
-        let config_flop = ours[c].iter().find_map(|r| r.gflop_per_step);
-        let ceilings = round_ceilings(&ours[c], reference_ceilings);
-        for (name, runs, ratio) in [
-            ("lstm-lm", &ours[c], Some(median(ratios.clone()))),
-            ("PyTorch", &theirs[c], None),
-        ] {
-            if runs.is_empty() {
-                continue;
-            }
-            let tps: Vec<f64> = runs.iter().map(|r| r.tokens_per_sec).collect();
-            let (lo, hi) = range(&tps);
-            let peak = runs
-                .iter()
-                .filter_map(|r| r.peak_rss_mib)
-                .fold(f64::NAN, f64::max);
-            let ms = median(runs.iter().map(|r| r.ms_per_step).collect());
-            // Both sides run the same products on a stream; with buckets lstm-lm skips the
-            // padded positions at the output layer and PyTorch does not, so its FLOPs differ.
-            let flop = match (name, config_flop) {
-                ("lstm-lm", Some(f)) => Some(f),
-                (_, Some(f)) if config != "seed" => Some(f),
-                _ => None,
-            };
-            let gflops = flop.map(|f| f / ms * 1e3);
-            let share = flop
-                .map(|f| median_share(runs, &ceilings, f))
-                .filter(|s| s.is_finite());
-            println!(
-                "| {config} | {name} | {:.0} ({lo:.0}-{hi:.0}) | {:.1} | {ms:.1} | {peak:.0} | {} | {} | {} |",
-                median(tps),
-                median(runs.iter().map(|r| r.samples_per_sec).collect()),
-                gflops.map_or("-".into(), |g| format!("{g:.0}")),
-                share.map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
-                match ratio {
-                    Some(r) if !ratios.is_empty() => format!("{r:.2}x"),
-                    _ => String::new(),
-                }
-            );
+}
+
+/// The table's two rows of one config: lstm-lm's runs (`ours`, with the ratio) and PyTorch's.
+fn print_config_rows(config: &str, ours: &[Run], theirs: &[Run], reference_ceilings: &[f64]) {
+    let ratios: Vec<f64> = ours
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| a.tokens_per_sec / b.tokens_per_sec)
+        .collect();
+    // The config's FLOPs per step and each round's ceiling, the same for both systems.
+    let config_flop = ours.iter().find_map(|r| r.gflop_per_step);
+    let ceilings = round_ceilings(ours, reference_ceilings);
+    for (name, runs, ratio) in [
+        ("lstm-lm", ours, Some(median(ratios.clone()))),
+        ("PyTorch", theirs, None),
+    ] {
+        if runs.is_empty() {
+            continue;
         }
+        let tps: Vec<f64> = runs.iter().map(|r| r.tokens_per_sec).collect();
+        let (lo, hi) = range(&tps);
+        let peak = runs
+            .iter()
+            .filter_map(|r| r.peak_rss_mib)
+            .fold(f64::NAN, f64::max);
+        let ms = median(runs.iter().map(|r| r.ms_per_step).collect());
+        // Both sides run the same products on a stream; with buckets lstm-lm skips the
+        // padded positions at the output layer and PyTorch does not, so its FLOPs differ.
+        let flop = match (name, config_flop) {
+            ("lstm-lm", Some(f)) => Some(f),
+            (_, Some(f)) if config != "seed" => Some(f),
+            _ => None,
+        };
+        let gflops = flop.map(|f| f / ms * 1e3);
+        let share = flop
+            .map(|f| median_share(runs, &ceilings, f))
+            .filter(|s| s.is_finite());
+        println!(
+            "| {config} | {name} | {:.0} ({lo:.0}-{hi:.0}) | {:.1} | {ms:.1} | {peak:.0} | {} | {} | {} |",
+            median(tps),
+            median(runs.iter().map(|r| r.samples_per_sec).collect()),
+            gflops.map_or("-".into(), |g| format!("{g:.0}")),
+            share.map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
+            match ratio {
+                Some(r) if !ratios.is_empty() => format!("{r:.2}x"),
+                _ => String::new(),
+            }
+        );
     }
 }
 
