@@ -145,14 +145,12 @@ pub fn encode_text(
             bytes: total_bytes(&inputs)?,
         });
         let mut store = StoreWriter::create(&dir.join("text.tokens"), vocab.len())?;
-        let mut tally = Tally::default();
-        let counts = encode_inputs(
-            vocab, codec, &inputs, None, &mut store, None, &mut tally, report,
-        )?;
-        check_each_has_tokens(&inputs, &counts)?;
+        let mut encoder = Encoder::new(vocab, codec, report);
+        encoder.encode_each(&inputs, &mut store)?;
+        let unknown = encoder.unknown;
         report(PrepareEvent::Finished);
         store.finish()?;
-        let manifest = serde_json::json!({ "key": key.material, "unknown": tally.unknown });
+        let manifest = serde_json::json!({ "key": key.material, "unknown": unknown });
         write_manifest(dir, &manifest)
     };
     let (text, _) = in_cache(cache_dir, &key.name, report, build, &|dir| {
@@ -180,13 +178,6 @@ fn vocab_material(vocab: &Vocab, codec: &Codec) -> serde_json::Value {
         "vocab_crc32": crc32fast::hash(words.join("\n").as_bytes()),
         "vocab_size": vocab.len(),
     })
-}
-
-/// Running totals of the encoding passes: bytes read and words not in the vocabulary.
-#[derive(Debug, Default)]
-struct Tally {
-    bytes: u64,
-    unknown: usize,
 }
 
 /// The tokenizer a prepared folder was made with, from its manifest's key.
@@ -409,41 +400,65 @@ fn count_tokens(
     Ok(Vocab::from_counts(words, options.max_vocab))
 }
 
-/// Encodes `inputs` into `main` (and the held-out blocks into `held`), adding the words not
-/// in the vocabulary to `unknown`; returns each input's sentence count.
-#[allow(clippy::too_many_arguments)]
-fn encode_inputs(
-    vocab: &Vocab,
-    codec: &Codec,
-    inputs: &[Input],
-    cut: Option<usize>,
-    main: &mut StoreWriter,
-    mut held: Option<&mut StoreWriter>,
-    tally: &mut Tally,
-    report: &mut dyn FnMut(PrepareEvent),
-) -> Result<Vec<usize>> {
-    let mut sentences = vec![0usize; inputs.len()];
-    for_each_batch(inputs, cut, &mut |blocks| {
-        let encoded: Vec<_> = blocks
-            .par_iter()
-            .map(|b| encode_block(vocab, codec, &b.text))
-            .collect();
-        for (block, e) in blocks.iter().zip(encoded) {
-            sentences[block.input] += e.lens.len();
-            tally.unknown += e.unknown;
-            let out = match held.as_deref_mut() {
-                Some(h) if block.held_out => h,
-                _ => &mut *main,
-            };
-            out.push_sentences(&e.ids, &e.lens)?;
-            out.add_chars(e.chars);
-            out.add_words(e.words);
-            tally.bytes += block.text.len() as u64;
+/// Encodes inputs with one vocabulary and tokenizer, in passes that keep running totals: the
+/// bytes read (reported as progress) and the words not in the vocabulary.
+struct Encoder<'a> {
+    vocab: &'a Vocab,
+    codec: &'a Codec,
+    report: &'a mut dyn FnMut(PrepareEvent),
+    bytes: u64,
+    unknown: usize,
+}
+
+impl<'a> Encoder<'a> {
+    fn new(vocab: &'a Vocab, codec: &'a Codec, report: &'a mut dyn FnMut(PrepareEvent)) -> Self {
+        Self {
+            vocab,
+            codec,
+            report,
+            bytes: 0,
+            unknown: 0,
         }
-        report(PrepareEvent::Advanced { bytes: tally.bytes });
-        Ok(())
-    })?;
-    Ok(sentences)
+    }
+
+    /// Encodes `inputs` into `main` (and the blocks after the cut, held out, into `held`);
+    /// returns each input's sentence count.
+    fn encode(
+        &mut self,
+        inputs: &[Input],
+        cut: Option<usize>,
+        main: &mut StoreWriter,
+        mut held: Option<&mut StoreWriter>,
+    ) -> Result<Vec<usize>> {
+        let mut sentences = vec![0usize; inputs.len()];
+        for_each_batch(inputs, cut, &mut |blocks| {
+            let encoded: Vec<_> = blocks
+                .par_iter()
+                .map(|b| encode_block(self.vocab, self.codec, &b.text))
+                .collect();
+            for (block, e) in blocks.iter().zip(encoded) {
+                sentences[block.input] += e.lens.len();
+                self.unknown += e.unknown;
+                let out = match held.as_deref_mut() {
+                    Some(h) if block.held_out => h,
+                    _ => &mut *main,
+                };
+                out.push_sentences(&e.ids, &e.lens)?;
+                out.add_chars(e.chars);
+                out.add_words(e.words);
+                self.bytes += block.text.len() as u64;
+            }
+            (self.report)(PrepareEvent::Advanced { bytes: self.bytes });
+            Ok(())
+        })?;
+        Ok(sentences)
+    }
+
+    /// Encodes `inputs` into `store`; every input must hold tokens.
+    fn encode_each(&mut self, inputs: &[Input], store: &mut StoreWriter) -> Result<()> {
+        let sentences = self.encode(inputs, None, store, None)?;
+        check_each_has_tokens(inputs, &sentences)
+    }
 }
 
 /// The error for an input without tokens.
@@ -515,42 +530,21 @@ fn write_prepared(
         stage: "encoding",
         bytes: all.iter().map(|i| i.bytes()).sum::<Result<u64>>()?,
     });
-    let mut tally = Tally::default();
     let (mut train, mut valid) = (store("train")?, store("valid")?);
-    let train_counts = encode_inputs(
-        &vocab,
-        &codec,
-        &plan.train,
-        cut,
-        &mut train,
-        cut.is_some().then_some(&mut valid),
-        &mut tally,
-        report,
-    )?;
+    let mut encoder = Encoder::new(&vocab, &codec, report);
+    let held = cut.is_some().then_some(&mut valid);
+    let train_counts = encoder.encode(&plan.train, cut, &mut train, held)?;
     let held_out = match plan.held_out {
         Some(h) => check_held_out(plan, h, &train_counts, &train, &valid, &train_lines, cut)?,
         None => {
             check_each_has_tokens(&plan.train, &train_counts)?;
-            let counts = encode_inputs(
-                &vocab,
-                &codec,
-                &plan.valid,
-                None,
-                &mut valid,
-                None,
-                &mut tally,
-                report,
-            )?;
-            check_each_has_tokens(&plan.valid, &counts)?;
+            encoder.encode_each(&plan.valid, &mut valid)?;
             None
         }
     };
     if !plan.test.is_empty() {
         let mut test = store("test")?;
-        let counts = encode_inputs(
-            &vocab, &codec, &plan.test, None, &mut test, None, &mut tally, report,
-        )?;
-        check_each_has_tokens(&plan.test, &counts)?;
+        encoder.encode_each(&plan.test, &mut test)?;
         test.finish()?;
     }
     report(PrepareEvent::Finished);
