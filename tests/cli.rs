@@ -508,10 +508,14 @@ fn kill_9_at_many_points_and_the_run_ends_as_if_left_alone() {
     let mut args = train_args(&train, &valid, &run);
     set_flag(&mut args, "--epochs", &epochs_flag);
     let ckpt = run.join("checkpoint");
+    // A manifest's temporary file (`.manifest-N.json.tmp-<pid>`) or a record's, which
+    // burn-pack writes as it serialises it (`model-N.bpk.<pid>-<n>.tmp`).
     let writing = || {
         std::fs::read_dir(&ckpt).is_ok_and(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            d.flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.contains(".tmp-") || name.ends_with(".tmp")
+            })
         })
     };
     let (mut kills, mut during_writes, mut finished) = (0, 0, false);
