@@ -73,6 +73,24 @@ fn choose_device(choice: DeviceChoice) -> anyhow::Result<burn::tensor::Device> {
     Ok(chosen.device)
 }
 
+/// An interrupter that the first Ctrl-C stops (after the batch in progress); the second one
+/// quits at once.
+fn stop_on_ctrl_c() -> anyhow::Result<burn::train::Interrupter> {
+    let interrupter = burn::train::Interrupter::new();
+    let on_signal = interrupter.clone();
+    let mut pressed = false;
+    ctrlc::set_handler(move || {
+        if pressed {
+            std::process::exit(130);
+        }
+        pressed = true;
+        eprintln!("\nstopping after this batch (Ctrl-C again to quit at once)");
+        on_signal.stop(Some("Ctrl-C"));
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(interrupter)
+}
+
 fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     if args.list_devices {
         for line in device::adapter_lines() {
@@ -96,19 +114,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         None => vec![choose_device(args.device)?],
     };
 
-    let interrupter = burn::train::Interrupter::new();
-    let on_signal = interrupter.clone();
-    let mut pressed = false;
-    ctrlc::set_handler(move || {
-        if pressed {
-            std::process::exit(130);
-        }
-        pressed = true;
-        eprintln!("\nstopping after this batch (Ctrl-C again to quit at once)");
-        on_signal.stop(Some("Ctrl-C"));
-    })
-    .context("cannot install the Ctrl-C handler")?;
-
+    let interrupter = stop_on_ctrl_c()?;
     let mut display = Display::new(args.progress, args.log_every);
     memory::purge_freed_memory();
     let report = train::train(train::TrainRequest {
