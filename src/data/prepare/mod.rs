@@ -12,9 +12,11 @@
 //! run is removed by the next. A prepared folder that does not open cleanly (a damaged store)
 //! is prepared again, with a one-line message.
 //!
-//! Its parts: `text` reads the inputs in blocks of whole lines and counts or encodes one block,
-//! `bpe` learns a BPE, `cache` keeps the folders whole, `report` is what a caller hears; this
-//! file plans the splits, keys the cache and writes a prepared folder.
+//! Its parts: `plan` says what a preparation is made from (options, each split's inputs, the
+//! cache key), `text` reads the inputs in blocks of whole lines and counts or encodes one block,
+//! `bpe` learns a BPE, `write` makes a prepared folder (vocabulary, stores, manifest), `cache`
+//! keeps the folders whole, `report` is what a caller hears; this file ties them together and
+//! opens a prepared folder.
 //!
 //! Preparing reproduces what reading the text whole did, id for id: blank lines skipped,
 //! tokens split at Unicode whitespace, `<eos>` after every sentence, words ranked by count
@@ -23,41 +25,24 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rayon::prelude::*;
-use sha2::{Digest, Sha256};
-
 use super::corpus::CorpusSource;
 use super::store::{StoreWriter, Tokens};
 use super::tokenizer::{Codec, Tokenizer};
 use super::vocab::Vocab;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use cache::{in_cache, read_manifest, write_manifest};
+pub use plan::PrepareOptions;
+use plan::{vocab_material, Key, Plan, FORMAT};
 pub use report::PrepareEvent;
-use text::{
-    count_block, encode_block, for_each_batch, lines_per_input, total_bytes, Counts, Input,
-};
+use text::{total_bytes, Input};
+use write::{write_prepared, Encoder};
 
 mod bpe;
 mod cache;
+mod plan;
 mod report;
 mod text;
-
-/// Version of the prepared folder's layout; part of the cache key.
-const FORMAT: u32 = 3;
-
-/// Where and how to prepare.
-#[derive(Debug, Clone)]
-pub struct PrepareOptions {
-    /// The cache folder (see [`default_cache_dir`]).
-    pub cache_dir: PathBuf,
-    /// Vocabulary cap, specials included (0: none).
-    pub max_vocab: usize,
-    /// How lines become tokens.
-    pub tokenizer: Tokenizer,
-    /// A vocabulary and tokenizer to encode with instead of ones learned from the training
-    /// text (a run started from another's model); `max_vocab` and `tokenizer` are then unused.
-    pub fixed: Option<(Vocab, Codec)>,
-}
+mod write;
 
 /// A prepared corpus: its vocabulary and the ids of each split.
 #[derive(Debug)]
@@ -163,23 +148,6 @@ pub fn encode_text(
     Ok(text)
 }
 
-/// What identifies a vocabulary and tokenizer in a cache key: the tokenizer, checksums of the
-/// tokens and of the BPE model, the size.
-fn vocab_material(vocab: &Vocab, codec: &Codec) -> serde_json::Value {
-    let words: Vec<&str> = (0..vocab.len()).filter_map(|i| vocab.token(i)).collect();
-    serde_json::json!({
-        "tokenizer": codec.kind().name(),
-        "bpe_crc32": match codec {
-            Codec::Bpe(model) => Some(crc32fast::hash(
-                model.to_string(false).unwrap_or_default().as_bytes(),
-            )),
-            _ => None,
-        },
-        "vocab_crc32": crc32fast::hash(words.join("\n").as_bytes()),
-        "vocab_size": vocab.len(),
-    })
-}
-
 /// The tokenizer a prepared folder was made with, from its manifest's key.
 fn plan_tokenizer(stored: &serde_json::Value) -> Tokenizer {
     match stored["key"]["tokenizer"].as_str() {
@@ -218,420 +186,6 @@ fn open(dir: &Path, material: &serde_json::Value, plan: &Plan) -> Result<Prepare
         dir: dir.to_path_buf(),
         reused: false,
     })
-}
-
-/// How a held-out validation split is cut from the training text.
-#[derive(Debug, Clone, Copy)]
-struct HeldOut {
-    train_fraction: f64,
-    /// Name the held-out lines in a note (several training files, or shards).
-    note: bool,
-}
-
-/// The inputs of each split.
-#[derive(Debug, Clone)]
-struct Plan {
-    train: Vec<Input>,
-    /// Validation files; empty when held out.
-    valid: Vec<Input>,
-    held_out: Option<HeldOut>,
-    test: Vec<Input>,
-}
-
-/// The cache key: what the preparation is made from, and its folder name.
-struct Key {
-    material: serde_json::Value,
-    name: String,
-}
-
-impl Plan {
-    fn of(source: &CorpusSource) -> Result<Self> {
-        let files = |v: &[PathBuf]| v.iter().cloned().map(Input::File).collect::<Vec<_>>();
-        let plan = match source {
-            CorpusSource::Embedded { train_fraction } => Plan {
-                train: vec![Input::Embedded],
-                valid: Vec::new(),
-                held_out: Some(HeldOut {
-                    train_fraction: *train_fraction,
-                    note: false,
-                }),
-                test: Vec::new(),
-            },
-            CorpusSource::Files {
-                train,
-                valid,
-                test,
-                train_fraction,
-            } => Plan {
-                train: vec![Input::File(train.clone())],
-                valid: valid.iter().cloned().map(Input::File).collect(),
-                held_out: valid.is_none().then_some(HeldOut {
-                    train_fraction: *train_fraction,
-                    note: false,
-                }),
-                test: test.iter().cloned().map(Input::File).collect(),
-            },
-            CorpusSource::Shards {
-                train,
-                valid,
-                test,
-                train_fraction,
-            } => Plan {
-                train: files(train),
-                valid: files(valid),
-                held_out: valid.is_empty().then_some(HeldOut {
-                    train_fraction: *train_fraction,
-                    note: true,
-                }),
-                test: files(test),
-            },
-        };
-        if let Some(h) = plan.held_out {
-            if !(h.train_fraction > 0.0 && h.train_fraction < 1.0) {
-                return Err(Error::Config(format!(
-                    "--train-fraction must be between 0 and 1, got {}",
-                    h.train_fraction
-                )));
-            }
-        }
-        Ok(plan)
-    }
-
-    fn key(&self, options: &PrepareOptions) -> Result<Key> {
-        let prints = |inputs: &[Input]| -> Result<Vec<serde_json::Value>> {
-            inputs.iter().map(Input::fingerprint).collect()
-        };
-        let tokenizer = match &options.fixed {
-            Some((_, codec)) => codec.kind(),
-            None => options.tokenizer,
-        };
-        let mut material = serde_json::json!({
-            "format": FORMAT,
-            "tokenizer": tokenizer.name(),
-            "max_vocab": options.max_vocab,
-            "train": prints(&self.train)?,
-            "valid": prints(&self.valid)?,
-            "held_out": self.held_out.map(|h| serde_json::json!({
-                "train_fraction": h.train_fraction,
-                "note": h.note,
-            })),
-            "test": prints(&self.test)?,
-        });
-        if let Some((vocab, codec)) = &options.fixed {
-            // Only then, so that the keys of earlier preparations stay what they were.
-            material["fixed_vocab"] = vocab_material(vocab, codec);
-        }
-        Ok(Key::new(material, &self.train[0]))
-    }
-}
-
-impl Key {
-    /// The key of `material`; its folder is named after `first`'s file name and a digest.
-    fn new(material: serde_json::Value, first: &Input) -> Self {
-        let digest = Sha256::digest(material.to_string().as_bytes());
-        let hex: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
-        let stem = match first {
-            Input::Embedded => "tinyshakespeare".to_string(),
-            Input::File(p) => p
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "corpus".into()),
-        };
-        let stem: String = stem
-            .chars()
-            .map(|c| {
-                if c.is_alphanumeric() || c == '.' || c == '_' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .take(40)
-            .collect();
-        Self {
-            material,
-            name: format!("{stem}-{hex}"),
-        }
-    }
-}
-
-/// Counts the training tokens (held-out lines left out) and ranks them into a vocabulary.
-fn count_tokens(
-    plan: &Plan,
-    cut: Option<usize>,
-    options: &PrepareOptions,
-    report: &mut dyn FnMut(PrepareEvent),
-) -> Result<Vocab> {
-    let mut totals: Counts<String> = Counts::default();
-    let (mut block_index, mut done) = (0u64, 0u64);
-    report(PrepareEvent::Started {
-        stage: "counting tokens",
-        bytes: total_bytes(&plan.train)?,
-    });
-    for_each_batch(&plan.train, cut, &mut |blocks| {
-        let counted: Vec<_> = blocks
-            .par_iter()
-            .map(|b| (!b.held_out).then(|| count_block(&b.text, options.tokenizer)))
-            .collect();
-        for (block, counted) in blocks.iter().zip(counted) {
-            done += block.text.len() as u64;
-            let Some(counts) = counted else {
-                continue;
-            };
-            for (word, (count, first)) in counts {
-                let first = (block_index << 32) | first;
-                match totals.get_mut(word) {
-                    Some(t) => t.0 += count,
-                    None => {
-                        totals.insert(word.to_owned(), (count, first));
-                    }
-                }
-            }
-            block_index += 1;
-        }
-        report(PrepareEvent::Advanced { bytes: done });
-        Ok(())
-    })?;
-    report(PrepareEvent::Finished);
-    let words = totals
-        .into_iter()
-        .map(|(w, (count, first))| (w, count, first))
-        .collect();
-    Ok(Vocab::from_counts(words, options.max_vocab))
-}
-
-/// Encodes inputs with one vocabulary and tokenizer, in passes that keep running totals: the
-/// bytes read (reported as progress) and the words not in the vocabulary.
-struct Encoder<'a> {
-    vocab: &'a Vocab,
-    codec: &'a Codec,
-    report: &'a mut dyn FnMut(PrepareEvent),
-    bytes: u64,
-    unknown: usize,
-}
-
-impl<'a> Encoder<'a> {
-    fn new(vocab: &'a Vocab, codec: &'a Codec, report: &'a mut dyn FnMut(PrepareEvent)) -> Self {
-        Self {
-            vocab,
-            codec,
-            report,
-            bytes: 0,
-            unknown: 0,
-        }
-    }
-
-    /// Encodes `inputs` into `main` (and the blocks after the cut, held out, into `held`);
-    /// returns each input's sentence count.
-    fn encode(
-        &mut self,
-        inputs: &[Input],
-        cut: Option<usize>,
-        main: &mut StoreWriter,
-        mut held: Option<&mut StoreWriter>,
-    ) -> Result<Vec<usize>> {
-        let mut sentences = vec![0usize; inputs.len()];
-        for_each_batch(inputs, cut, &mut |blocks| {
-            let encoded: Vec<_> = blocks
-                .par_iter()
-                .map(|b| encode_block(self.vocab, self.codec, &b.text))
-                .collect();
-            for (block, e) in blocks.iter().zip(encoded) {
-                sentences[block.input] += e.lens.len();
-                self.unknown += e.unknown;
-                let out = match held.as_deref_mut() {
-                    Some(h) if block.held_out => h,
-                    _ => &mut *main,
-                };
-                out.push_sentences(&e.ids, &e.lens)?;
-                out.add_chars(e.chars);
-                out.add_words(e.words);
-                self.bytes += block.text.len() as u64;
-            }
-            (self.report)(PrepareEvent::Advanced { bytes: self.bytes });
-            Ok(())
-        })?;
-        Ok(sentences)
-    }
-
-    /// Encodes `inputs` into `store`; every input must hold tokens.
-    fn encode_each(&mut self, inputs: &[Input], store: &mut StoreWriter) -> Result<()> {
-        let sentences = self.encode(inputs, None, store, None)?;
-        check_each_has_tokens(inputs, &sentences)
-    }
-}
-
-/// The error for an input without tokens.
-fn no_tokens(path: &Path) -> Error {
-    Error::Corpus {
-        path: path.to_path_buf(),
-        problem: "no tokens (the file is empty or only blank lines); pass a text file with one \
-                  sentence per line"
-            .into(),
-    }
-}
-
-/// The vocabulary and tokenizer the corpus is encoded with: those given (`options.fixed`, a run
-/// continued from another; the BPE model is saved into `dir`), else learned from the training
-/// inputs, up to the held-out line `cut`.
-fn vocab_and_codec(
-    dir: &Path,
-    plan: &Plan,
-    cut: Option<usize>,
-    options: &PrepareOptions,
-    report: &mut dyn FnMut(PrepareEvent),
-) -> Result<(Vocab, Codec)> {
-    Ok(match (&options.fixed, options.tokenizer) {
-        (Some((vocab, codec)), _) => {
-            bpe::save_codec(codec, dir)?;
-            (vocab.clone(), codec.clone())
-        }
-        (None, Tokenizer::Bpe) => {
-            report(PrepareEvent::Started {
-                stage: "learning BPE",
-                bytes: total_bytes(&plan.train)?,
-            });
-            let learned = bpe::train(dir, &plan.train, cut, options.max_vocab)?;
-            report(PrepareEvent::Finished);
-            learned
-        }
-        (None, Tokenizer::Word) => (count_tokens(plan, cut, options, report)?, Codec::Word),
-        (None, Tokenizer::Char) => (count_tokens(plan, cut, options, report)?, Codec::Char),
-    })
-}
-
-/// Writes the vocabulary, the stores and the manifest of `plan` into the folder `dir`.
-fn write_prepared(
-    dir: &Path,
-    plan: &Plan,
-    material: &serde_json::Value,
-    options: &PrepareOptions,
-    report: &mut dyn FnMut(PrepareEvent),
-) -> Result<()> {
-    let started = std::time::Instant::now();
-    // Held out: the lines of each training input, read once, place the cut.
-    let train_lines = match plan.held_out {
-        Some(_) => lines_per_input(&plan.train)?,
-        None => Vec::new(),
-    };
-    let cut = plan
-        .held_out
-        .map(|h| (train_lines.iter().sum::<usize>() as f64 * h.train_fraction) as usize);
-    let (vocab, codec) = vocab_and_codec(dir, plan, cut, options, report)?;
-    vocab.save(&dir.join("vocab.txt"))?;
-    let store = |name: &str| StoreWriter::create(&dir.join(format!("{name}.tokens")), vocab.len());
-    let all: Vec<&Input> = plan
-        .train
-        .iter()
-        .chain(&plan.valid)
-        .chain(&plan.test)
-        .collect();
-    report(PrepareEvent::Started {
-        stage: "encoding",
-        bytes: all.iter().map(|i| i.bytes()).sum::<Result<u64>>()?,
-    });
-    let (mut train, mut valid) = (store("train")?, store("valid")?);
-    let mut encoder = Encoder::new(&vocab, &codec, report);
-    let held = cut.is_some().then_some(&mut valid);
-    let train_counts = encoder.encode(&plan.train, cut, &mut train, held)?;
-    let held_out = match plan.held_out {
-        Some(h) => check_held_out(plan, h, &train_counts, &train, &valid, &train_lines, cut)?,
-        None => {
-            check_each_has_tokens(&plan.train, &train_counts)?;
-            encoder.encode_each(&plan.valid, &mut valid)?;
-            None
-        }
-    };
-    if !plan.test.is_empty() {
-        let mut test = store("test")?;
-        encoder.encode_each(&plan.test, &mut test)?;
-        test.finish()?;
-    }
-    report(PrepareEvent::Finished);
-    let sentences = (train.sentences(), valid.sentences());
-    train.finish()?;
-    valid.finish()?;
-    let manifest = serde_json::json!({
-        "key": material,
-        "vocab_size": vocab.len(),
-        "train_sentences": sentences.0,
-        "valid_sentences": sentences.1,
-        "held_out": held_out,
-        "seconds": started.elapsed().as_secs_f64(),
-    });
-    write_manifest(dir, &manifest)
-}
-
-fn check_each_has_tokens(inputs: &[Input], sentences: &[usize]) -> Result<()> {
-    match inputs.iter().zip(sentences).find(|(_, &n)| n == 0) {
-        Some((input, _)) => Err(no_tokens(input.path())),
-        None => Ok(()),
-    }
-}
-
-/// Checks a held-out split as reading the text whole did (both parts hold tokens) and says,
-/// for shards, where the held-out lines start.
-fn check_held_out(
-    plan: &Plan,
-    h: HeldOut,
-    train_counts: &[usize],
-    train: &StoreWriter,
-    valid: &StoreWriter,
-    lines_each: &[usize],
-    cut: Option<usize>,
-) -> Result<Option<String>> {
-    let n = cut.unwrap_or(0);
-    let total: usize = lines_each.iter().sum();
-    let pct = (1.0 - h.train_fraction) * 100.0;
-    let tf = h.train_fraction;
-    if let [input] = plan.train.as_slice() {
-        let path = input.path();
-        if train.sentences() == 0 || valid.sentences() == 0 {
-            return Err(if train_counts[0] + valid.sentences() == 0 {
-                no_tokens(path)
-            } else {
-                Error::Corpus {
-                    path: path.to_path_buf(),
-                    problem: format!(
-                        "{total} line(s) are too few to hold out {pct:.0}% of them for \
-                         validation; pass --valid FILE (or more lines)"
-                    ),
-                }
-            });
-        }
-        return Ok(h.note.then(|| {
-            format!(
-                "validation: the last {pct:.0}% of the lines of {} (--train-fraction {tf})",
-                path.display()
-            )
-        }));
-    }
-    if train.sentences() == 0 || valid.sentences() == 0 {
-        return Err(Error::Corpus {
-            path: plan.train[plan.train.len() - 1].path().to_path_buf(),
-            problem: format!(
-                "the {total} lines of the {} training files are too few to hold out {pct:.0}% \
-                 of them for validation, or hold no tokens; pass --valid FILE (or more lines)",
-                plan.train.len()
-            ),
-        });
-    }
-    // Where line `n` falls: the file and its line.
-    let mut before = 0;
-    for (input, &lines) in plan.train.iter().zip(lines_each) {
-        if n < before + lines {
-            return Ok(Some(format!(
-                "validation: the last {} of the {total} lines of the {} training files, from \
-                 line {} of {} on (--train-fraction {tf})",
-                total - n,
-                plan.train.len(),
-                n - before + 1,
-                input.path().display()
-            )));
-        }
-        before += lines;
-    }
-    Ok(None)
 }
 
 #[cfg(test)]
