@@ -491,7 +491,7 @@ fn print_table(
     print_setting(options, ours);
     print_ceilings(ours, reference_ceilings);
     println!(
-        "| config | system | tokens/s (median, min-max) | samples/s | ms/step | peak RSS MiB | GFLOP/s | share of ceiling | ratio to PyTorch |"
+        "| config | system | tokens/s (median, min-max) | samples/s | ms/step | peak RSS MiB (highest, min-max) | GFLOP/s | share of ceiling | ratio to PyTorch |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (c, config) in options.configs.iter().enumerate() {
@@ -572,10 +572,12 @@ fn print_config_rows(config: &str, ours: &[Run], theirs: &[Run], reference_ceili
         }
         let tps: Vec<f64> = runs.iter().map(|r| r.tokens_per_sec).collect();
         let (lo, hi) = range(&tps);
-        let peak = runs
-            .iter()
-            .filter_map(|r| r.peak_rss_mib)
-            .fold(f64::NAN, f64::max);
+        let peaks: Vec<f64> = runs.iter().filter_map(|r| r.peak_rss_mib).collect();
+        let peak = match range(&peaks) {
+            _ if peaks.is_empty() => "-".to_string(),
+            (lo, hi) if lo == hi => format!("{hi:.0}"),
+            (lo, hi) => format!("{hi:.0} ({lo:.0}-{hi:.0})"),
+        };
         let ms = median(runs.iter().map(|r| r.ms_per_step).collect());
         // Both sides run the same products on a stream; with buckets lstm-lm skips the
         // padded positions at the output layer and PyTorch does not, so its FLOPs differ.
@@ -589,7 +591,7 @@ fn print_config_rows(config: &str, ours: &[Run], theirs: &[Run], reference_ceili
             .map(|f| median_share(runs, &ceilings, f))
             .filter(|s| s.is_finite());
         println!(
-            "| {config} | {name} | {:.0} ({lo:.0}-{hi:.0}) | {:.1} | {ms:.1} | {peak:.0} | {} | {} | {} |",
+            "| {config} | {name} | {:.0} ({lo:.0}-{hi:.0}) | {:.1} | {ms:.1} | {peak} | {} | {} | {} |",
             median(tps),
             median(runs.iter().map(|r| r.samples_per_sec).collect()),
             gflops.map_or("-".into(), |g| format!("{g:.0}")),
