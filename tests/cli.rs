@@ -630,6 +630,11 @@ fn a_full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
     ] {
         assert!(stderr.contains(part), "{part:?} in {stderr}");
     }
+    assert!(
+        !stderr.contains(".bpk."),
+        "a record that could not be written is named by its own path, not its temporary \
+         file's: {stderr}"
+    );
     assert_eq!(last_complete_checkpoint(&run), Some(1));
     assert!(lstm_lm::run::checkpoint::verify_checkpoint(&run, 1).is_ok());
 

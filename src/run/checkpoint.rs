@@ -328,6 +328,17 @@ fn unknown(e: crate::error::Error) -> CheckpointerError {
     CheckpointerError::Unknown(e.to_string())
 }
 
+/// A failed record write, naming the record's own file and the cause. burn-pack's error names
+/// its temporary file behind three prefixes ("Record error: `Record I/O error: I/O error:
+/// cannot write to '<temporary>': No space left on device (os error 28)`").
+fn write_error(path: &Path, error: CheckpointerError) -> CheckpointerError {
+    let text = error.to_string();
+    let cause = text
+        .rsplit_once("': ")
+        .map_or(text.as_str(), |(_, cause)| cause.trim_end_matches('`'));
+    CheckpointerError::Unknown(format!("cannot write {}: {cause}", path.display()))
+}
+
 impl<R: Checkpoint> Checkpointer<R> for AtomicFileCheckpointer {
     /// Streams the record to its file as it is serialised: burn-pack writes a temporary file
     /// beside it (`<name>-<epoch>.bpk.<pid>-<n>.tmp`), syncs it and renames it into place. The
@@ -336,7 +347,9 @@ impl<R: Checkpoint> Checkpointer<R> for AtomicFileCheckpointer {
     /// writes no file; it gets an empty one, so that the epoch is complete.
     fn save(&self, epoch: usize, record: R) -> Result<(), CheckpointerError> {
         let sum = self.place_record(epoch, |path| {
-            record.save(path.to_path_buf())?;
+            record
+                .save(path.to_path_buf())
+                .map_err(|e| write_error(path, e))?;
             if !path.exists() {
                 crate::fsutil::write_atomic(path, &[]).map_err(unknown)?;
             }

@@ -587,7 +587,7 @@ fn check_outcome(
             "after fixing the cause, "
         };
         return Err(Error::Training(format!(
-            "{error}. {}; {hint}run the same command again to continue",
+            "{error}; {}; {hint}run the same command again to continue",
             kept_checkpoint(run_dir)
         )));
     }
