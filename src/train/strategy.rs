@@ -218,6 +218,7 @@ impl ResumableStrategy {
             let _ = std::fs::remove_file(progress_path(&dir, old));
         }
     }
+
     /// Trains epoch `epoch`'s split from batch `skip` on (the batches before it were done before
     /// a resume), with the events burn-train's loop sends, and saves a partial checkpoint every
     /// `every`; returns early when the interrupter stops the run.
