@@ -362,6 +362,8 @@ pub struct StoreWriter {
     width: usize,
     vocab_size: usize,
     ids: u64,
+    /// Ids up to the end of the last sentence (fewer than `ids` while one is open).
+    ended: u64,
     sentences: u64,
     chars: u64,
     words: u64,
@@ -393,6 +395,7 @@ impl StoreWriter {
             width: id_width(vocab_size),
             vocab_size,
             ids: 0,
+            ended: 0,
             sentences: 0,
             chars: 0,
             words: 0,
@@ -404,9 +407,11 @@ impl StoreWriter {
         self.push_sentences(ids, &[ids.len() as u32])
     }
 
-    /// Appends sentences given as their ids one after the other and each one's length.
+    /// Appends `ids` and ends a sentence after each run of `lens` ids, the first run counted
+    /// from the start of `ids`: ids after the last run begin a sentence (a line read in pieces)
+    /// that the next call's first run ends.
     pub fn push_sentences(&mut self, ids: &[u32], lens: &[u32]) -> Result<()> {
-        debug_assert_eq!(lens.iter().map(|&l| l as usize).sum::<usize>(), ids.len());
+        debug_assert!(lens.iter().map(|&l| l as usize).sum::<usize>() <= ids.len());
         debug_assert!(ids.iter().all(|&id| (id as usize) < self.vocab_size));
         let bytes: Vec<u8> = if self.width == 2 {
             ids.iter()
@@ -417,9 +422,14 @@ impl StoreWriter {
         };
         self.write(&bytes)?;
         let mut offsets = Vec::with_capacity(lens.len() * 8);
+        let mut end = self.ids;
         for &len in lens {
-            self.ids += len as u64;
-            offsets.extend_from_slice(&self.ids.to_le_bytes());
+            end += len as u64;
+            offsets.extend_from_slice(&end.to_le_bytes());
+        }
+        self.ids += ids.len() as u64;
+        if !lens.is_empty() {
+            self.ended = end;
         }
         self.sentences += lens.len() as u64;
         self.offsets
@@ -451,6 +461,7 @@ impl StoreWriter {
 
     /// Writes the offsets and the header, syncs the file and renames it into place.
     pub fn finish(mut self) -> Result<()> {
+        debug_assert_eq!(self.ended, self.ids, "a sentence was left open");
         let pad = (self.ids as usize * self.width).div_ceil(8) * 8 - self.ids as usize * self.width;
         self.write(&vec![0u8; pad])?;
         self.append_offsets()?;

@@ -21,6 +21,20 @@ use std::sync::Arc;
 use super::vocab::{Vocab, EOS, UNK, UNK_ID};
 use crate::error::{Error, Result};
 
+/// Bytes of a line that BPE learns from or encodes at once; a longer line goes in pieces cut
+/// by [`line_cut`].
+pub const PIECE_BYTES: usize = 1 << 20;
+
+/// Where a piece of a line may end so that every tokenizer reads the pieces as it reads the
+/// whole line: before the last single space between two other bytes that are not whitespace
+/// (words split there; characters anywhere; byte-level BPE attaches such a space to the word
+/// after it). `None` when `line` has no such space.
+pub fn line_cut(line: &[u8]) -> Option<usize> {
+    let blank = |b: u8| b.is_ascii_whitespace();
+    memchr::memrchr_iter(b' ', line)
+        .find(|&i| i > 0 && i + 1 < line.len() && !blank(line[i - 1]) && !blank(line[i + 1]))
+}
+
 /// The tokenizer a run reads its text with; saved in `config.json`.
 #[derive(
     Debug,
@@ -161,9 +175,19 @@ impl Codec {
     pub fn encode_line(&self, vocab: &Vocab, line: &str, ids: &mut Vec<u32>) -> (bool, usize) {
         match self {
             Codec::Bpe(model) => {
-                // Byte-level BPE cuts any text; the model's ids are the vocabulary's.
-                if let Ok(encoding) = model.encode(line, false) {
-                    ids.extend_from_slice(encoding.get_ids());
+                // Byte-level BPE cuts any text; the model's ids are the vocabulary's. A long
+                // line goes in pieces: an encoding holds some 100 bytes per piece.
+                let mut rest = line;
+                while !rest.is_empty() {
+                    let head = &rest.as_bytes()[..rest.len().min(PIECE_BYTES)];
+                    let at = match line_cut(head) {
+                        Some(at) if rest.len() > PIECE_BYTES => at,
+                        _ => rest.len(),
+                    };
+                    if let Ok(encoding) = model.encode(&rest[..at], false) {
+                        ids.extend_from_slice(encoding.get_ids());
+                    }
+                    rest = &rest[at..];
                 }
                 (true, 0)
             }
@@ -274,6 +298,34 @@ pub fn count_chars(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A line cut where `line_cut` says gives the words and characters of the whole line, and
+    /// BPE's pieces too (checked against a learned model in `prepare`); no cut next to other
+    /// whitespace or at the ends.
+    #[test]
+    fn a_line_cut_between_words_reads_as_the_whole_line() {
+        let line = "ab,  cd\tef 12 g\u{3000}h é 😀 'sx";
+        let mut rest = line;
+        let mut pieces = Vec::new();
+        while let Some(at) = line_cut(rest.as_bytes()) {
+            pieces.push(&rest[at..]);
+            rest = &rest[..at];
+        }
+        pieces.push(rest);
+        pieces.reverse();
+        assert_eq!(
+            pieces,
+            ["ab,  cd\tef", " 12", " g\u{3000}h", " é", " 😀", " 'sx"]
+        );
+        for tokenizer in [Tokenizer::Word, Tokenizer::Char] {
+            let whole = tokenizer.tokens_of(line);
+            let cut: Vec<&str> = pieces.iter().flat_map(|p| tokenizer.tokens_of(p)).collect();
+            assert_eq!(cut, whole, "{tokenizer:?}");
+        }
+        for no_cut in ["abc", " ab", "ab ", "a  b", "a\t b", ""] {
+            assert_eq!(line_cut(no_cut.as_bytes()), None, "{no_cut:?}");
+        }
+    }
 
     /// Characters keep spaces, non-ASCII letters and blank lines; words drop blank lines; CRLF
     /// ends a line once; detokenizing characters gives the text back.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::text::Input;
-use crate::data::tokenizer::{Codec, BPE_FILE, DEFAULT_BPE_VOCAB};
+use crate::data::tokenizer::{line_cut, Codec, BPE_FILE, DEFAULT_BPE_VOCAB, PIECE_BYTES};
 use crate::data::vocab::{Vocab, EOS, PAD, UNK};
 use crate::error::{Error, Result};
 
@@ -100,7 +100,8 @@ pub(super) fn save_codec(codec: &Codec, dir: &Path) -> Result<()> {
 }
 
 /// The training lines of some inputs, streamed (line ends removed), up to global line `cut`;
-/// a read error ends the lines and is left in `error`.
+/// a line longer than [`PIECE_BYTES`] comes in pieces cut where the tokenizer reads them as it
+/// reads the whole line ([`line_cut`]). A read error ends the lines and is left in `error`.
 struct TrainLines {
     inputs: std::vec::IntoIter<Input>,
     current: Option<Box<dyn std::io::BufRead + Send>>,
@@ -108,6 +109,8 @@ struct TrainLines {
     /// Lines read, over all inputs, and in the current one.
     line: usize,
     file_line: usize,
+    /// The rest of a line after the last piece handed over.
+    rest: Vec<u8>,
     cut: Option<usize>,
     error: Arc<std::sync::Mutex<Option<Error>>>,
 }
@@ -124,6 +127,7 @@ impl TrainLines {
             path: PathBuf::new(),
             line: 0,
             file_line: 0,
+            rest: Vec::new(),
             cut,
             error,
         }
@@ -134,6 +138,39 @@ impl TrainLines {
         self.current = None;
         self.inputs = Vec::new().into_iter();
         None
+    }
+
+    /// The next line, or piece of a line, of the current input as bytes (`None` at its end).
+    fn next_bytes(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        use std::io::{BufRead, Read};
+        let reader = self.current.as_mut().expect("an open input");
+        let mut bytes = std::mem::take(&mut self.rest);
+        loop {
+            let n = reader
+                .take(PIECE_BYTES as u64)
+                .read_until(b'\n', &mut bytes)?;
+            if bytes.ends_with(b"\n") || (n == 0 && !bytes.is_empty()) {
+                // A whole line (the input's last may lack its end).
+                self.line += 1;
+                self.file_line += 1;
+                if bytes.ends_with(b"\n") {
+                    bytes.pop();
+                    if bytes.ends_with(b"\r") {
+                        bytes.pop();
+                    }
+                }
+                return Ok(Some(bytes));
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            if n == PIECE_BYTES {
+                if let Some(at) = line_cut(&bytes) {
+                    self.rest = bytes.split_off(at);
+                    return Ok(Some(bytes));
+                }
+            }
+        }
     }
 }
 
@@ -156,34 +193,24 @@ impl Iterator for TrainLines {
                     Err(e) => return self.fail(e),
                 }
             }
-            let mut bytes = Vec::new();
-            let reader = self.current.as_mut().expect("an open input");
-            match reader.read_until(b'\n', &mut bytes) {
-                Ok(0) => {
+            let bytes = match self.next_bytes() {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => {
                     self.current = None;
                     continue;
                 }
-                Ok(_) => {}
                 Err(e) => {
                     let path = self.path.clone();
                     return self.fail(Error::io("cannot read corpus file", &path, e));
                 }
-            }
-            self.line += 1;
-            self.file_line += 1;
-            if bytes.ends_with(b"\n") {
-                bytes.pop();
-                if bytes.ends_with(b"\r") {
-                    bytes.pop();
-                }
-            }
+            };
             return match String::from_utf8(bytes) {
                 Ok(line) => Some(line),
                 Err(_) => {
-                    let problem = format!(
-                        "line {}: not valid UTF-8; convert the file to UTF-8",
-                        self.file_line
-                    );
+                    // A piece of a line is named by the line it is in.
+                    let line = self.file_line + usize::from(!self.rest.is_empty());
+                    let problem =
+                        format!("line {line}: not valid UTF-8; convert the file to UTF-8");
                     let path = self.path.clone();
                     self.fail(Error::Corpus { path, problem })
                 }

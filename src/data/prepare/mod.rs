@@ -192,7 +192,7 @@ fn open(dir: &Path, material: &serde_json::Value, plan: &Plan) -> Result<Prepare
 mod tests {
     use super::*;
     use crate::data::corpus::{read_corpus, EMBEDDED_TINY_SHAKESPEARE};
-    use crate::data::tokenizer::BPE_FILE;
+    use crate::data::tokenizer::{count_chars, count_words, BPE_FILE};
     use crate::data::vocab::{EOS, EOS_ID, PAD, UNK, UNK_ID};
 
     fn options(dir: &Path) -> PrepareOptions {
@@ -460,6 +460,84 @@ mod tests {
             }
         }
         assert_eq!(counted, [raw as u64; 3]);
+    }
+
+    /// A line longer than a read block (text8's one line of 100 MB, say) is read in pieces
+    /// cut between words, and prepares to the ids, sentences, characters and words of the
+    /// text read whole, for words and characters (a line of 17 MiB, read in 16 MiB blocks)
+    /// and BPE (a line of 2.5 MiB, which it learns from and encodes in 1 MiB pieces).
+    #[test]
+    fn a_line_longer_than_a_block_prepares_as_if_read_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (tokenizer, mib) in [
+            (Tokenizer::Word, 17),
+            (Tokenizer::Char, 17),
+            (Tokenizer::Bpe, 2),
+        ] {
+            let text = text_with_a_long_line((mib << 20) + (1 << 19));
+            let train = tmp.path().join("t.txt");
+            std::fs::write(&train, &text).unwrap();
+            let valid = tmp.path().join("v.txt");
+            std::fs::write(&valid, "the mat\n").unwrap();
+            let source = CorpusSource::Files {
+                train,
+                valid: Some(valid),
+                test: None,
+                train_fraction: 0.9,
+            };
+            let o = PrepareOptions {
+                tokenizer,
+                max_vocab: if tokenizer == Tokenizer::Bpe { 280 } else { 0 },
+                ..options(&tmp.path().join("cache"))
+            };
+            let (p, _) = prepare_quiet(&source, &o);
+            // Each line encoded whole (BPE by its model directly, not in pieces).
+            let mut expected = Vec::new();
+            for line in text.lines() {
+                let mut ids = Vec::new();
+                let sentence = match &p.codec {
+                    Codec::Bpe(model) => {
+                        ids.extend(model.encode(line, false).unwrap().get_ids());
+                        true
+                    }
+                    codec => codec.encode_line(&p.vocab, line, &mut ids).0,
+                };
+                if sentence {
+                    ids.push(EOS_ID as u32);
+                    expected.push(ids.into_iter().map(|i| i as usize).collect::<Vec<_>>());
+                }
+            }
+            let got = p.train.to_sentences();
+            assert_eq!(got.len(), expected.len(), "{tokenizer:?}: sentences");
+            assert!(
+                got == expected,
+                "{tokenizer:?}: the ids differ from the whole text's"
+            );
+            assert_eq!(p.train.chars(), Some(count_chars(&text)), "{tokenizer:?}");
+            let words = p.train.len() as f64 / p.train.tokens_per_word().unwrap();
+            assert!(
+                (words - count_words(&text) as f64).abs() < 1e-3,
+                "{tokenizer:?}"
+            );
+        }
+    }
+
+    /// Lines around one of about `bytes` bytes of words, punctuation, digits, non-ASCII
+    /// letters, an emoji, tabs and runs of spaces.
+    fn text_with_a_long_line(bytes: usize) -> String {
+        let shapes = [
+            "the", "cät", "sat,", "on", "42", "mat.", "  a", "'s", "\t(x)", "😀",
+        ];
+        let mut long = String::new();
+        let mut state = 7u64;
+        while long.len() < bytes {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            long += shapes[(state >> 33) as usize % shapes.len()];
+            long.push(' ');
+        }
+        format!("first line\n{}\n\nshort one\nlast", long.trim_end())
     }
 
     /// BPE: its ids are the vocabulary's (the specials 0, 1, 2), encoding then decoding the

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::data::corpus::EMBEDDED_TINY_SHAKESPEARE;
-use crate::data::tokenizer::{count_chars, count_words, Codec, Tokenizer};
+use crate::data::tokenizer::{count_chars, count_words, line_cut, Codec, Tokenizer};
 use crate::data::vocab::{Vocab, EOS_ID};
 use crate::error::{Error, Result};
 
@@ -79,22 +79,37 @@ impl Input {
     }
 }
 
-/// A block of whole lines of one input.
+/// A block of whole lines of one input, or a piece of a line longer than a block.
 pub(super) struct Block {
     pub(super) text: String,
     /// The input it comes from.
     pub(super) input: usize,
     /// Whether its lines are held out for validation.
     pub(super) held_out: bool,
+    /// Whether it is a piece of a line that goes on in the next block (it then holds no line
+    /// end; see [`line_cut`]).
+    pub(super) open: bool,
 }
 
 /// Reads `inputs` block by block, in order, and hands `f` a batch of blocks at a time (two
 /// per core, to work on in parallel). With `cut`, the block holding line `cut` (0-based,
 /// counted over all inputs together) is split there, and the blocks from it on are marked
-/// held out. Bytes that are not UTF-8 and NUL bytes are errors naming the file and the line.
+/// held out. A line longer than a block is handed over in pieces (cut by [`line_cut`]), so no
+/// text is ever held whole. Bytes that are not UTF-8 and NUL bytes are errors naming the file
+/// and the line.
 pub(super) fn for_each_batch(
     inputs: &[Input],
     cut: Option<usize>,
+    f: &mut dyn FnMut(Vec<Block>) -> Result<()>,
+) -> Result<()> {
+    for_each_batch_of(inputs, cut, BLOCK_BYTES, f)
+}
+
+/// [`for_each_batch`] with blocks of `block_bytes`.
+fn for_each_batch_of(
+    inputs: &[Input],
+    cut: Option<usize>,
+    block_bytes: usize,
     f: &mut dyn FnMut(Vec<Block>) -> Result<()>,
 ) -> Result<()> {
     let per_batch = 2 * rayon::current_num_threads().max(1);
@@ -107,39 +122,26 @@ pub(super) fn for_each_batch(
         let mut eof = false;
         while !eof {
             let start = pending.len();
-            pending.resize(start + BLOCK_BYTES, 0);
+            pending.resize(start + block_bytes, 0);
             let n = read_full(&mut reader, &mut pending[start..])
                 .map_err(|e| Error::io("cannot read corpus file", path, e))?;
             pending.truncate(start + n);
             eof = n == 0;
-            let end = if eof {
-                pending.len()
-            } else {
-                match memchr::memrchr(b'\n', &pending) {
-                    Some(i) => i + 1,
-                    None => continue,
-                }
-            };
-            if end == 0 {
+            let Some((end, open)) = block_end(&pending, eof) else {
                 continue;
-            }
+            };
             let rest = pending.split_off(end);
             let bytes = std::mem::replace(&mut pending, rest);
             let text = checked_text(bytes, path, offset, line)?;
             offset += end;
-            let lines = count_lines(&text);
-            let mut parts = vec![(text, lines_before)];
-            if let Some(cut) = cut.filter(|&c| c > lines_before && c < lines_before + lines) {
-                let (text, before) = parts.pop().expect("one part");
-                let (head, tail) = text.split_at(nth_line_start(&text, cut - before));
-                parts.push((head.to_owned(), before));
-                parts.push((tail.to_owned(), cut));
-            }
-            for (text, before) in parts {
+            // A piece of a line holds no line end; its line is counted with its last piece.
+            let lines = if open { 0 } else { count_lines(&text) };
+            for (text, before) in split_at_cut(text, lines_before, lines, cut) {
                 batch.push(Block {
                     text,
                     input: index,
                     held_out: cut.is_some_and(|c| before >= c),
+                    open,
                 });
             }
             line += lines;
@@ -153,6 +155,38 @@ pub(super) fn for_each_batch(
         f(batch)?;
     }
     Ok(())
+}
+
+/// Where the next block of `pending` ends, and whether it ends inside a line: after its last
+/// line end, or at the input's end, or (no line end in it) at a [`line_cut`]; `None` when it
+/// needs more bytes.
+fn block_end(pending: &[u8], eof: bool) -> Option<(usize, bool)> {
+    let end = if eof {
+        (pending.len(), false)
+    } else {
+        match memchr::memrchr(b'\n', pending) {
+            Some(i) => (i + 1, false),
+            None => (line_cut(pending)?, true),
+        }
+    };
+    (end.0 > 0).then_some(end)
+}
+
+/// `text` (holding lines `before..before + lines` of all inputs) as the parts before and
+/// after line `cut`, each with its first line's number.
+fn split_at_cut(
+    text: String,
+    before: usize,
+    lines: usize,
+    cut: Option<usize>,
+) -> Vec<(String, usize)> {
+    match cut.filter(|&c| c > before && c < before + lines) {
+        Some(cut) => {
+            let (head, tail) = text.split_at(nth_line_start(&text, cut - before));
+            vec![(head.to_owned(), before), (tail.to_owned(), cut)]
+        }
+        None => vec![(text, before)],
+    }
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.
@@ -235,7 +269,8 @@ pub(super) fn total_bytes(inputs: &[Input]) -> Result<u64> {
 }
 
 /// A block encoded: its sentences' ids one after the other (each ending in `<eos>`), each
-/// sentence's length, the tokens not in the vocabulary and the block's characters.
+/// sentence's length, the tokens not in the vocabulary and the block's characters and words.
+/// The ids after the last length (an open block's) begin a sentence that the next block ends.
 pub(super) struct Encoded {
     pub(super) ids: Vec<u32>,
     pub(super) lens: Vec<u32>,
@@ -244,9 +279,20 @@ pub(super) struct Encoded {
     pub(super) words: u64,
 }
 
-/// Encodes the lines of `text`.
-pub(super) fn encode_block(vocab: &Vocab, codec: &Codec, text: &str) -> Encoded {
+/// Encodes the lines of `text`; an `open` text is a piece of a line (see [`Block`]), whose
+/// tokens end no sentence and count no line end.
+pub(super) fn encode_block(vocab: &Vocab, codec: &Codec, text: &str, open: bool) -> Encoded {
     let (mut ids, mut lens, mut unknown) = (Vec::new(), Vec::new(), 0);
+    if open {
+        let (_, unknowns) = codec.encode_line(vocab, text, &mut ids);
+        return Encoded {
+            ids,
+            lens,
+            unknown: unknowns,
+            chars: text.chars().count() as u64,
+            words: text.split_whitespace().count() as u64,
+        };
+    }
     for line in text.lines() {
         let start = ids.len();
         let (sentence, unknowns) = codec.encode_line(vocab, line, &mut ids);
@@ -289,6 +335,40 @@ pub(super) fn lines_per_input(inputs: &[Input]) -> Result<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A line longer than a block comes in pieces (open blocks, which count no line) cut
+    /// before a single space between words, that give the text back put together; a held-out
+    /// cut still falls at its line.
+    #[test]
+    fn a_long_line_comes_in_pieces_cut_between_words() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = "ab cd  ef gh\tij kl mn op qr st\nuv wx yz\nlast one here";
+        let path = tmp.path().join("t.txt");
+        std::fs::write(&path, text).unwrap();
+        let mut blocks = Vec::new();
+        for_each_batch_of(&[Input::File(path)], Some(2), 8, &mut |b| {
+            blocks.extend(b);
+            Ok(())
+        })
+        .unwrap();
+        let joined: String = blocks.iter().map(|b| b.text.as_str()).collect();
+        assert_eq!(joined, text);
+        let pieces: Vec<&str> = blocks
+            .iter()
+            .filter(|b| b.open)
+            .map(|b| b.text.as_str())
+            .collect();
+        assert_eq!(pieces, ["ab", " cd  ef", " gh\tij kl mn", "last", " one"]);
+        for pair in blocks.windows(2).filter(|p| p[0].open) {
+            assert!(pair[1].text.starts_with(' ') && !pair[1].text.starts_with("  "));
+        }
+        let held: String = blocks
+            .iter()
+            .filter(|b| b.held_out)
+            .map(|b| b.text.as_str())
+            .collect();
+        assert_eq!(held, "last one here");
+    }
 
     /// Lines are counted as `str::lines` counts them (where the held-out split is cut), and
     /// line `n` starts after the n-th line end.

@@ -102,7 +102,7 @@ impl<'a> Encoder<'a> {
         for_each_batch(inputs, cut, &mut |blocks| {
             let encoded: Vec<_> = blocks
                 .par_iter()
-                .map(|b| encode_block(self.vocab, self.codec, &b.text))
+                .map(|b| encode_block(self.vocab, self.codec, &b.text, b.open))
                 .collect();
             for (block, e) in blocks.iter().zip(encoded) {
                 sentences[block.input] += e.lens.len();
