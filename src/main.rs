@@ -215,22 +215,19 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
 
 fn run_score(args: ScoreArgs) -> anyhow::Result<()> {
     let run = Run::open(&args.run)?;
-    let text = if args.text.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-            .context("cannot read standard input")?;
-        text
+    let reader: Box<dyn std::io::BufRead> = if args.text.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
     } else {
-        std::fs::read_to_string(&args.text)
-            .with_context(|| format!("cannot read {}", args.text.display()))?
+        let file = std::fs::File::open(&args.text)
+            .with_context(|| format!("cannot read {}", args.text.display()))?;
+        Box::new(std::io::BufReader::with_capacity(1 << 20, file))
     };
-    let lines: Vec<String> = text.lines().map(String::from).collect();
     let device = choose_device(args.device)?;
     let (model, _) = run.load_model(args.epoch, &device)?;
-    let scores = score::score_lines(&run, &model, &lines, args.context, args.batch, &device);
+    let scorer = score::Scorer::new(&run, &model, args.context, args.batch, &device);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for s in scores {
-        writeln!(out, "{}", serde_json::to_string(&s)?)?;
+    for s in scorer.score_text(reader, &args.text) {
+        writeln!(out, "{}", serde_json::to_string(&s?)?)?;
     }
     Ok(())
 }

@@ -388,3 +388,60 @@ fn scores_of_lines_in_sentence_and_carry_context() {
         "{carry:?} vs {expected}"
     );
 }
+
+/// A text scored as it is read, in chunks (`score` and `eval --context sentence` on a text of
+/// any size): the same scores, numbers and carried state as scoring all its lines at once,
+/// CRLF and a last line without its end read as `str::lines` reads them; a line that is not
+/// UTF-8 ends the scores with an error naming it, after the lines before it.
+#[test]
+fn a_text_scored_as_it_is_read_matches_its_lines_scored_at_once() {
+    use lstm_lm::commands::score::{score_lines, Context, Scorer, CHUNK_BATCHES};
+    let tmp = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    tiny_run(tmp.path(), 1, &device);
+    let run = Run::open(&tmp.path().join("run")).unwrap();
+    let (model, _) = run.load_model(None, &device).unwrap();
+    let shapes = [
+        "First Citizen :",
+        "",
+        "hear me speak .",
+        "All :",
+        "zzz unknown",
+    ];
+    // Batches of one line: chunks of CHUNK_BATCHES lines, so the text spans three.
+    let n = 2 * CHUNK_BATCHES + 7;
+    let lines: Vec<String> = (0..n)
+        .map(|k| shapes[k % shapes.len()].to_string())
+        .collect();
+    let text = lines.join("\r\n");
+    let source = tmp.path().join("lines.txt");
+    for context in [Context::Sentence, Context::Carry] {
+        let whole = score_lines(&run, &model, &lines, context, 1, &device);
+        let scorer = Scorer::new(&run, &model, context, 1, &device);
+        let read: Vec<LineScore> = scorer
+            .score_text(text.as_bytes(), &source)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(read.len(), n, "{context:?}");
+        for (k, (a, b)) in read.iter().zip(&whole).enumerate() {
+            assert_eq!((a.line, &a.text, &a.tokens), (k + 1, &b.text, &b.tokens));
+            assert!(
+                (a.logprob - b.logprob).abs() < 1e-9,
+                "{context:?} line {}",
+                k + 1
+            );
+        }
+    }
+
+    let mut bad = b"hear me\nAll :\nhe\xffar\nnot reached\n".to_vec();
+    bad.extend_from_slice(text.as_bytes());
+    let scorer = Scorer::new(&run, &model, Context::Sentence, 64, &device);
+    let got: Vec<_> = scorer.score_text(&bad[..], &source).collect();
+    assert_eq!(got.len(), 3, "two lines, then the error");
+    assert_eq!(got[1].as_ref().unwrap().text, "All :");
+    let e = got[2].as_ref().unwrap_err().to_string();
+    assert!(
+        e.contains("lines.txt") && e.contains("line 3: not valid UTF-8"),
+        "{e}"
+    );
+}

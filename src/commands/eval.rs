@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 
-use crate::commands::score::{score_lines, Context};
+use crate::commands::score::{Context, Scorer};
 use crate::data::prepare::encode_text;
 use crate::data::vocab::UNK;
 use crate::error::{Error, Result};
@@ -118,7 +118,8 @@ pub fn evaluate_run(request: &EvalRequest) -> Result<RunEvaluation> {
     })
 }
 
-/// Lines scored from the zero state in batches, summed ([`score_lines`]).
+/// Lines scored from the zero state in batches as they are read, summed
+/// ([`Scorer::score_text`]).
 fn evaluate_lines(
     run: &Run,
     model: &LanguageModel,
@@ -127,10 +128,11 @@ fn evaluate_lines(
 ) -> Result<Evaluation> {
     let (mut nll, mut tokens) = (0.0, 0);
     for path in text {
-        let content =
-            std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
-        let lines: Vec<String> = content.lines().map(str::to_owned).collect();
-        for line in score_lines(run, model, &lines, Context::Sentence, 64, device) {
+        let file = std::fs::File::open(path).map_err(|e| Error::io("cannot read", path, e))?;
+        let reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let scorer = Scorer::new(run, model, Context::Sentence, 64, device);
+        for line in scorer.score_text(reader, path) {
+            let line = line?;
             nll -= line.logprob;
             tokens += line.scored;
         }

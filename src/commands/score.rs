@@ -5,14 +5,18 @@
 //! every line starts from the zero state and many lines run as one padded batch; with
 //! [`Context::Carry`] each line starts from the state the previous line ended in (the text read
 //! as one stream, one line at a time). A blank line is one `<eos>` for character and BPE
-//! models and nothing for word models (their training skipped blank lines).
+//! models and nothing for word models (their training skipped blank lines). A text is scored
+//! as it is read, some thousands of lines at a time ([`Scorer::score_text`]).
 
 use std::f64::consts::LN_2;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::data::vocab::{EOS_ID, PAD_ID, UNK};
+use crate::error::{Error, Result};
 use crate::model::lstm::LstmState;
 use crate::model::LanguageModel;
 use crate::run::Run;
@@ -65,43 +69,171 @@ pub fn score_lines(
     batch: usize,
     device: &Device,
 ) -> Vec<LineScore> {
-    let mut prepared: Vec<Line> = lines
-        .iter()
-        .enumerate()
-        .map(|(k, text)| prepare(run, k + 1, text))
-        .collect();
-    match context {
-        Context::Sentence => {
-            // Lines of similar length batched together: little padding. Output keeps the
-            // input order.
-            let mut order: Vec<usize> = (0..prepared.len()).collect();
-            order.sort_by_key(|&k| prepared[k].ids.len());
-            let mut sorted: Vec<Line> = order
-                .iter()
-                .map(|&k| std::mem::take(&mut prepared[k]))
-                .collect();
-            for chunk in sorted.chunks_mut(batch.max(1)) {
-                score_batch(model, chunk, None, device);
-            }
-            for (line, k) in sorted.into_iter().zip(order) {
-                prepared[k] = line;
-            }
+    Scorer::new(run, model, context, batch, device).score(lines)
+}
+
+/// Scores a text's lines in turn, numbering them on and, in carry context, carrying the state
+/// from one call to the next.
+pub struct Scorer<'a> {
+    run: &'a Run,
+    model: &'a LanguageModel,
+    context: Context,
+    batch: usize,
+    device: &'a Device,
+    state: Option<Vec<LstmState>>,
+    lines: usize,
+}
+
+impl<'a> Scorer<'a> {
+    /// Scores with `model` (non-autodiff, on `device`), `batch` lines at a time in sentence
+    /// context.
+    pub fn new(
+        run: &'a Run,
+        model: &'a LanguageModel,
+        context: Context,
+        batch: usize,
+        device: &'a Device,
+    ) -> Self {
+        Self {
+            run,
+            model,
+            context,
+            batch: batch.max(1),
+            device,
+            state: None,
+            lines: 0,
         }
-        Context::Carry => {
-            let mut state = None;
-            for line in prepared.iter_mut() {
-                if !line.ids.is_empty() {
-                    state = Some(score_batch(
-                        model,
-                        std::slice::from_mut(line),
-                        state,
-                        device,
-                    ));
+    }
+
+    /// Scores the next `lines` of the text.
+    pub fn score(&mut self, lines: &[String]) -> Vec<LineScore> {
+        let first = self.lines + 1;
+        self.lines += lines.len();
+        let mut prepared: Vec<Line> = lines
+            .iter()
+            .enumerate()
+            .map(|(k, text)| prepare(self.run, first + k, text))
+            .collect();
+        match self.context {
+            Context::Sentence => {
+                // Lines of similar length batched together: little padding. Output keeps the
+                // input order.
+                let mut order: Vec<usize> = (0..prepared.len()).collect();
+                order.sort_by_key(|&k| prepared[k].ids.len());
+                let mut sorted: Vec<Line> = order
+                    .iter()
+                    .map(|&k| std::mem::take(&mut prepared[k]))
+                    .collect();
+                for chunk in sorted.chunks_mut(self.batch) {
+                    score_batch(self.model, chunk, None, self.device);
+                }
+                for (line, k) in sorted.into_iter().zip(order) {
+                    prepared[k] = line;
+                }
+            }
+            Context::Carry => {
+                for line in prepared.iter_mut().filter(|l| !l.ids.is_empty()) {
+                    let state = self.state.take();
+                    let one = std::slice::from_mut(line);
+                    self.state = Some(score_batch(self.model, one, state, self.device));
                 }
             }
         }
+        prepared.into_iter().map(|l| l.score).collect()
     }
-    prepared.into_iter().map(|l| l.score).collect()
+
+    /// The scores of the lines of `reader` (the text `source`, named in errors), read and
+    /// scored [`CHUNK_BATCHES`] batches of lines at a time, so a text of any size is scored
+    /// in bounded memory and its first scores come at once.
+    pub fn score_text<R: BufRead>(self, reader: R, source: &Path) -> ScoredLines<'a, R> {
+        ScoredLines {
+            scorer: self,
+            reader,
+            source: source.to_path_buf(),
+            ready: Vec::new().into_iter(),
+            error: None,
+            done: false,
+        }
+    }
+}
+
+/// Batches of lines read and scored at a time by [`Scorer::score_text`] (lines of similar
+/// length are batched together within them).
+pub const CHUNK_BATCHES: usize = 256;
+
+/// The scores of a text's lines, in order, as they are read (see [`Scorer::score_text`]); a
+/// line that is not UTF-8 or a read error ends them with an error naming the line, after the
+/// scores of the lines before it.
+pub struct ScoredLines<'a, R> {
+    scorer: Scorer<'a>,
+    reader: R,
+    source: PathBuf,
+    ready: std::vec::IntoIter<LineScore>,
+    /// What ended the reading, given after the scores of the lines read before it.
+    error: Option<Error>,
+    done: bool,
+}
+
+impl<R: BufRead> ScoredLines<'_, R> {
+    /// The next lines of the text (line ends removed, as `str::lines` does); none at its end.
+    /// What stops the reading early is kept in `error`.
+    fn read_chunk(&mut self) -> Vec<String> {
+        let want = self.scorer.batch.saturating_mul(CHUNK_BATCHES);
+        let mut lines = Vec::with_capacity(want.min(1 << 16));
+        while lines.len() < want {
+            let mut bytes = Vec::new();
+            match self.reader.read_until(b'\n', &mut bytes) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    self.error = Some(Error::io("cannot read", &self.source, e));
+                    break;
+                }
+            }
+            if bytes.ends_with(b"\n") {
+                bytes.pop();
+                if bytes.ends_with(b"\r") {
+                    bytes.pop();
+                }
+            }
+            match String::from_utf8(bytes) {
+                Ok(line) => lines.push(line),
+                Err(_) => {
+                    let number = self.scorer.lines + lines.len() + 1;
+                    self.error = Some(Error::Corpus {
+                        path: self.source.clone(),
+                        problem: format!(
+                            "line {number}: not valid UTF-8; convert the file to UTF-8"
+                        ),
+                    });
+                    break;
+                }
+            }
+        }
+        lines
+    }
+}
+
+impl<R: BufRead> Iterator for ScoredLines<'_, R> {
+    type Item = Result<LineScore>;
+
+    fn next(&mut self) -> Option<Result<LineScore>> {
+        loop {
+            if let Some(score) = self.ready.next() {
+                return Some(Ok(score));
+            }
+            if let Some(e) = self.error.take() {
+                self.done = true;
+                return Some(Err(e));
+            }
+            if self.done {
+                return None;
+            }
+            let lines = self.read_chunk();
+            self.done = lines.is_empty();
+            self.ready = self.scorer.score(&lines).into_iter();
+        }
+    }
 }
 
 fn prepare(run: &Run, number: usize, text: &str) -> Line {
