@@ -102,6 +102,9 @@ pub fn import(request: &ImportRequest) -> Result<Imported> {
     names.div_value = source.div_value;
     let foreign = read_vocab(&source.vocab)?;
     let read = names.read(&foreign)?;
+    // The file's tensors (a memory map, or the state dict read) are no longer needed.
+    let naming = names.naming;
+    drop(names);
     let mut config: ExperimentConfig = Preset::ZarembaSmall.config();
     config.model = read.config.clone();
     config.data.tokenizer = source.tokenizer;
@@ -115,7 +118,7 @@ pub fn import(request: &ImportRequest) -> Result<Imported> {
     let record = ImportRecord {
         file: source.file.clone(),
         vocab: source.vocab.clone(),
-        naming: names.naming.into(),
+        naming: naming.into(),
         missing: foreign.missing().iter().map(|s| s.to_string()).collect(),
     };
     write_folder(&request.out, |dir| {
@@ -124,7 +127,7 @@ pub fn import(request: &ImportRequest) -> Result<Imported> {
     Ok(Imported {
         dir: request.out.clone(),
         file: source.file,
-        naming: names.naming,
+        naming,
         tensors: count,
         model: read.config,
         missing: record.missing,
@@ -144,11 +147,12 @@ fn write_run(
     let json = serde_json::to_string_pretty(config).expect("config serialises");
     write_atomic(&dir.join(files::CONFIG), json.as_bytes())?;
     foreign.vocab.save(&dir.join(files::VOCAB))?;
-    let bytes = model
+    // Streamed to its file as it is serialised, never also held as one byte buffer.
+    let path = dir.join(files::IMPORTED);
+    model
         .into_record()
-        .into_bytes()
-        .map_err(|e| bad(&source.file, format!("cannot encode the model: {e}")))?;
-    write_atomic(&dir.join(files::IMPORTED), &bytes)?;
+        .save(&path)
+        .map_err(|e| bad(&source.file, format!("cannot write {}: {e}", path.display())))?;
     let json = serde_json::to_string_pretty(record).expect("record serialises");
     write_atomic(&dir.join(files::IMPORT_RECORD), json.as_bytes())?;
     if let Some(bpe) = &source.bpe {
