@@ -15,7 +15,7 @@ use cli::args::{
 use cli::display::Display;
 use cli::memory;
 use lstm_lm::commands::{bench, eval, export, generate, import, score};
-use lstm_lm::data::corpus::{self, CorpusSource};
+use lstm_lm::data::corpus::{self, CorpusSource, TextLines};
 use lstm_lm::device::{self, DeviceChoice};
 use lstm_lm::model::Softmax;
 use lstm_lm::run::{self, summary, Run};
@@ -289,11 +289,12 @@ fn run_import(args: ImportArgs) -> anyhow::Result<()> {
 
 fn run_tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     let run = Run::open(&args.run)?;
-    let text = std::fs::read_to_string(&args.text)
+    let file = std::fs::File::open(&args.text)
         .with_context(|| format!("cannot read {}", args.text.display()))?;
+    let reader = std::io::BufReader::with_capacity(1 << 20, file);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for line in text.lines() {
-        let tokens = run.codec().tokens_of(run.vocab(), line);
+    for line in TextLines::new(reader, &args.text) {
+        let tokens = run.codec().tokens_of(run.vocab(), &line?);
         writeln!(out, "{}", lstm_lm::data::tokenizer::spaced(&tokens))?;
     }
     Ok(())

@@ -149,10 +149,12 @@ fn write_run(
     foreign.vocab.save(&dir.join(files::VOCAB))?;
     // Streamed to its file as it is serialised, never also held as one byte buffer.
     let path = dir.join(files::IMPORTED);
-    model
-        .into_record()
-        .save(&path)
-        .map_err(|e| bad(&source.file, format!("cannot write {}: {e}", path.display())))?;
+    model.into_record().save(&path).map_err(|e| {
+        bad(
+            &source.file,
+            format!("cannot write {}: {e}", path.display()),
+        )
+    })?;
     let json = serde_json::to_string_pretty(record).expect("record serialises");
     write_atomic(&dir.join(files::IMPORT_RECORD), json.as_bytes())?;
     if let Some(bpe) = &source.bpe {

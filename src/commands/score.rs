@@ -10,11 +10,12 @@
 
 use std::f64::consts::LN_2;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Serialize;
 
+use crate::data::corpus::TextLines;
 use crate::data::vocab::{EOS_ID, PAD_ID, UNK};
 use crate::error::{Error, Result};
 use crate::model::lstm::LstmState;
@@ -148,8 +149,7 @@ impl<'a> Scorer<'a> {
     pub fn score_text<R: BufRead>(self, reader: R, source: &Path) -> ScoredLines<'a, R> {
         ScoredLines {
             scorer: self,
-            reader,
-            source: source.to_path_buf(),
+            lines: TextLines::new(reader, source),
             ready: Vec::new().into_iter(),
             error: None,
             done: false,
@@ -166,8 +166,7 @@ pub const CHUNK_BATCHES: usize = 256;
 /// scores of the lines before it.
 pub struct ScoredLines<'a, R> {
     scorer: Scorer<'a>,
-    reader: R,
-    source: PathBuf,
+    lines: TextLines<R>,
     ready: std::vec::IntoIter<LineScore>,
     /// What ended the reading, given after the scores of the lines read before it.
     error: Option<Error>,
@@ -175,39 +174,19 @@ pub struct ScoredLines<'a, R> {
 }
 
 impl<R: BufRead> ScoredLines<'_, R> {
-    /// The next lines of the text (line ends removed, as `str::lines` does); none at its end.
-    /// What stops the reading early is kept in `error`.
+    /// The next lines of the text; none at its end. What stops the reading early is kept in
+    /// `error`.
     fn read_chunk(&mut self) -> Vec<String> {
         let want = self.scorer.batch.saturating_mul(CHUNK_BATCHES);
         let mut lines = Vec::with_capacity(want.min(1 << 16));
         while lines.len() < want {
-            let mut bytes = Vec::new();
-            match self.reader.read_until(b'\n', &mut bytes) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    self.error = Some(Error::io("cannot read", &self.source, e));
+            match self.lines.next() {
+                Some(Ok(line)) => lines.push(line),
+                Some(Err(e)) => {
+                    self.error = Some(e);
                     break;
                 }
-            }
-            if bytes.ends_with(b"\n") {
-                bytes.pop();
-                if bytes.ends_with(b"\r") {
-                    bytes.pop();
-                }
-            }
-            match String::from_utf8(bytes) {
-                Ok(line) => lines.push(line),
-                Err(_) => {
-                    let number = self.scorer.lines + lines.len() + 1;
-                    self.error = Some(Error::Corpus {
-                        path: self.source.clone(),
-                        problem: format!(
-                            "line {number}: not valid UTF-8; convert the file to UTF-8"
-                        ),
-                    });
-                    break;
-                }
+                None => break,
             }
         }
         lines

@@ -1,5 +1,6 @@
 //! Reading corpora in PTB format: one sentence per line, whitespace-separated tokens, UTF-8.
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use datasets::{Dataset, Split};
@@ -11,6 +12,66 @@ pub const EMBEDDED_TINY_SHAKESPEARE: &str = include_str!("../../assets/tinyshake
 
 /// A sentence: its whitespace-separated tokens.
 pub type Sentence = Vec<String>;
+
+/// The lines of a text as [`str::lines`] cuts them (line ends removed, CRLF too), read as they
+/// come, so a text of any size takes one line's memory; a line that is not UTF-8, or a read
+/// error, is an error naming the file and the line, and ends them.
+pub struct TextLines<R> {
+    reader: R,
+    path: PathBuf,
+    /// Lines read so far.
+    line: usize,
+    failed: bool,
+}
+
+impl<R: BufRead> TextLines<R> {
+    /// The lines of `reader`, the text `path` (as errors name it).
+    pub fn new(reader: R, path: &Path) -> Self {
+        Self {
+            reader,
+            path: path.to_path_buf(),
+            line: 0,
+            failed: false,
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for TextLines<R> {
+    type Item = Result<String>;
+
+    fn next(&mut self) -> Option<Result<String>> {
+        if self.failed {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        match self.reader.read_until(b'\n', &mut bytes) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) => {
+                self.failed = true;
+                return Some(Err(Error::io("cannot read", &self.path, e)));
+            }
+        }
+        self.line += 1;
+        if bytes.ends_with(b"\n") {
+            bytes.pop();
+            if bytes.ends_with(b"\r") {
+                bytes.pop();
+            }
+        }
+        Some(String::from_utf8(bytes).map_err(|e| {
+            self.failed = true;
+            Error::Corpus {
+                path: self.path.clone(),
+                problem: format!(
+                    "line {}: not valid UTF-8 (byte {} of the line); convert the file to UTF-8",
+                    self.line,
+                    e.utf8_error().valid_up_to() + 1
+                ),
+            }
+        }))
+    }
+}
 
 /// Where the text of each split comes from.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -253,6 +314,27 @@ mod tests {
             .to_string();
         assert!(
             e.contains("no such file or folder") && e.contains("nope"),
+            "{e}"
+        );
+    }
+
+    /// Lines read as they come are those of `str::lines` (CRLF, blank lines, a last line
+    /// without its end); a line that is not UTF-8 is named and ends them.
+    #[test]
+    fn text_lines_are_str_lines_and_name_a_bad_line() {
+        for text in ["a b\r\n\nc\n", "x\ny", "", "\n\n", "é\r\n😀"] {
+            let read: Vec<String> = TextLines::new(text.as_bytes(), Path::new("t.txt"))
+                .collect::<Result<_>>()
+                .unwrap();
+            assert_eq!(read, text.lines().collect::<Vec<_>>(), "{text:?}");
+        }
+        let bad = b"ok\r\nfine\nno\xff good\nnever read\n";
+        let read: Vec<_> = TextLines::new(&bad[..], Path::new("t.txt")).collect();
+        assert_eq!(read.len(), 3);
+        assert_eq!(read[1].as_ref().unwrap(), "fine");
+        let e = read[2].as_ref().unwrap_err().to_string();
+        assert!(
+            e.contains("t.txt") && e.contains("line 3: not valid UTF-8"),
             "{e}"
         );
     }
