@@ -146,6 +146,7 @@ impl TrainLines {
         let reader = self.current.as_mut().expect("an open input");
         let mut bytes = std::mem::take(&mut self.rest);
         loop {
+            let before = bytes.len();
             let n = reader
                 .take(PIECE_BYTES as u64)
                 .read_until(b'\n', &mut bytes)?;
@@ -165,8 +166,10 @@ impl TrainLines {
                 return Ok(None);
             }
             if n == PIECE_BYTES {
-                if let Some(at) = line_cut(&bytes) {
-                    self.rest = bytes.split_off(at);
+                // Only the bytes just read, and the two before them, can hold a new cut.
+                let from = before.saturating_sub(2);
+                if let Some(at) = line_cut(&bytes[from..]) {
+                    self.rest = bytes.split_off(from + at);
                     return Ok(Some(bytes));
                 }
             }

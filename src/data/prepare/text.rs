@@ -127,7 +127,7 @@ fn for_each_batch_of(
                 .map_err(|e| Error::io("cannot read corpus file", path, e))?;
             pending.truncate(start + n);
             eof = n == 0;
-            let Some((end, open)) = block_end(&pending, eof) else {
+            let Some((end, open)) = block_end(&pending, start, eof) else {
                 continue;
             };
             let rest = pending.split_off(end);
@@ -159,14 +159,17 @@ fn for_each_batch_of(
 
 /// Where the next block of `pending` ends, and whether it ends inside a line: after its last
 /// line end, or at the input's end, or (no line end in it) at a [`line_cut`]; `None` when it
-/// needs more bytes.
-fn block_end(pending: &[u8], eof: bool) -> Option<(usize, bool)> {
+/// needs more bytes. Only the bytes from `read` on (just read) are searched: those before hold
+/// no line end and no cut, or a block would have ended there.
+fn block_end(pending: &[u8], read: usize, eof: bool) -> Option<(usize, bool)> {
+    // A cut needs the byte before its space and the byte after it.
+    let from = read.saturating_sub(2);
     let end = if eof {
         (pending.len(), false)
     } else {
-        match memchr::memrchr(b'\n', pending) {
-            Some(i) => (i + 1, false),
-            None => (line_cut(pending)?, true),
+        match memchr::memrchr(b'\n', &pending[from..]) {
+            Some(i) => (from + i + 1, false),
+            None => (from + line_cut(&pending[from..])?, true),
         }
     };
     (end.0 > 0).then_some(end)
