@@ -380,7 +380,8 @@ mod tests {
     }
 
     /// Errors while holding out name the line of the whole file (a NUL byte past the cut) or
-    /// ask for --valid when a part has no tokens; a file of blank lines has no tokens.
+    /// ask for --valid when a part has no tokens; a file of blank lines has no tokens; a text
+    /// on one line is refused before any pass over it, unless it is binary data.
     #[test]
     fn held_out_errors_name_the_line_or_the_remedy() {
         let tmp = tempfile::tempdir().unwrap();
@@ -401,6 +402,21 @@ mod tests {
         assert!(e.contains("--valid"), "{e}");
         let e = attempt(b"\n \n\n");
         assert!(e.contains("no tokens"), "{e}");
+        // One line (text8's way) is refused before any pass over the text; binary data is
+        // still named as such.
+        std::fs::write(&file, "one long line of words").unwrap();
+        let mut events = Vec::new();
+        let o = options(&tmp.path().join("c"));
+        let e = prepare(&held_out(&file, 0.5), &o, &mut |ev| events.push(ev))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1 line(s) are too few") && e.contains("--valid"),
+            "{e}"
+        );
+        assert!(events.is_empty(), "{events:?}");
+        let e = attempt(b"one line \x00 of binary");
+        assert!(e.contains("NUL"), "{e}");
         let e = attempt(b"ok\nbad \xff here\n");
         assert!(
             e.contains("line 2") && e.contains("UTF-8") && e.contains("byte 7"),

@@ -314,9 +314,11 @@ pub(super) fn encode_block(vocab: &Vocab, codec: &Codec, text: &str, open: bool)
     }
 }
 
-/// Each input's lines, as `str::lines` counts them, without decoding the text.
-pub(super) fn lines_per_input(inputs: &[Input]) -> Result<Vec<usize>> {
+/// Each input's lines, as `str::lines` counts them, without decoding the text, and whether
+/// any input holds a NUL byte (binary data, which the passes that decode the text name).
+pub(super) fn lines_per_input(inputs: &[Input]) -> Result<(Vec<usize>, bool)> {
     let mut counts = Vec::with_capacity(inputs.len());
+    let mut nul = false;
     for input in inputs {
         let mut reader = input.open()?;
         let mut buf = vec![0u8; 1 << 20];
@@ -328,11 +330,12 @@ pub(super) fn lines_per_input(inputs: &[Input]) -> Result<Vec<usize>> {
                 break;
             }
             lines += memchr::memchr_iter(b'\n', &buf[..n]).count();
+            nul |= memchr::memchr(0, &buf[..n]).is_some();
             last = buf[n - 1];
         }
         counts.push(lines + usize::from(last != b'\n'));
     }
-    Ok(counts)
+    Ok((counts, nul))
 }
 
 #[cfg(test)]

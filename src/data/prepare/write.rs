@@ -178,13 +178,21 @@ pub(super) fn write_prepared(
 ) -> Result<()> {
     let started = std::time::Instant::now();
     // Held out: the lines of each training input, read once, place the cut.
-    let train_lines = match plan.held_out {
+    let (train_lines, binary) = match plan.held_out {
         Some(_) => lines_per_input(&plan.train)?,
-        None => Vec::new(),
+        None => (Vec::new(), false),
     };
+    let total: usize = train_lines.iter().sum();
     let cut = plan
         .held_out
-        .map(|h| (train_lines.iter().sum::<usize>() as f64 * h.train_fraction) as usize);
+        .map(|h| (total as f64 * h.train_fraction) as usize);
+    if let (Some(h), Some(c)) = (plan.held_out, cut) {
+        // Too few lines to cut, before any pass over the text (a text on one line, say);
+        // without lines, or with binary data, the passes name the problem.
+        if total > 0 && !binary && (c == 0 || c >= total) {
+            return Err(too_few_lines(plan, h, total));
+        }
+    }
     let (vocab, codec) = vocab_and_codec(dir, plan, cut, options, report)?;
     vocab.save(&dir.join("vocab.txt"))?;
     let store = |name: &str| StoreWriter::create(&dir.join(format!("{name}.tokens")), vocab.len());
@@ -258,13 +266,7 @@ pub(super) fn check_held_out(
             return Err(if train_counts[0] + valid.sentences() == 0 {
                 no_tokens(path)
             } else {
-                Error::Corpus {
-                    path: path.to_path_buf(),
-                    problem: format!(
-                        "{total} line(s) are too few to hold out {pct:.0}% of them for \
-                         validation; pass --valid FILE (or more lines)"
-                    ),
-                }
+                too_few_lines(plan, h, total)
             });
         }
         return Ok(h.note.then(|| {
@@ -275,14 +277,7 @@ pub(super) fn check_held_out(
         }));
     }
     if train.sentences() == 0 || valid.sentences() == 0 {
-        return Err(Error::Corpus {
-            path: plan.train[plan.train.len() - 1].path().to_path_buf(),
-            problem: format!(
-                "the {total} lines of the {} training files are too few to hold out {pct:.0}% \
-                 of them for validation, or hold no tokens; pass --valid FILE (or more lines)",
-                plan.train.len()
-            ),
-        });
+        return Err(too_few_lines(plan, h, total));
     }
     // Where line `n` falls: the file and its line.
     let mut before = 0;
@@ -300,4 +295,26 @@ pub(super) fn check_held_out(
         before += lines;
     }
     Ok(None)
+}
+
+/// The error for training lines (`total` of them) too few to hold out a share of.
+fn too_few_lines(plan: &Plan, h: HeldOut, total: usize) -> Error {
+    let pct = (1.0 - h.train_fraction) * 100.0;
+    match plan.train.as_slice() {
+        [input] => Error::Corpus {
+            path: input.path().to_path_buf(),
+            problem: format!(
+                "{total} line(s) are too few to hold out {pct:.0}% of them for validation; pass \
+                 --valid FILE (or more lines)"
+            ),
+        },
+        files => Error::Corpus {
+            path: files[files.len() - 1].path().to_path_buf(),
+            problem: format!(
+                "the {total} lines of the {} training files are too few to hold out {pct:.0}% \
+                 of them for validation, or hold no tokens; pass --valid FILE (or more lines)",
+                files.len()
+            ),
+        },
+    }
 }
