@@ -215,18 +215,16 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
 
 fn run_score(args: ScoreArgs) -> anyhow::Result<()> {
     let run = Run::open(&args.run)?;
-    let reader: Box<dyn std::io::BufRead> = if args.text.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
+    let lines = if args.text.as_os_str() == "-" {
+        TextLines::new(Box::new(std::io::stdin().lock()) as Box<_>, &args.text)
     } else {
-        let file = std::fs::File::open(&args.text)
-            .with_context(|| format!("cannot read {}", args.text.display()))?;
-        Box::new(std::io::BufReader::with_capacity(1 << 20, file))
+        TextLines::open(&args.text)?
     };
     let device = choose_device(args.device)?;
     let (model, _) = run.load_model(args.epoch, &device)?;
     let scorer = score::Scorer::new(&run, &model, args.context, args.batch, &device);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for s in scorer.score_text(reader, &args.text) {
+    for s in scorer.score_text(lines) {
         writeln!(out, "{}", serde_json::to_string(&s?)?)?;
     }
     Ok(())
@@ -289,11 +287,9 @@ fn run_import(args: ImportArgs) -> anyhow::Result<()> {
 
 fn run_tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     let run = Run::open(&args.run)?;
-    let file = std::fs::File::open(&args.text)
-        .with_context(|| format!("cannot read {}", args.text.display()))?;
-    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let lines = TextLines::open(&args.text)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for line in TextLines::new(reader, &args.text) {
+    for line in lines {
         let tokens = run.codec().tokens_of(run.vocab(), &line?);
         writeln!(out, "{}", lstm_lm::data::tokenizer::spaced(&tokens))?;
     }

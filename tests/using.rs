@@ -9,7 +9,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use lstm_lm::commands::eval::{evaluate_run, EvalContext, EvalRequest};
 use lstm_lm::commands::generate::{generate, GenerateRequest};
 use lstm_lm::commands::score::LineScore;
-use lstm_lm::data::corpus::CorpusSource;
+use lstm_lm::data::corpus::{CorpusSource, TextLines};
 use lstm_lm::data::vocab::{Vocab, EOS_ID, PAD_ID, UNK_ID};
 use lstm_lm::error::Error;
 use lstm_lm::model::LanguageModel;
@@ -419,7 +419,7 @@ fn a_text_scored_as_it_is_read_matches_its_lines_scored_at_once() {
         let whole = score_lines(&run, &model, &lines, context, 1, &device);
         let scorer = Scorer::new(&run, &model, context, 1, &device);
         let read: Vec<LineScore> = scorer
-            .score_text(text.as_bytes(), &source)
+            .score_text(TextLines::new(text.as_bytes(), &source))
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(read.len(), n, "{context:?}");
@@ -436,7 +436,9 @@ fn a_text_scored_as_it_is_read_matches_its_lines_scored_at_once() {
     let mut bad = b"hear me\nAll :\nhe\xffar\nnot reached\n".to_vec();
     bad.extend_from_slice(text.as_bytes());
     let scorer = Scorer::new(&run, &model, Context::Sentence, 64, &device);
-    let got: Vec<_> = scorer.score_text(&bad[..], &source).collect();
+    let got: Vec<_> = scorer
+        .score_text(TextLines::new(&bad[..], &source))
+        .collect();
     assert_eq!(got.len(), 3, "two lines, then the error");
     assert_eq!(got[1].as_ref().unwrap().text, "All :");
     let e = got[2].as_ref().unwrap_err().to_string();

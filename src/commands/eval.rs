@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 
 use crate::commands::score::{Context, Scorer};
+use crate::data::corpus::TextLines;
 use crate::data::prepare::encode_text;
 use crate::data::vocab::UNK;
 use crate::error::{Error, Result};
@@ -128,10 +129,8 @@ fn evaluate_lines(
 ) -> Result<Evaluation> {
     let (mut nll, mut tokens) = (0.0, 0);
     for path in text {
-        let file = std::fs::File::open(path).map_err(|e| Error::io("cannot read", path, e))?;
-        let reader = std::io::BufReader::with_capacity(1 << 20, file);
         let scorer = Scorer::new(run, model, Context::Sentence, 64, device);
-        for line in scorer.score_text(reader, path) {
+        for line in scorer.score_text(TextLines::open(path)?) {
             let line = line?;
             nll -= line.logprob;
             tokens += line.scored;

@@ -10,7 +10,6 @@
 
 use std::f64::consts::LN_2;
 use std::io::BufRead;
-use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Serialize;
@@ -143,13 +142,13 @@ impl<'a> Scorer<'a> {
         prepared.into_iter().map(|l| l.score).collect()
     }
 
-    /// The scores of the lines of `reader` (the text `source`, named in errors), read and
-    /// scored [`CHUNK_BATCHES`] batches of lines at a time, so a text of any size is scored
-    /// in bounded memory and its first scores come at once.
-    pub fn score_text<R: BufRead>(self, reader: R, source: &Path) -> ScoredLines<'a, R> {
+    /// The scores of a text's `lines`, read and scored [`CHUNK_BATCHES`] batches of lines at
+    /// a time, so a text of any size is scored in bounded memory and its first scores come at
+    /// once.
+    pub fn score_text<R: BufRead>(self, lines: TextLines<R>) -> ScoredLines<'a, R> {
         ScoredLines {
             scorer: self,
-            lines: TextLines::new(reader, source),
+            lines,
             ready: Vec::new().into_iter(),
             error: None,
             done: false,

@@ -24,6 +24,17 @@ pub struct TextLines<R> {
     failed: bool,
 }
 
+impl TextLines<Box<dyn BufRead>> {
+    /// The lines of the file `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io("cannot read", path, e))?;
+        Ok(Self::new(
+            Box::new(std::io::BufReader::with_capacity(1 << 20, file)),
+            path,
+        ))
+    }
+}
+
 impl<R: BufRead> TextLines<R> {
     /// The lines of `reader`, the text `path` (as errors name it).
     pub fn new(reader: R, path: &Path) -> Self {
@@ -53,12 +64,7 @@ impl<R: BufRead> Iterator for TextLines<R> {
             }
         }
         self.line += 1;
-        if bytes.ends_with(b"\n") {
-            bytes.pop();
-            if bytes.ends_with(b"\r") {
-                bytes.pop();
-            }
-        }
+        trim_line_end(&mut bytes);
         Some(String::from_utf8(bytes).map_err(|e| {
             self.failed = true;
             Error::Corpus {
@@ -70,6 +76,16 @@ impl<R: BufRead> Iterator for TextLines<R> {
                 ),
             }
         }))
+    }
+}
+
+/// Removes a line end (`\n` or `\r\n`) from the end of `line`, as [`str::lines`] does.
+pub fn trim_line_end(line: &mut Vec<u8>) {
+    if line.ends_with(b"\n") {
+        line.pop();
+        if line.ends_with(b"\r") {
+            line.pop();
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::text::Input;
+use crate::data::corpus::trim_line_end;
 use crate::data::tokenizer::{line_cut, Codec, BPE_FILE, DEFAULT_BPE_VOCAB, PIECE_BYTES};
 use crate::data::vocab::{Vocab, EOS, PAD, UNK};
 use crate::error::{Error, Result};
@@ -154,12 +155,7 @@ impl TrainLines {
                 // A whole line (the input's last may lack its end).
                 self.line += 1;
                 self.file_line += 1;
-                if bytes.ends_with(b"\n") {
-                    bytes.pop();
-                    if bytes.ends_with(b"\r") {
-                        bytes.pop();
-                    }
-                }
+                trim_line_end(&mut bytes);
                 return Ok(Some(bytes));
             }
             if n == 0 {
