@@ -5,7 +5,9 @@
 //! with [`PAD_ID`]; its targets are the inputs shifted left by one. Each bucket's last
 //! incomplete batch is dropped. With shuffling, the sentences of each bucket and the order of
 //! the batches are shuffled every epoch by a generator seeded from `(seed, epoch)`, so a resumed
-//! run sees exactly the order the uninterrupted run would have seen.
+//! run sees exactly the order the uninterrupted run would have seen. An epoch is held as that
+//! order of sentence indices ([`EpochOrder`], 4 bytes a sentence); each batch's padded ids are
+//! built when the loader serves it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -126,6 +128,51 @@ impl HostBatch {
     }
 }
 
+/// One epoch's batches in order, as the sentences each holds: 4 bytes a sentence, where its
+/// padded batches would take 16 bytes a position; a batch's ids are built when it is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochOrder {
+    /// Sentence indices, each bucket's in its shuffled order.
+    sentences: Vec<u32>,
+    /// The batches in the epoch's order.
+    batches: Vec<BatchSlot>,
+}
+
+/// A batch of an [`EpochOrder`]: `count` sentences from `start` of its list, padded to `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BatchSlot {
+    start: usize,
+    count: usize,
+    seq: usize,
+}
+
+impl EpochOrder {
+    /// Number of batches.
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// Whether the epoch has no batch.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// Number of sentences in batch `k`.
+    pub fn batch_len(&self, k: usize) -> usize {
+        self.batches[k].count
+    }
+
+    /// Batch `k`, padded, with its targets: `[batch, seq]` ids of `tokens`.
+    pub fn batch(&self, tokens: &Tokens, k: usize) -> HostBatch {
+        let slot = self.batches[k];
+        HostBatch::new(
+            tokens,
+            &self.sentences[slot.start..slot.start + slot.count],
+            slot.seq,
+        )
+    }
+}
+
 /// A [`DataLoader`] over bucketed batches.
 ///
 /// Shuffling is a function of `(seed, epoch)`; the epoch advances on every call to `iter`,
@@ -178,20 +225,27 @@ impl BucketLoader {
         }
     }
 
-    /// The batches of `epoch`, in order, on the host.
-    pub fn epoch_batches(&self, epoch: usize) -> Vec<HostBatch> {
+    /// The batches of `epoch`, in order, as the sentences each holds.
+    pub fn epoch_order(&self, epoch: usize) -> EpochOrder {
         let mut rng = self.shuffle.map(|seed| {
             StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
         });
+        let mut sentences = Vec::with_capacity(self.buckets.sentences.iter().map(Vec::len).sum());
         let mut batches = Vec::new();
         for (bucket, &len) in self.buckets.sentences.iter().zip(&self.buckets.lengths) {
-            let mut order = bucket.clone();
+            let first = sentences.len();
+            sentences.extend_from_slice(bucket);
             if let Some(rng) = rng.as_mut() {
-                order.shuffle(rng);
+                sentences[first..].shuffle(rng);
             }
-            for chunk in order.chunks(self.batch_size) {
-                if chunk.len() == self.batch_size || !self.drop_last {
-                    batches.push(HostBatch::new(&self.buckets.tokens, chunk, len));
+            for start in (first..sentences.len()).step_by(self.batch_size.max(1)) {
+                let count = self.batch_size.min(sentences.len() - start);
+                if count == self.batch_size || !self.drop_last {
+                    batches.push(BatchSlot {
+                        start,
+                        count,
+                        seq: len,
+                    });
                 }
             }
         }
@@ -199,9 +253,19 @@ impl BucketLoader {
             batches.shuffle(rng);
         }
         if let Some((start, end)) = self.range {
-            batches = batches.into_iter().skip(start).take(end - start).collect();
+            batches.truncate(end);
+            batches.drain(..start.min(end));
         }
-        batches
+        EpochOrder { sentences, batches }
+    }
+
+    /// The batches of `epoch`, in order, padded on the host all at once (for small sets: an
+    /// epoch's batches take 16 bytes a padded position).
+    pub fn epoch_batches(&self, epoch: usize) -> Vec<HostBatch> {
+        let order = self.epoch_order(epoch);
+        (0..order.len())
+            .map(|k| order.batch(&self.buckets.tokens, k))
+            .collect()
     }
 
     fn num_batches(&self) -> usize {
@@ -226,24 +290,29 @@ impl BucketLoader {
     }
 }
 
-struct BucketIter {
-    batches: std::vec::IntoIter<HostBatch>,
-    device: Device,
+struct BucketIter<'a> {
+    loader: &'a BucketLoader,
+    order: EpochOrder,
+    next: usize,
     done: usize,
     total: usize,
 }
 
-impl Iterator for BucketIter {
+impl Iterator for BucketIter<'_> {
     type Item = Result<LmBatch, DatasetError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let batch = self.batches.next()?;
+        if self.next >= self.order.len() {
+            return None;
+        }
+        let batch = self.order.batch(&self.loader.buckets.tokens, self.next);
+        self.next += 1;
         self.done += batch.batch;
-        Some(Ok(batch.to_device(&self.device)))
+        Some(Ok(batch.to_device(&self.loader.device)))
     }
 }
 
-impl DataLoaderIterator<LmBatch> for BucketIter {
+impl DataLoaderIterator<LmBatch> for BucketIter<'_> {
     fn progress(&self) -> Progress {
         Progress::new(self.done, self.total, Some("sentences".into()))
     }
@@ -252,11 +321,12 @@ impl DataLoaderIterator<LmBatch> for BucketIter {
 impl DataLoader<LmBatch> for BucketLoader {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch> + 'a> {
         let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
-        let batches = self.epoch_batches(epoch);
+        let order = self.epoch_order(epoch);
         Box::new(BucketIter {
-            total: batches.iter().map(|b| b.batch).sum(),
-            batches: batches.into_iter(),
-            device: self.device.clone(),
+            loader: self,
+            total: (0..order.len()).map(|k| order.batch_len(k)).sum(),
+            order,
+            next: 0,
             done: 0,
         })
     }
@@ -346,9 +416,13 @@ mod tests {
         assert_eq!(plain[0].inputs[0], 3, "evaluation keeps the corpus order");
         assert_eq!(plain.len(), 5, "and keeps the incomplete last batch");
         assert_eq!(loader(None).num_items(), 23);
-        // iter() advances the epoch.
-        let first: Vec<_> = l.iter().map(|b| b.unwrap().tokens).collect();
-        assert_eq!(first.len(), 4);
+        // iter() serves the epoch's batches, built as they are served, and advances the epoch.
+        let first: Vec<Vec<i64>> = l
+            .iter()
+            .map(|b| b.unwrap().inputs.into_data().iter::<i64>().collect())
+            .collect();
+        let eager: Vec<Vec<i64>> = e1.iter().map(|b| b.inputs.clone()).collect();
+        assert_eq!(first, eager);
         assert_eq!(l.epoch_batches(2), loader(Some(1)).epoch_batches(2));
     }
 
