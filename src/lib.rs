@@ -1,4 +1,5 @@
-//! Train word-level LSTM language models with [Burn](https://burn.dev), on a GPU (wgpu) or a CPU.
+//! Train word-, character- and subword-level LSTM language models with [Burn](https://burn.dev),
+//! on a GPU (wgpu) or a CPU.
 //!
 //! The library holds everything; the `lstm-lm` binary only parses flags, picks devices and
 //! prints what the library returns or reports ([`train::events`]). The modules are layers, each

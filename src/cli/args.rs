@@ -12,7 +12,7 @@ use lstm_lm::device::DeviceChoice;
 
 use super::display::ProgressMode;
 
-/// Train word-level LSTM language models, on a GPU (wgpu) or a CPU.
+/// Train word-, character- and subword-level LSTM language models, on a GPU (wgpu) or a CPU.
 ///
 /// With no arguments it trains on the embedded Tiny Shakespeare. Rerunning the same command
 /// after an interruption continues from the last complete epoch.
@@ -256,7 +256,8 @@ pub struct TrainArgs {
     /// Folder that `cargo xtask fetch-data` wrote to.
     #[arg(long, default_value = "data")]
     pub data_dir: PathBuf,
-    /// Training text: one sentence per line, whitespace-separated tokens, UTF-8. Several files
+    /// Training text, UTF-8: for words one sentence per line, whitespace-separated tokens; any
+    /// text for characters and BPE. Several files
     /// (`--train a.txt b.txt`) or folders of shards (their files, sorted by name) are read in
     /// the order given.
     #[arg(long, value_name = "FILE|DIR", num_args = 1..)]
