@@ -445,6 +445,70 @@ fn a_stream_run_learns_follows_its_schedule_and_resumes_exactly() {
     assert!((r.evaluation.perplexity - test.perplexity).abs() / test.perplexity < 1e-4);
 }
 
+/// Training steps each epoch of a run took, from burn-train's per-batch log (a line a batch,
+/// then a final line).
+fn steps_of_epochs(dir: &Path, epochs: usize) -> Vec<usize> {
+    (1..=epochs)
+        .map(|e| {
+            let log = dir.join(format!("train/epoch-{e}/Perplexity.log"));
+            std::fs::read_to_string(log).unwrap().lines().count() - 1
+        })
+        .collect()
+}
+
+/// `--epoch-tokens`: epochs of a set number of tokens read the text on across epochs. An epoch
+/// of a whole pass's tokens trains exactly as the default does; shorter ones take the steps asked
+/// for, and a run resumed at an epoch boundary in the middle of a pass ends where the run left
+/// alone ends.
+#[test]
+fn epochs_of_a_set_number_of_tokens_read_on_and_resume_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = files(tmp.path());
+    let config = |epochs: usize, windows: u64| {
+        let mut c = stream_config(epochs);
+        c.data.epoch_tokens = windows * (c.data.batch_size * c.data.bptt) as u64;
+        c
+    };
+    let weights = |dir: &Path, epoch: usize| -> Vec<f32> {
+        load_model(dir, Some(epoch), &Device::flex())
+            .unwrap()
+            .embedding
+            .weight
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    let pass = tmp.path().join("pass");
+    run(stream_config(1), &corpus, &pass);
+    let per_pass = steps_of_epochs(&pass, 1)[0];
+    let same = tmp.path().join("same");
+    run(config(1, per_pass as u64), &corpus, &same);
+    assert_eq!(
+        weights(&same, 1),
+        weights(&pass, 1),
+        "an epoch of one pass is the default"
+    );
+
+    // Epochs of 2/5 of a pass: five of them read the text twice.
+    let short = (per_pass * 2 / 5) as u64;
+    let whole = tmp.path().join("whole");
+    let a = run(config(5, short), &corpus, &whole);
+    assert_eq!(a.epochs.len(), 5);
+    assert_eq!(steps_of_epochs(&whole, 5), vec![short as usize; 5]);
+    assert_ne!(weights(&whole, 5), weights(&pass, 1));
+    let split = tmp.path().join("split");
+    run(config(3, short), &corpus, &split);
+    let b = run(config(5, short), &corpus, &split);
+    assert_eq!(b.resumed_from, Some(3));
+    let max_diff = weights(&whole, 5)
+        .iter()
+        .zip(weights(&split, 5))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(max_diff < 1e-5, "resumed weights differ by {max_diff}");
+}
+
 /// The whole model's gradient (fused kernels, embedding, carried state, tied output) against
 /// central finite differences of its loss, for one element of every parameter tensor.
 #[test]

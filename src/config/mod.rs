@@ -46,6 +46,10 @@ pub struct DataConfig {
     /// How lines become tokens (configs written before it existed read as words).
     #[serde(default)]
     pub tokenizer: Tokenizer,
+    /// Training tokens per epoch, in whole batches, the passes over the text read on end to end
+    /// across epochs; 0 = an epoch is one pass (see [`crate::data::epochs`]).
+    #[serde(default)]
+    pub epoch_tokens: u64,
 }
 
 fn default_bptt() -> usize {

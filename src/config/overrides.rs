@@ -93,6 +93,11 @@ pub struct Overrides {
     /// Steps per truncated-BPTT window (stream batching).
     #[arg(long)]
     pub bptt: Option<usize>,
+    /// Make an epoch about N training tokens (whole batches) instead of one pass over the text:
+    /// validation, the learning-rate schedule, history and epoch checkpoints then come every N
+    /// tokens, and the passes run on across epochs (0 = one pass an epoch).
+    #[arg(long, value_name = "N")]
+    pub epoch_tokens: Option<u64>,
     /// Dropout on embeddings, between layers and before the output layer (0 = none).
     #[arg(long)]
     pub dropout: Option<f64>,
@@ -170,6 +175,7 @@ impl Overrides {
         set!(loss_norm => model.loss_norm);
         set!(batching => data.batching);
         set!(bptt => data.bptt);
+        set!(epoch_tokens => data.epoch_tokens);
         set!(dropout => model.dropout);
         set!(clip => clip);
         if self.tied {

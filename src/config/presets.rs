@@ -76,6 +76,7 @@ impl Zaremba {
                 batch_size: 20,
                 max_vocab: 0,
                 tokenizer: Tokenizer::Word,
+                epoch_tokens: 0,
             },
             optimizer: OptimizerConfig::Sgd {
                 lr: 1.0,
@@ -173,6 +174,7 @@ fn default() -> ExperimentConfig {
             batch_size: 32,
             max_vocab: 10_000,
             tokenizer: Tokenizer::Word,
+            epoch_tokens: 0,
         },
         optimizer: OptimizerConfig::Adam {
             lr: 2e-3,
@@ -231,6 +233,7 @@ fn char_rnn() -> ExperimentConfig {
             batch_size: 50,
             max_vocab: 0,
             tokenizer: Tokenizer::Char,
+            epoch_tokens: 0,
         },
         optimizer: OptimizerConfig::Adam {
             lr: 2e-3,

@@ -19,6 +19,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+use crate::data::epochs::Epochs;
 use crate::data::store::Tokens;
 use crate::data::vocab::PAD_ID;
 use crate::model::LmBatch;
@@ -175,14 +176,17 @@ impl EpochOrder {
 
 /// A [`DataLoader`] over bucketed batches.
 ///
-/// Shuffling is a function of `(seed, epoch)`; the epoch advances on every call to `iter`,
+/// Shuffling is a function of `(seed, pass)`; the epoch advances on every call to `iter`,
 /// starting from `first_epoch`, and is shared by the loaders made with `to_device` and `slice`.
+/// An epoch is one pass (pass `e` in epoch `e`) unless [`with_epoch_steps`](Self::with_epoch_steps)
+/// sets its length ([`Epochs`]).
 #[derive(Clone)]
 pub struct BucketLoader {
     buckets: Arc<Buckets>,
     batch_size: usize,
     shuffle: Option<u64>,
     drop_last: bool,
+    epochs: Epochs,
     next_epoch: Arc<AtomicUsize>,
     range: Option<(usize, usize)>,
     device: Device,
@@ -214,21 +218,43 @@ impl BucketLoader {
         first_epoch: usize,
         device: Device,
     ) -> Self {
+        let batch_size = batch_size.max(1);
+        let per_pass = buckets
+            .sentences
+            .iter()
+            .map(|b| match drop_last {
+                true => b.len() / batch_size,
+                false => b.len().div_ceil(batch_size),
+            })
+            .sum();
         Self {
             buckets: Arc::new(buckets),
             batch_size,
             shuffle,
             drop_last,
+            epochs: Epochs::passes(per_pass),
             next_epoch: Arc::new(AtomicUsize::new(first_epoch)),
             range: None,
             device,
         }
     }
 
-    /// The batches of `epoch`, in order, as the sentences each holds.
-    pub fn epoch_order(&self, epoch: usize) -> EpochOrder {
+    /// The same loader with epochs of `steps` batches, the passes read on end to end across
+    /// them ([`Epochs`]).
+    pub fn with_epoch_steps(mut self, steps: usize) -> Self {
+        self.epochs = Epochs::of_steps(self.epochs.per_pass, steps);
+        self
+    }
+
+    /// How the loader's epochs fall on passes over its sentences.
+    pub fn epochs(&self) -> Epochs {
+        self.epochs
+    }
+
+    /// The batches of pass `pass` (1-based), in order, as the sentences each holds.
+    pub fn pass_order(&self, pass: usize) -> EpochOrder {
         let mut rng = self.shuffle.map(|seed| {
-            StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            StdRng::seed_from_u64(seed ^ (pass as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
         });
         let mut sentences = Vec::with_capacity(self.buckets.sentences.iter().map(Vec::len).sum());
         let mut batches = Vec::new();
@@ -238,7 +264,7 @@ impl BucketLoader {
             if let Some(rng) = rng.as_mut() {
                 sentences[first..].shuffle(rng);
             }
-            for start in (first..sentences.len()).step_by(self.batch_size.max(1)) {
+            for start in (first..sentences.len()).step_by(self.batch_size) {
                 let count = self.batch_size.min(sentences.len() - start);
                 if count == self.batch_size || !self.drop_last {
                     batches.push(BatchSlot {
@@ -252,32 +278,42 @@ impl BucketLoader {
         if let Some(rng) = rng.as_mut() {
             batches.shuffle(rng);
         }
-        if let Some((start, end)) = self.range {
-            batches.truncate(end);
-            batches.drain(..start.min(end));
-        }
         EpochOrder { sentences, batches }
     }
 
     /// The batches of `epoch`, in order, padded on the host all at once (for small sets: an
     /// epoch's batches take 16 bytes a padded position).
     pub fn epoch_batches(&self, epoch: usize) -> Vec<HostBatch> {
-        let order = self.epoch_order(epoch);
-        (0..order.len())
-            .map(|k| order.batch(&self.buckets.tokens, k))
-            .collect()
+        std::iter::from_fn({
+            let mut batches = self.epoch_iter(epoch);
+            move || batches.next_host()
+        })
+        .collect()
+    }
+
+    fn epoch_iter(&self, epoch: usize) -> BucketIter<'_> {
+        let (first, end) = self.range.unwrap_or((0, self.epochs.per_epoch));
+        let mut iter = BucketIter {
+            loader: self,
+            epoch,
+            next: first,
+            end,
+            order: None,
+            done: 0,
+            total: (end - first) * self.batch_size,
+        };
+        if !self.drop_last {
+            // Evaluation: one pass an epoch, its last batch of each bucket short.
+            let order = iter.order_of(epoch, first);
+            iter.total = (first..end).map(|k| order.batch_len(k)).sum();
+        }
+        iter
     }
 
     fn num_batches(&self) -> usize {
         match self.range {
             Some((start, end)) => end - start,
-            None if self.drop_last => self.buckets.num_batches(self.batch_size),
-            None => self
-                .buckets
-                .sentences
-                .iter()
-                .map(|b| b.len().div_ceil(self.batch_size))
-                .sum(),
+            None => self.epochs.per_epoch,
         }
     }
 
@@ -290,24 +326,49 @@ impl BucketLoader {
     }
 }
 
+/// The batches of one epoch as they are served, the order of each pass made when its first
+/// batch is.
 struct BucketIter<'a> {
     loader: &'a BucketLoader,
-    order: EpochOrder,
+    epoch: usize,
+    /// The next step of the epoch, and the end of this loader's steps.
     next: usize,
+    end: usize,
+    /// The pass being read and its order.
+    order: Option<(usize, EpochOrder)>,
     done: usize,
     total: usize,
+}
+
+impl BucketIter<'_> {
+    /// The order of the pass that step `k` of `epoch` falls in.
+    fn order_of(&mut self, epoch: usize, k: usize) -> &EpochOrder {
+        let pass = self.loader.epochs.locate(epoch, k).pass;
+        if self.order.as_ref().is_none_or(|(p, _)| *p != pass) {
+            self.order = Some((pass, self.loader.pass_order(pass)));
+        }
+        &self.order.as_ref().expect("just made").1
+    }
+
+    fn next_host(&mut self) -> Option<HostBatch> {
+        if self.next >= self.end {
+            return None;
+        }
+        let (epoch, k) = (self.epoch, self.next);
+        let step = self.loader.epochs.locate(epoch, k).step;
+        let tokens = self.loader.buckets.tokens.clone();
+        let batch = self.order_of(epoch, k).batch(&tokens, step);
+        self.next += 1;
+        self.done += batch.batch;
+        Some(batch)
+    }
 }
 
 impl Iterator for BucketIter<'_> {
     type Item = Result<LmBatch, DatasetError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.next >= self.order.len() {
-            return None;
-        }
-        let batch = self.order.batch(&self.loader.buckets.tokens, self.next);
-        self.next += 1;
-        self.done += batch.batch;
+        let batch = self.next_host()?;
         Some(Ok(batch.to_device(&self.loader.device)))
     }
 }
@@ -321,14 +382,7 @@ impl DataLoaderIterator<LmBatch> for BucketIter<'_> {
 impl DataLoader<LmBatch> for BucketLoader {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch> + 'a> {
         let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
-        let order = self.epoch_order(epoch);
-        Box::new(BucketIter {
-            loader: self,
-            total: (0..order.len()).map(|k| order.batch_len(k)).sum(),
-            order,
-            next: 0,
-            done: 0,
-        })
+        Box::new(self.epoch_iter(epoch))
     }
 
     fn num_items(&self) -> usize {
@@ -424,6 +478,38 @@ mod tests {
         let eager: Vec<Vec<i64>> = e1.iter().map(|b| b.inputs.clone()).collect();
         assert_eq!(first, eager);
         assert_eq!(l.epoch_batches(2), loader(Some(1)).epoch_batches(2));
+    }
+
+    #[test]
+    fn epochs_of_a_set_length_read_the_passes_on_end_to_end() {
+        // 23 sentences, batches of 5: 4 full batches a pass; epochs of 3 batches.
+        let s: Vec<Vec<usize>> = (0..23).map(|i| vec![i + 3, 1]).collect();
+        let loader =
+            || BucketLoader::training(Buckets::new(tokens(&s), &[4]), 5, 7, 1, Device::flex());
+        let passes: Vec<HostBatch> = [1, 2]
+            .iter()
+            .flat_map(|&p| loader().epoch_batches(p))
+            .collect();
+        let short = loader().with_epoch_steps(3);
+        assert_eq!(short.num_items(), 15);
+        let epochs: Vec<HostBatch> = (1..=2).flat_map(|e| short.epoch_batches(e)).collect();
+        assert_eq!(epochs, passes[..6], "pass 1, then pass 2 in its own order");
+        // iter() serves the same, epoch after epoch.
+        let served: Vec<i64> = (0..2)
+            .flat_map(|_| {
+                short
+                    .iter()
+                    .map(|b| b.unwrap().inputs.into_data().iter::<i64>().next())
+            })
+            .map(Option::unwrap)
+            .collect();
+        let expected: Vec<i64> = passes[..6].iter().map(|b| b.inputs[0]).collect();
+        assert_eq!(served, expected);
+        // A pass's length keeps the default order.
+        assert_eq!(
+            loader().with_epoch_steps(4).epoch_batches(2),
+            loader().epoch_batches(2)
+        );
     }
 
     #[test]

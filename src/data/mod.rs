@@ -2,6 +2,7 @@
 
 pub mod batcher;
 pub mod corpus;
+pub mod epochs;
 pub mod prepare;
 pub mod store;
 pub mod stream;

@@ -14,6 +14,7 @@ use burn::data::dataset::DatasetError;
 use burn::tensor::Device;
 
 use crate::data::batcher::HostBatch;
+use crate::data::epochs::Epochs;
 use crate::data::store::Tokens;
 use crate::model::carry::StateCarry;
 use crate::model::LmBatch;
@@ -91,6 +92,7 @@ impl Stream {
 pub struct StreamLoader {
     stream: Arc<Stream>,
     bptt: usize,
+    epochs: Epochs,
     columns: std::ops::Range<usize>,
     dropout_seed: Option<u64>,
     next_epoch: Arc<AtomicUsize>,
@@ -125,6 +127,7 @@ impl StreamLoader {
     ) -> Self {
         let bptt = bptt.max(1);
         Self {
+            epochs: Epochs::passes(stream.num_windows(bptt)),
             columns: 0..stream.batch,
             stream: Arc::new(stream),
             bptt,
@@ -140,19 +143,35 @@ impl StreamLoader {
         self.carry.clone()
     }
 
-    /// Windows per epoch: the number of optimizer steps of an epoch on one device.
-    pub fn num_windows(&self) -> usize {
-        self.stream.num_windows(self.bptt)
+    /// The same loader with epochs of `steps` windows, the passes over the stream read on end
+    /// to end across them ([`Epochs`]).
+    pub fn with_epoch_steps(mut self, steps: usize) -> Self {
+        self.epochs = Epochs::of_steps(self.epochs.per_pass, steps);
+        self
     }
 
-    /// Window `k` of `epoch`, as the loader serves it.
+    /// How the loader's epochs fall on passes over the stream.
+    pub fn epochs(&self) -> Epochs {
+        self.epochs
+    }
+
+    /// Windows per epoch: the number of optimizer steps of an epoch on one device.
+    pub fn num_windows(&self) -> usize {
+        self.epochs.per_epoch
+    }
+
+    /// Window `k` of `epoch`, as the loader serves it: the window of the stream that step
+    /// falls on. Its state comes from the window before it in the same epoch and pass; the
+    /// first window of an epoch, and of a pass, starts from zeros.
     pub fn batch(&self, epoch: usize, k: usize) -> LmBatch {
+        let window = self.epochs.locate(epoch, k).step;
         let host = self
             .stream
-            .window_of_columns(k, self.bptt, self.columns.clone());
+            .window_of_columns(window, self.bptt, self.columns.clone());
         // The stream holds no padding, so every position is a real, counted token.
         let mut batch = host.to_device(&self.device);
-        batch.carry = Some(self.carry.key(self.columns.start, epoch, k));
+        let run = self.epochs.run_before(epoch, k);
+        batch.carry = Some(self.carry.key(self.columns.start, epoch, run));
         batch.dropout_seed = self.dropout_seed.map(|seed| {
             let mut h = seed ^ 0x5851_F42D_4C95_7F2D;
             for v in [epoch, k, self.columns.start] {
@@ -299,6 +318,47 @@ mod tests {
             })
             .collect();
         assert_eq!(firsts, vec![0, 2]);
+        // Epochs of 2 windows over passes of 3: epoch 2 is window 2 of pass 1, then window 0
+        // of pass 2, which starts from zeros (carry window 0) and not from window 2's state.
+        let short = StreamLoader::training(
+            Stream::new(Arc::new(Tokens::from_sentences(&sentences)), 4),
+            4,
+            7,
+            1,
+            Device::flex(),
+        )
+        .with_epoch_steps(2);
+        assert_eq!((short.num_windows(), short.num_items()), (2, 8));
+        let epochs: Vec<Vec<LmBatch>> = (0..3)
+            .map(|_| short.iter().map(|b| b.unwrap()).collect())
+            .collect();
+        let ids = |b: &LmBatch| {
+            b.inputs
+                .clone()
+                .into_data()
+                .iter::<i64>()
+                .collect::<Vec<_>>()
+        };
+        let windows = [
+            &batches[0],
+            &batches[1],
+            &batches[2],
+            &batches[0],
+            &batches[1],
+        ];
+        let served: Vec<&LmBatch> = epochs.iter().flatten().take(5).collect();
+        for (got, want) in served.iter().zip(windows) {
+            assert_eq!(ids(got), ids(want));
+        }
+        let carry: Vec<(usize, usize)> = epochs
+            .iter()
+            .flatten()
+            .map(|b| {
+                let k = b.carry.as_ref().unwrap();
+                (k.epoch, k.window)
+            })
+            .collect();
+        assert_eq!(carry, vec![(1, 0), (1, 1), (2, 0), (2, 0), (3, 0), (3, 1)]);
         assert!(StreamLoader::evaluation(
             Stream::new(Arc::new(Tokens::from_sentences(&sentences)), 4),
             4,

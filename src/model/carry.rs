@@ -17,7 +17,9 @@
 //!   windows stay on one device, in order. Slots are keyed by the first column, so devices never
 //!   touch each other's state.
 //! - Window 0 of every epoch starts from zeros (as PyTorch's and Zaremba's trainers do), so a
-//!   run resumed from an epoch checkpoint needs no saved state to continue exactly.
+//!   run resumed from an epoch checkpoint needs no saved state to continue exactly. With epochs
+//!   shorter than a pass (`--epoch-tokens`), so does the first window of a pass that
+//!   begins inside an epoch: keys count the windows of one pass within one epoch.
 //! - Training and validation use separate loaders, hence separate carries.
 
 use std::collections::HashMap;
@@ -138,7 +140,8 @@ pub struct CarryKey {
     pub first_column: usize,
     /// 1-based epoch.
     pub epoch: usize,
-    /// 0-based window index within the epoch.
+    /// 0-based window index within the epoch (within its part of one pass, when epochs are not
+    /// passes); window 0 starts from zeros.
     pub window: usize,
 }
 

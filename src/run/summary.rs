@@ -191,10 +191,13 @@ impl RunSummary {
             c.model.dropout,
             if c.model.tied { ", tied" } else { "" }
         );
-        let batching = match c.data.batching {
+        let mut batching = match c.data.batching {
             Batching::Buckets => format!("buckets {:?}", c.data.buckets),
             Batching::Stream => format!("stream, bptt {}", c.data.bptt),
         };
+        if c.data.epoch_tokens > 0 {
+            batching += &format!(", epochs of {} tokens", c.data.epoch_tokens);
+        }
         out += &format!(
             "  training         {batching}, batch {}; {}; schedule {}; clip {}; seed {}\n",
             c.data.batch_size, c.optimizer, c.lr_schedule, c.clip, c.seed

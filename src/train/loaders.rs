@@ -7,6 +7,7 @@ use burn::tensor::Device;
 
 use crate::config::{Batching, ExperimentConfig};
 use crate::data::batcher::{BucketLoader, Buckets};
+use crate::data::epochs::Epochs;
 use crate::data::store::Tokens;
 use crate::data::stream::{Stream, StreamLoader};
 use crate::error::{Error, Result};
@@ -75,28 +76,40 @@ fn bucket_loaders(source: &Source, events: &EventSink) -> Result<Loaders> {
         train_buckets.dropped,
         valid_buckets.dropped,
     ));
-    let steps_per_epoch = train_buckets.num_batches(data.batch_size);
+    let per_pass = train_buckets.num_batches(data.batch_size);
     if train_buckets.dropped == train_sentences {
         return Err(Error::Config(format!(
             "every training sentence is longer than the largest bucket ({largest} \
              tokens); pass --batching stream (no length limit) or larger --buckets"
         )));
     }
-    if steps_per_epoch == 0 {
+    if per_pass == 0 {
         return Err(Error::Config(format!(
             "no bucket holds {} training sentences, so there is no full batch; lower \
              --batch-size or add training text",
             data.batch_size
         )));
     }
+    // Targets a batch holds on average: a sentence of n ids predicts n - 1 of them.
+    let in_buckets = train_buckets.sentences.iter().flatten();
+    let (ids, sentences) = in_buckets.fold((0usize, 0usize), |(ids, n), &k| {
+        (ids + source.train_ids.sentence(k as usize).len(), n + 1)
+    });
+    let per_batch = (ids - sentences) as f64 / sentences.max(1) as f64 * data.batch_size as f64;
+    let mut train = BucketLoader::training(
+        train_buckets,
+        data.batch_size,
+        source.config.seed,
+        source.first_epoch,
+        source.device.clone(),
+    );
+    if data.epoch_tokens > 0 {
+        train = train.with_epoch_steps(steps_for_tokens(data.epoch_tokens, per_batch));
+        events.info(epochs_note(train.epochs(), per_batch));
+    }
+    let steps_per_epoch = train.epochs().per_epoch;
     Ok(Loaders {
-        train: Arc::new(BucketLoader::training(
-            train_buckets,
-            data.batch_size,
-            source.config.seed,
-            source.first_epoch,
-            source.device.clone(),
-        )),
+        train: Arc::new(train),
         valid: Arc::new(BucketLoader::evaluation(
             valid_buckets,
             data.batch_size,
@@ -112,7 +125,7 @@ fn bucket_loaders(source: &Source, events: &EventSink) -> Result<Loaders> {
 fn stream_loaders(source: &Source, events: &EventSink) -> Result<Loaders> {
     let data = &source.config.data;
     let train_tokens = source.train_ids.len();
-    let train = StreamLoader::training(
+    let mut train = StreamLoader::training(
         Stream::new(source.train_ids.clone(), data.batch_size),
         data.bptt,
         source.config.seed,
@@ -145,12 +158,34 @@ fn stream_loaders(source: &Source, events: &EventSink) -> Result<Loaders> {
             data.batch_size
         )));
     }
+    if data.epoch_tokens > 0 {
+        let per_window = (data.batch_size * data.bptt) as f64;
+        train = train.with_epoch_steps(steps_for_tokens(data.epoch_tokens, per_window));
+        events.info(epochs_note(train.epochs(), per_window));
+    }
     Ok(Loaders {
         steps_per_epoch: train.num_windows(),
         carry: Some(train.carry()),
         train: Arc::new(train),
         valid: Arc::new(valid),
     })
+}
+
+/// Steps that hold about `tokens` training tokens at `per_step` tokens a step (at least one).
+fn steps_for_tokens(tokens: u64, per_step: f64) -> usize {
+    ((tokens as f64 / per_step.max(1.0)).round() as usize).max(1)
+}
+
+/// What `--epoch-tokens` made of an epoch, in one line.
+fn epochs_note(epochs: Epochs, per_step: f64) -> String {
+    format!(
+        "epochs: {} steps each (about {} training tokens, {:.3} of a pass over the training \
+         text of {} steps); the passes run on across epochs",
+        epochs.per_epoch,
+        (epochs.per_epoch as f64 * per_step).round(),
+        epochs.share_of_pass(),
+        epochs.per_pass,
+    )
 }
 
 /// Refuses device lists that cannot train `config`: none at all, or a stream whose columns do not
