@@ -21,9 +21,14 @@ use std::sync::Arc;
 use super::vocab::{Vocab, EOS, UNK, UNK_ID};
 use crate::error::{Error, Result};
 
-/// Bytes of a line that BPE learns from or encodes at once; a longer line goes in pieces cut
-/// by [`line_cut`].
+/// Bytes of a line that BPE learns from at once; a longer line goes in pieces cut by
+/// [`line_cut`].
 pub const PIECE_BYTES: usize = 1 << 20;
+
+/// Bytes of a line that BPE encodes at once, in pieces cut by [`line_cut`]: an encoding holds
+/// some 100 bytes a piece, and pieces this small stay in the core's caches, as the lines of most
+/// texts do.
+pub const ENCODE_PIECE_BYTES: usize = 16 << 10;
 
 /// Where a piece of a line may end so that every tokenizer reads the pieces as it reads the
 /// whole line: before the last single space between two other bytes that are not whitespace
@@ -179,9 +184,9 @@ impl Codec {
                 // line goes in pieces: an encoding holds some 100 bytes per piece.
                 let mut rest = line;
                 while !rest.is_empty() {
-                    let head = &rest.as_bytes()[..rest.len().min(PIECE_BYTES)];
+                    let head = &rest.as_bytes()[..rest.len().min(ENCODE_PIECE_BYTES)];
                     let at = match line_cut(head) {
-                        Some(at) if rest.len() > PIECE_BYTES => at,
+                        Some(at) if rest.len() > ENCODE_PIECE_BYTES => at,
                         _ => rest.len(),
                     };
                     if let Ok(encoding) = model.encode(&rest[..at], false) {
