@@ -302,7 +302,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     let tokenizer = run.config().data.tokenizer;
     let prompt = run.codec().tokens_of(run.vocab(), &args.prompt);
     let request = generate::GenerateRequest {
-        prompt: prompt.clone(),
+        prompt,
         length: args.length,
         temperature: args.temperature,
         top_k: args.top_k,
@@ -311,14 +311,14 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         fresh_sentences: false,
         tokenizer,
     };
-    let generation = generate::generate_run(&run, args.epoch, &device, &request)?;
+    let mut out = std::io::stdout().lock();
+    let generation = generate::write_run(&run, args.epoch, &device, &request, &mut out)?;
     if !generation.unknown_prompt_words.is_empty() {
         eprintln!(
             "warning: not in the run's vocabulary, fed as <unk>: {}",
             generation.unknown_prompt_words.join(" ")
         );
     }
-    print!("{}", generation.text(&prompt, run.codec(), run.vocab()));
     Ok(())
 }
 

@@ -425,6 +425,37 @@ fn generate_report_and_runs() {
     assert_eq!(generate("4").0, text);
     assert_ne!(generate("5").0, text);
 
+    #[cfg(unix)]
+    {
+        // The text is written as it is drawn: the start of a long text (the same text's) comes
+        // while the model is still drawing, and a reader that leaves early (`| head`) ends the
+        // run as it ends Unix tools, by SIGPIPE, without an error message.
+        let mut child = lstm_lm()
+            .arg("generate")
+            .arg(&run)
+            .args(["--prompt", "the qqqq", "--length", "1000000", "--seed", "4"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut head = [0u8; 12];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the text came before the end"
+        );
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(&head[..], &text.as_bytes()[..12]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "{stderr}");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(13),
+            "SIGPIPE"
+        );
+    }
+
     let history = lstm_lm::run::history::read_history(&run);
     let best = history
         .iter()

@@ -1,14 +1,18 @@
 //! Text generation from a trained model: a seeded [`Sampler`] (temperature, top-k),
 //! [`generate`], which feeds a prompt and then samples one token at a time, carrying the LSTM
-//! state, so each new token costs one step of the network, and [`generate_run`], which does it
-//! for a saved run the way the run was trained (`lstm-lm generate`).
+//! state, so each new token costs one step of the network, [`generate_run`], which does it
+//! for a saved run the way the run was trained, and [`write_run`], which writes the text as
+//! it is drawn (`lstm-lm generate`).
+
+use std::io::Write;
+use std::ops::ControlFlow;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::config::Batching;
-use crate::data::tokenizer::{Codec, Tokenizer};
+use crate::data::tokenizer::{Codec, TextStream, Tokenizer};
 use crate::data::vocab::{Vocab, EOS_ID, PAD_ID, UNK_ID};
 use crate::error::{Error, Result};
 use crate::model::lstm::LstmState;
@@ -122,11 +126,13 @@ impl Generation {
     /// break), put together as `codec` cut it: words joined by spaces, characters as they
     /// are, BPE pieces decoded.
     pub fn text(&self, prompt: &[String], codec: &Codec, vocab: &Vocab) -> String {
-        let tokens = prompt.iter().chain(&self.tokens).map(String::as_str);
-        let mut out = codec.detokenize(vocab, tokens);
-        if !out.is_empty() && !out.ends_with('\n') {
-            out.push('\n');
-        }
+        let mut stream = TextStream::new(codec, vocab);
+        let mut out: String = prompt
+            .iter()
+            .chain(&self.tokens)
+            .map(|t| stream.push(t))
+            .collect();
+        out += &stream.finish_line();
         out
     }
 }
@@ -139,6 +145,17 @@ impl Generation {
 /// the carried state. Runs on whatever device `model` lives on; deterministic for a seed on a
 /// given backend.
 pub fn generate(model: &LanguageModel, vocab: &Vocab, request: &GenerateRequest) -> Generation {
+    generate_each(model, vocab, request, &mut |_| ControlFlow::Continue(()))
+}
+
+/// [`generate`], handing each token to `on_token` as soon as it is drawn; a
+/// [`ControlFlow::Break`] ends the generation there.
+pub fn generate_each(
+    model: &LanguageModel,
+    vocab: &Vocab,
+    request: &GenerateRequest,
+    on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
+) -> Generation {
     let device = model.embedding.weight.device();
     let unknown_prompt_words = request
         .prompt
@@ -171,6 +188,9 @@ pub fn generate(model: &LanguageModel, vocab: &Vocab, request: &GenerateRequest)
         };
         let id = sampler.sample_except(&logits, empty_sentence);
         tokens.push(vocab.token(id).unwrap_or("<?>").to_string());
+        if on_token(&tokens[i]).is_break() {
+            break;
+        }
         if i + 1 < request.length {
             let state_in = if request.fresh_sentences && last == EOS_ID {
                 None // the first word of a sentence, fed from zeros
@@ -197,6 +217,20 @@ pub fn generate_run(
     device: &Device,
     request: &GenerateRequest,
 ) -> Result<Generation> {
+    generate_run_each(run, epoch, device, request, &mut |_| {
+        ControlFlow::Continue(())
+    })
+}
+
+/// [`generate_run`], handing each token to `on_token` as soon as it is drawn (see
+/// [`generate_each`]).
+pub fn generate_run_each(
+    run: &Run,
+    epoch: Option<usize>,
+    device: &Device,
+    request: &GenerateRequest,
+    on_token: &mut dyn FnMut(&str) -> ControlFlow<()>,
+) -> Result<Generation> {
     if !(request.temperature >= 0.0 && request.temperature.is_finite()) {
         return Err(Error::Config(format!(
             "--temperature {} is not allowed: pass 0 (greedy) or a positive number such as 0.8",
@@ -209,7 +243,50 @@ pub fn generate_run(
         tokenizer: run.config().data.tokenizer,
         ..request.clone()
     };
-    Ok(generate(&model, run.vocab(), &request))
+    Ok(generate_each(&model, run.vocab(), &request, on_token))
+}
+
+/// [`generate_run`], writing the text to `out` as it is drawn: the prompt with the first token,
+/// then each token's text, flushed, and a line end at the end ([`Generation::text`] in pieces).
+/// A write that fails because the reader left (a closed pipe, as `| head` does) ends the
+/// generation without an error; any other is returned.
+pub fn write_run(
+    run: &Run,
+    epoch: Option<usize>,
+    device: &Device,
+    request: &GenerateRequest,
+    out: &mut dyn Write,
+) -> Result<Generation> {
+    let mut stream = TextStream::new(run.codec(), run.vocab());
+    let mut text: String = request.prompt.iter().map(|t| stream.push(t)).collect();
+    let mut failed = None;
+    let mut write = |text: &mut String| {
+        let written = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+        text.clear();
+        written
+    };
+    let generation = generate_run_each(run, epoch, device, request, &mut |token| {
+        text += &stream.push(token);
+        match write(&mut text) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    if failed.is_none() {
+        text += &stream.finish_line();
+        failed = write(&mut text).err();
+    }
+    match failed {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Io {
+            action: "cannot write the generated text to",
+            path: "standard output".into(),
+            source: e,
+        }),
+        _ => Ok(generation),
+    }
 }
 
 /// Runs `ids` as one sequence from `state` and returns the logits `[vocab]` of its last step and

@@ -239,27 +239,100 @@ impl Codec {
         vocab: &Vocab,
         tokens: impl IntoIterator<Item = &'a str>,
     ) -> String {
-        let Codec::Bpe(model) = self else {
-            return self.kind().detokenize(tokens);
-        };
-        let mut out = String::new();
-        let mut line: Vec<u32> = Vec::new();
-        let flush = |line: &mut Vec<u32>, out: &mut String| {
-            if !line.is_empty() {
-                out.push_str(&model.decode(line, false).unwrap_or_default());
-                line.clear();
-            }
-        };
-        for t in tokens {
-            if t == EOS {
-                flush(&mut line, &mut out);
-                out.push('\n');
-            } else {
-                line.push(vocab.get(t).unwrap_or(UNK_ID) as u32);
-            }
-        }
-        flush(&mut line, &mut out);
+        let mut stream = TextStream::new(self, vocab);
+        let mut out: String = tokens.into_iter().map(|t| stream.push(t)).collect();
+        out += &stream.finish();
         out
+    }
+}
+
+/// Text from tokens as they come (to print while generating): pushed one by one, the pieces
+/// join to what [`Codec::detokenize`] returns for them all. A BPE piece that ends inside a
+/// UTF-8 character is held until the character is complete.
+pub struct TextStream<'a> {
+    codec: &'a Codec,
+    vocab: &'a Vocab,
+    line_start: bool,
+    /// Whether the text so far is empty or ends with a line end.
+    at_line_end: bool,
+    /// BPE ids not shown yet: their bytes end inside a character.
+    pending: Vec<u32>,
+}
+
+impl<'a> TextStream<'a> {
+    /// An empty text cut by `codec`, whose ids are `vocab`'s.
+    pub fn new(codec: &'a Codec, vocab: &'a Vocab) -> Self {
+        Self {
+            codec,
+            vocab,
+            line_start: true,
+            at_line_end: true,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The text `token` adds: a word with the space before it, a character, the characters a
+    /// BPE piece completes (empty while one is incomplete), or a line end for `<eos>`.
+    pub fn push(&mut self, token: &str) -> String {
+        let text = if token == EOS {
+            let mut text = self.flush();
+            text.push('\n');
+            self.line_start = true;
+            text
+        } else if let Codec::Bpe(model) = self.codec {
+            self.pending
+                .push(self.vocab.get(token).unwrap_or(UNK_ID) as u32);
+            let text = model.decode(&self.pending, false).unwrap_or_default();
+            if text.ends_with(char::REPLACEMENT_CHARACTER) {
+                return String::new();
+            }
+            self.pending.clear();
+            text
+        } else {
+            let space = self.codec.kind() != Tokenizer::Char && !self.line_start;
+            self.line_start = false;
+            if space {
+                format!(" {token}")
+            } else {
+                token.to_string()
+            }
+        };
+        self.note(text)
+    }
+
+    /// The rest: bytes of an incomplete character, shown as U+FFFD.
+    pub fn finish(&mut self) -> String {
+        let text = self.flush();
+        self.note(text)
+    }
+
+    /// [`finish`](Self::finish), then a line end unless the text is empty or ends with one.
+    pub fn finish_line(&mut self) -> String {
+        let mut text = self.finish();
+        if !self.at_line_end {
+            text.push('\n');
+            self.at_line_end = true;
+        }
+        text
+    }
+
+    fn flush(&mut self) -> String {
+        let Codec::Bpe(model) = self.codec else {
+            return String::new();
+        };
+        let text = match self.pending.is_empty() {
+            true => String::new(),
+            false => model.decode(&self.pending, false).unwrap_or_default(),
+        };
+        self.pending.clear();
+        text
+    }
+
+    fn note(&mut self, text: String) -> String {
+        if let Some(last) = text.chars().last() {
+            self.at_line_end = last == '\n';
+        }
+        text
     }
 }
 

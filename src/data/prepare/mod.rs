@@ -192,7 +192,7 @@ fn open(dir: &Path, material: &serde_json::Value, plan: &Plan) -> Result<Prepare
 mod tests {
     use super::*;
     use crate::data::corpus::{read_corpus, EMBEDDED_TINY_SHAKESPEARE};
-    use crate::data::tokenizer::{count_chars, count_words, BPE_FILE};
+    use crate::data::tokenizer::{count_chars, count_words, TextStream, BPE_FILE};
     use crate::data::vocab::{EOS, EOS_ID, PAD, UNK, UNK_ID};
 
     fn options(dir: &Path) -> PrepareOptions {
@@ -605,6 +605,24 @@ mod tests {
             p.valid.len() < expected.len() / 2,
             "BPE pieces span several bytes"
         );
+        // Pushed one at a time (as `generate` writes), the pieces show whole characters only
+        // and join to the same text; characters the model never saw come in single bytes.
+        let mut tokens = tokens;
+        tokens.extend(p.codec.tokens_of(&p.vocab, "€ ∑ 漢字"));
+        let decoded = p
+            .codec
+            .detokenize(&p.vocab, tokens.iter().map(String::as_str));
+        assert!(decoded.ends_with("€ ∑ 漢字"), "{decoded}");
+        let mut stream = TextStream::new(&p.codec, &p.vocab);
+        let pieces: Vec<String> = tokens.iter().map(|t| stream.push(t)).collect();
+        assert!(pieces
+            .iter()
+            .all(|s| !s.contains(char::REPLACEMENT_CHARACTER)));
+        assert!(
+            pieces.iter().any(String::is_empty),
+            "a piece ending inside a character is held"
+        );
+        assert_eq!(pieces.concat() + &stream.finish(), decoded);
 
         let too_many = PrepareOptions {
             max_vocab: 100_000,
