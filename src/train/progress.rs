@@ -31,6 +31,9 @@ pub struct ProgressTracker {
     batches: usize,
     items_per_batch: usize,
     split_start: Instant,
+    /// Items of the split done before this process served its first batch (a resumed epoch's
+    /// skipped batches), so that the pace counts only the batches trained here.
+    split_base: Option<usize>,
     valid_seconds: f64,
     running: HashMap<&'static str, f64>,
     train_ppl: f64,
@@ -67,6 +70,7 @@ impl ProgressTracker {
             batches: 0,
             items_per_batch: batch_items.max(1),
             split_start: Instant::now(),
+            split_base: None,
             valid_seconds: 0.0,
             running: HashMap::new(),
             train_ppl: f64::NAN,
@@ -119,15 +123,16 @@ impl ProgressTracker {
     }
 
     /// Seconds left in this epoch's training and in the whole run, projected from this epoch's
-    /// pace and the last validation's duration.
+    /// pace (over the batches trained since the split started here) and the last validation's
+    /// duration.
     fn time_left(&self, items: usize) -> Option<(f64, f64)> {
-        if items == 0 || self.items_total == 0 {
+        let trained = items.saturating_sub(self.split_base.unwrap_or(0));
+        if trained == 0 || self.items_total == 0 {
             return None;
         }
-        let done = items as f64 / self.items_total as f64;
-        let elapsed = self.split_start.elapsed().as_secs_f64();
-        let epoch_train = elapsed / done;
-        let epoch_left = epoch_train - elapsed;
+        let per_item = self.split_start.elapsed().as_secs_f64() / trained as f64;
+        let epoch_train = per_item * self.items_total as f64;
+        let epoch_left = per_item * self.items_total.saturating_sub(items) as f64;
         let later_epochs = self.total_epochs.saturating_sub(self.epoch) as f64;
         let run_left =
             epoch_left + self.valid_seconds + later_epochs * (epoch_train + self.valid_seconds);
@@ -226,6 +231,7 @@ impl TrainingProgressLogger for ProgressTracker {
             Split::Train
         };
         self.items_total = total_items;
+        self.split_base = None;
         self.batches = 0;
         self.running.clear();
         self.events.send(TrainEvent::SplitStarted(self.progress(0)));
@@ -234,6 +240,8 @@ impl TrainingProgressLogger for ProgressTracker {
     fn update_split(&mut self, items_processed: usize) {
         // From the items, so that a run resumed within an epoch counts from where it stopped.
         self.batches = items_processed.div_ceil(self.items_per_batch);
+        self.split_base
+            .get_or_insert(items_processed.saturating_sub(self.items_per_batch));
         self.events
             .send(TrainEvent::Batch(self.progress(items_processed)));
     }
@@ -269,5 +277,36 @@ impl MetricsRenderer for ProgressTracker {
     fn register_metric(&mut self, definition: MetricDefinition) {
         self.names
             .insert(definition.metric_id, definition.name.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::schedule::LrSchedule;
+
+    #[test]
+    fn a_resumed_epoch_projects_its_time_from_the_batches_trained_since() {
+        let tmp = tempfile::tempdir().unwrap();
+        let recorder = EpochRecorder::open(tmp.path(), LrSchedule::default(), 0.01);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let events = {
+            let seen = seen.clone();
+            EventSink::new(move |e| {
+                if let TrainEvent::Batch(p) = e {
+                    seen.lock().unwrap().push(p.seconds_left);
+                }
+            })
+        };
+        let guard = DivergenceGuard::new(Default::default());
+        let mut t = ProgressTracker::new(10, Arc::new(Mutex::new(recorder)), guard, events);
+        t.start_split("train", 1000);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // The first batch trained after resuming past 600 items: 10 items took >= 20 ms, so the
+        // 390 left take >= 0.78 s (counting the skipped items as trained said ~0.013 s).
+        t.update_split(610);
+        let (epoch_left, run_left) = seen.lock().unwrap()[0].expect("a projection");
+        assert!(epoch_left >= 0.78, "{epoch_left}");
+        assert!(run_left >= epoch_left);
     }
 }
