@@ -290,8 +290,8 @@ fn run_tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     let lines = TextLines::open(&args.text)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for line in lines {
-        let tokens = run.codec().tokens_of(run.vocab(), &line?);
-        writeln!(out, "{}", lstm_lm::data::tokenizer::spaced(&tokens))?;
+        run.codec().write_spaced(run.vocab(), &line?, &mut out)?;
+        writeln!(out)?;
     }
     Ok(())
 }

@@ -40,6 +40,25 @@ pub fn line_cut(line: &[u8]) -> Option<usize> {
         .find(|&i| i > 0 && i + 1 < line.len() && !blank(line[i - 1]) && !blank(line[i + 1]))
 }
 
+/// `line` in pieces of at most `max` bytes, each ending at a [`line_cut`] of its first `max`
+/// bytes (a piece with no such cut runs on to the line's end), so that every tokenizer reads
+/// the pieces one after the other as it reads the whole line.
+fn pieces(line: &str, max: usize) -> impl Iterator<Item = &str> {
+    let mut rest = line;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let at = match line_cut(&rest.as_bytes()[..rest.len().min(max)]) {
+            Some(at) if rest.len() > max => at,
+            _ => rest.len(),
+        };
+        let (piece, tail) = rest.split_at(at);
+        rest = tail;
+        Some(piece)
+    })
+}
+
 /// The tokenizer a run reads its text with; saved in `config.json`.
 #[derive(
     Debug,
@@ -182,17 +201,10 @@ impl Codec {
             Codec::Bpe(model) => {
                 // Byte-level BPE cuts any text; the model's ids are the vocabulary's. A long
                 // line goes in pieces: an encoding holds some 100 bytes per piece.
-                let mut rest = line;
-                while !rest.is_empty() {
-                    let head = &rest.as_bytes()[..rest.len().min(ENCODE_PIECE_BYTES)];
-                    let at = match line_cut(head) {
-                        Some(at) if rest.len() > ENCODE_PIECE_BYTES => at,
-                        _ => rest.len(),
-                    };
-                    if let Ok(encoding) = model.encode(&rest[..at], false) {
+                for piece in pieces(line, ENCODE_PIECE_BYTES) {
+                    if let Ok(encoding) = model.encode(piece, false) {
                         ids.extend_from_slice(encoding.get_ids());
                     }
-                    rest = &rest[at..];
                 }
                 (true, 0)
             }
@@ -229,6 +241,40 @@ impl Codec {
                 .map(String::from)
                 .collect(),
         }
+    }
+
+    /// Writes the tokens of `line` (no line end) to `out` separated by spaces, a whitespace
+    /// character inside a token written `<U+XXXX>`, so that splitting the output at whitespace
+    /// gives the tokens back; no line end is written. The line goes in pieces of
+    /// [`ENCODE_PIECE_BYTES`] cut by [`line_cut`], so that its tokens are never all held at
+    /// once (a text on one line is one line).
+    pub fn write_spaced(
+        &self,
+        vocab: &Vocab,
+        line: &str,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        let mut first = true;
+        for piece in pieces(line, ENCODE_PIECE_BYTES) {
+            for token in self.tokens_of(vocab, piece) {
+                if !first {
+                    out.write_all(b" ")?;
+                }
+                first = false;
+                if !token.contains(char::is_whitespace) {
+                    out.write_all(token.as_bytes())?;
+                    continue;
+                }
+                for c in token.chars() {
+                    if c.is_whitespace() {
+                        write!(out, "<U+{:04X}>", c as u32)?;
+                    } else {
+                        out.write_all(c.encode_utf8(&mut [0; 4]).as_bytes())?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Text from tokens: words joined by spaces, characters as they are, BPE pieces decoded
@@ -334,26 +380,6 @@ impl<'a> TextStream<'a> {
         }
         text
     }
-}
-
-/// Tokens separated by spaces, a whitespace character inside a token written `<U+XXXX>`, so
-/// that splitting the line at whitespace gives the tokens back.
-pub fn spaced(tokens: &[String]) -> String {
-    tokens
-        .iter()
-        .map(|t| {
-            t.chars()
-                .map(|c| {
-                    if c.is_whitespace() {
-                        format!("<U+{:04X}>", c as u32)
-                    } else {
-                        c.to_string()
-                    }
-                })
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Words of `text` as a word model counts its tokens: the whitespace-separated words, plus one

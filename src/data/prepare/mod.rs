@@ -481,7 +481,9 @@ mod tests {
     /// A line longer than a read block (text8's one line of 100 MB, say) is read in pieces
     /// cut between words, and prepares to the ids, sentences, characters and words of the
     /// text read whole, for words and characters (a line of 17 MiB, read in 16 MiB blocks)
-    /// and BPE (a line of 2.5 MiB, which it learns from and encodes in 1 MiB pieces).
+    /// and BPE (a line of 2.5 MiB, learned from in 1 MiB pieces, encoded in 16 KiB ones);
+    /// `lstm-lm tokenize`, which takes the line in 16 KiB pieces, writes the tokens of the
+    /// line cut whole.
     #[test]
     fn a_line_longer_than_a_block_prepares_as_if_read_whole() {
         let tmp = tempfile::tempdir().unwrap();
@@ -528,6 +530,31 @@ mod tests {
             assert!(
                 got == expected,
                 "{tokenizer:?}: the ids differ from the whole text's"
+            );
+            // `lstm-lm tokenize` writes the long line's tokens, taken in pieces, as those of
+            // the line cut whole, whitespace inside a token escaped.
+            let long = text.lines().nth(1).unwrap();
+            let whole: Vec<String> = match &p.codec {
+                Codec::Bpe(model) => model
+                    .encode(long, false)
+                    .unwrap()
+                    .get_ids()
+                    .iter()
+                    .map(|&i| p.vocab.token(i as usize).unwrap().to_string())
+                    .collect(),
+                _ => tokenizer
+                    .tokens_of(long)
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            };
+            let escape = |t: &String| t.replace(' ', "<U+0020>").replace('\t', "<U+0009>");
+            let expected = whole.iter().map(escape).collect::<Vec<_>>().join(" ");
+            let mut written = Vec::new();
+            p.codec.write_spaced(&p.vocab, long, &mut written).unwrap();
+            assert!(
+                written == expected.as_bytes(),
+                "{tokenizer:?}: tokenize differs from the line cut whole"
             );
             assert_eq!(p.train.chars(), Some(count_chars(&text)), "{tokenizer:?}");
             let words = p.train.len() as f64 / p.train.tokens_per_word().unwrap();
