@@ -24,16 +24,19 @@ use crate::data::store::Tokens;
 use crate::data::vocab::PAD_ID;
 use crate::model::LmBatch;
 
-/// Sentences sorted into length buckets: each bucket lists its sentences by their index in
-/// the split's [`Tokens`] (no copy of their ids).
+/// Sentences sorted into length buckets: how many each bucket holds; their indices in the
+/// split's [`Tokens`] are listed when a pass's order is made ([`Buckets::in_order`]), so that
+/// only that order is held (4 bytes a sentence), not a second list beside it.
 #[derive(Debug, Clone)]
 pub struct Buckets {
     /// Bucket lengths, ascending.
     pub lengths: Vec<usize>,
     /// The split's ids.
     pub tokens: Arc<Tokens>,
-    /// The sentences of each bucket, as sentence indices.
-    pub sentences: Vec<Vec<u32>>,
+    /// Sentences in each bucket.
+    pub counts: Vec<usize>,
+    /// Ids of the sentences in the buckets (end of sentence included).
+    pub ids: usize,
     /// Sentences dropped because they are longer than the largest bucket.
     pub dropped: usize,
 }
@@ -44,27 +47,72 @@ impl Buckets {
         let mut lengths = lengths.to_vec();
         lengths.sort_unstable();
         lengths.dedup();
-        let mut buckets = vec![Vec::new(); lengths.len()];
-        let mut dropped = 0;
-        for (k, w) in tokens.offsets().windows(2).enumerate() {
-            let len = (w[1] - w[0]) as usize;
-            match lengths.iter().position(|&l| l >= len) {
-                Some(b) => buckets[b].push(u32::try_from(k).expect("under 2^32 sentences")),
+        let mut counts = vec![0; lengths.len()];
+        let (mut ids, mut dropped) = (0, 0);
+        for len in sentence_lengths(&tokens) {
+            match bucket_of(&lengths, len) {
+                Some(b) => {
+                    counts[b] += 1;
+                    ids += len;
+                }
                 None => dropped += 1,
             }
         }
         Self {
             lengths,
             tokens,
-            sentences: buckets,
+            counts,
+            ids,
             dropped,
         }
     }
 
     /// Number of full batches of `batch_size` per epoch.
     pub fn num_batches(&self, batch_size: usize) -> usize {
-        self.sentences.iter().map(|b| b.len() / batch_size).sum()
+        self.counts.iter().map(|n| n / batch_size).sum()
     }
+
+    /// Sentences in all buckets.
+    pub fn len(&self) -> usize {
+        self.counts.iter().sum()
+    }
+
+    /// Whether no bucket holds a sentence.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every bucket's sentence indices, bucket after bucket (bucket `b` from the sum of the
+    /// counts before it), in corpus order within each: one pass over the sentence lengths.
+    pub fn in_order(&self) -> Vec<u32> {
+        let mut next: Vec<usize> = self
+            .counts
+            .iter()
+            .scan(0, |start, &n| {
+                let first = *start;
+                *start += n;
+                Some(first)
+            })
+            .collect();
+        let mut out = vec![0u32; self.len()];
+        for (k, len) in sentence_lengths(&self.tokens).enumerate() {
+            if let Some(b) = bucket_of(&self.lengths, len) {
+                out[next[b]] = u32::try_from(k).expect("under 2^32 sentences");
+                next[b] += 1;
+            }
+        }
+        out
+    }
+}
+
+/// The length in ids of each sentence of `tokens`.
+fn sentence_lengths(tokens: &Tokens) -> impl Iterator<Item = usize> + '_ {
+    tokens.offsets().windows(2).map(|w| (w[1] - w[0]) as usize)
+}
+
+/// The smallest of the ascending bucket `lengths` that holds a sentence of `len` ids.
+fn bucket_of(lengths: &[usize], len: usize) -> Option<usize> {
+    lengths.iter().position(|&l| l >= len)
 }
 
 /// One batch on the host: `[batch, seq]` row-major ids.
@@ -220,11 +268,11 @@ impl BucketLoader {
     ) -> Self {
         let batch_size = batch_size.max(1);
         let per_pass = buckets
-            .sentences
+            .counts
             .iter()
-            .map(|b| match drop_last {
-                true => b.len() / batch_size,
-                false => b.len().div_ceil(batch_size),
+            .map(|n| match drop_last {
+                true => n / batch_size,
+                false => n.div_ceil(batch_size),
             })
             .sum();
         Self {
@@ -256,16 +304,16 @@ impl BucketLoader {
         let mut rng = self.shuffle.map(|seed| {
             StdRng::seed_from_u64(seed ^ (pass as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
         });
-        let mut sentences = Vec::with_capacity(self.buckets.sentences.iter().map(Vec::len).sum());
+        let mut sentences = self.buckets.in_order();
         let mut batches = Vec::new();
-        for (bucket, &len) in self.buckets.sentences.iter().zip(&self.buckets.lengths) {
-            let first = sentences.len();
-            sentences.extend_from_slice(bucket);
+        let mut first = 0;
+        for (&n, &len) in self.buckets.counts.iter().zip(&self.buckets.lengths) {
+            let end = first + n;
             if let Some(rng) = rng.as_mut() {
-                sentences[first..].shuffle(rng);
+                sentences[first..end].shuffle(rng);
             }
-            for start in (first..sentences.len()).step_by(self.batch_size) {
-                let count = self.batch_size.min(sentences.len() - start);
+            for start in (first..end).step_by(self.batch_size) {
+                let count = self.batch_size.min(end - start);
                 if count == self.batch_size || !self.drop_last {
                     batches.push(BatchSlot {
                         start,
@@ -274,6 +322,7 @@ impl BucketLoader {
                     });
                 }
             }
+            first = end;
         }
         if let Some(rng) = rng.as_mut() {
             batches.shuffle(rng);
@@ -320,7 +369,7 @@ impl BucketLoader {
     /// Number of sentences served per epoch.
     pub fn num_sentences(&self) -> usize {
         match (self.range, self.drop_last) {
-            (None, false) => self.buckets.sentences.iter().map(Vec::len).sum(),
+            (None, false) => self.buckets.len(),
             _ => self.num_batches() * self.batch_size,
         }
     }
@@ -425,8 +474,9 @@ mod tests {
         let s: Vec<Vec<usize>> = [3, 4, 5, 9, 10, 11].iter().map(|&n| vec![7; n]).collect();
         let b = Buckets::new(tokens(&s), &[10, 4]);
         assert_eq!(b.lengths, vec![4, 10]);
-        assert_eq!(b.sentences[0].len(), 2);
-        assert_eq!(b.sentences[1].len(), 3);
+        assert_eq!(b.counts, vec![2, 3]);
+        assert_eq!(b.in_order(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(b.ids, 3 + 4 + 5 + 9 + 10);
         assert_eq!(b.dropped, 1);
     }
 

@@ -91,10 +91,7 @@ fn bucket_loaders(source: &Source, events: &EventSink) -> Result<Loaders> {
         )));
     }
     // Targets a batch holds on average: a sentence of n ids predicts n - 1 of them.
-    let in_buckets = train_buckets.sentences.iter().flatten();
-    let (ids, sentences) = in_buckets.fold((0usize, 0usize), |(ids, n), &k| {
-        (ids + source.train_ids.sentence(k as usize).len(), n + 1)
-    });
+    let (ids, sentences) = (train_buckets.ids, train_buckets.len());
     let per_batch = (ids - sentences) as f64 / sentences.max(1) as f64 * data.batch_size as f64;
     let mut train = BucketLoader::training(
         train_buckets,
