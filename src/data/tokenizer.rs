@@ -124,26 +124,6 @@ impl Tokenizer {
         }
         out
     }
-
-    /// Text from tokens as this tokenizer cuts it: words joined by spaces, characters as they
-    /// are; `<eos>` becomes a line end.
-    pub fn detokenize<'a>(self, tokens: impl IntoIterator<Item = &'a str>) -> String {
-        let mut out = String::new();
-        let mut line_start = true;
-        for t in tokens {
-            if t == EOS {
-                out.push('\n');
-                line_start = true;
-                continue;
-            }
-            if self != Tokenizer::Char && !line_start {
-                out.push(' ');
-            }
-            out.push_str(t);
-            line_start = false;
-        }
-        out
-    }
 }
 
 /// The file a BPE model is kept in, in the prepared cache and in the run folder.
@@ -454,12 +434,13 @@ mod tests {
             Tokenizer::Char.for_each_token(line, |t| with_ends.push(t));
             with_ends.push("<eos>");
         }
+        let vocab = Vocab::from_counts(Vec::new(), 0);
         assert_eq!(
-            Tokenizer::Char.detokenize(with_ends),
+            Codec::Char.detokenize(&vocab, with_ends),
             text.replace("\r\n", "\n")
         );
         assert_eq!(
-            Tokenizer::Word.detokenize(["a", "b", "<eos>", "c"]),
+            Codec::Word.detokenize(&vocab, ["a", "b", "<eos>", "c"]),
             "a b\nc"
         );
     }
