@@ -70,6 +70,14 @@ impl Epochs {
 mod tests {
     use super::*;
 
+    /// (pass, step) of each step of `epoch`.
+    fn steps(e: &Epochs, epoch: usize) -> Vec<(usize, usize)> {
+        (0..e.per_epoch)
+            .map(|k| e.locate(epoch, k))
+            .map(|p| (p.pass, p.step))
+            .collect()
+    }
+
     #[test]
     fn an_epoch_of_one_pass_is_the_pass_in_the_epochs_order() {
         let e = Epochs::passes(7);
@@ -82,11 +90,7 @@ mod tests {
     fn short_epochs_read_the_passes_on_end_to_end() {
         // Passes of 10 steps, epochs of 4: epoch 3 is steps 8, 9 of pass 1, then 0, 1 of pass 2.
         let e = Epochs::of_steps(10, 4);
-        let epoch3: Vec<(usize, usize)> = (0..4)
-            .map(|k| e.locate(3, k))
-            .map(|p| (p.pass, p.step))
-            .collect();
-        assert_eq!(epoch3, vec![(1, 8), (1, 9), (2, 0), (2, 1)]);
+        assert_eq!(steps(&e, 3), vec![(1, 8), (1, 9), (2, 0), (2, 1)]);
         // Every step of the first two passes is served once, in order.
         let served: Vec<PassStep> = (1..=5)
             .flat_map(|epoch| (0..4).map(move |k| e.locate(epoch, k)))
@@ -108,12 +112,8 @@ mod tests {
     #[test]
     fn long_epochs_span_passes() {
         let e = Epochs::of_steps(3, 7);
-        let epoch2: Vec<(usize, usize)> = (0..7)
-            .map(|k| e.locate(2, k))
-            .map(|p| (p.pass, p.step))
-            .collect();
         assert_eq!(
-            epoch2,
+            steps(&e, 2),
             vec![(3, 1), (3, 2), (4, 0), (4, 1), (4, 2), (5, 0), (5, 1)]
         );
     }
