@@ -353,7 +353,7 @@ impl BucketLoader {
         };
         if !self.drop_last {
             // Evaluation: one pass an epoch, its last batch of each bucket short.
-            let order = iter.order_of(epoch, first);
+            let order = iter.order_of(self.epochs.locate(epoch, first).pass);
             iter.total = (first..end).map(|k| order.batch_len(k)).sum();
         }
         iter
@@ -390,9 +390,8 @@ struct BucketIter<'a> {
 }
 
 impl BucketIter<'_> {
-    /// The order of the pass that step `k` of `epoch` falls in.
-    fn order_of(&mut self, epoch: usize, k: usize) -> &EpochOrder {
-        let pass = self.loader.epochs.locate(epoch, k).pass;
+    /// The order of pass `pass`, made when it is first asked for.
+    fn order_of(&mut self, pass: usize) -> &EpochOrder {
         if self.order.as_ref().is_none_or(|(p, _)| *p != pass) {
             self.order = Some((pass, self.loader.pass_order(pass)));
         }
@@ -403,10 +402,9 @@ impl BucketIter<'_> {
         if self.next >= self.end {
             return None;
         }
-        let (epoch, k) = (self.epoch, self.next);
-        let step = self.loader.epochs.locate(epoch, k).step;
+        let at = self.loader.epochs.locate(self.epoch, self.next);
         let tokens = self.loader.buckets.tokens.clone();
-        let batch = self.order_of(epoch, k).batch(&tokens, step);
+        let batch = self.order_of(at.pass).batch(&tokens, at.step);
         self.next += 1;
         self.done += batch.batch;
         Some(batch)
