@@ -36,6 +36,7 @@ fn main() {
     memory::small_arenas();
     memory::keep_freed_memory();
     die_on_closed_pipe();
+    lstm_lm::model::fused::pin_pool_threads();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Train(args)) => run_train(args),

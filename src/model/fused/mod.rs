@@ -22,6 +22,8 @@ mod rows;
 mod simd;
 mod threads;
 pub mod update;
+
+pub use threads::pin_pool_threads;
 mod xent;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -164,8 +164,9 @@ impl PackedWeight {
     }
 
     /// `dst = a · W` (or `dst += a · W` with `accumulate`) on this core, where `dst` is
-    /// row-major `[m, n]` with rows `ld` apart and `a` `[m, k]` has contiguous rows.
-    pub fn mul(&self, dst: &mut [f32], ld: usize, accumulate: bool, a: Mat) {
+    /// row-major `[m, n]` with rows `ld` apart and `a` `[m, k]` has contiguous rows; the panels
+    /// are visited in the order `sweep` says (the row-major layout ignores it).
+    pub fn mul(&self, dst: &mut [f32], ld: usize, accumulate: bool, a: Mat, sweep: Sweep) {
         let (m, k, n) = (a.n_rows(), self.k, self.n);
         assert_eq!(a.n_cols(), k, "PackedWeight::mul: inner dimensions differ");
         assert!(n <= ld, "PackedWeight::mul: destination rows too short");
@@ -194,6 +195,7 @@ impl PackedWeight {
             c: dst.as_mut_ptr(),
             ld,
             accumulate,
+            sweep,
         };
         // SAFETY: `isa` is one the CPU runs (`Isa::chosen`, or the tests' choice among those);
         // the rows, the panels and the destination were bounds-checked above.
@@ -221,6 +223,33 @@ struct Product<'a> {
     c: *mut f32,
     ld: usize,
     accumulate: bool,
+    sweep: Sweep,
+}
+
+/// The order in which a product visits its weight's panels.
+///
+/// The recurrence multiplies by the same weight at every step, and a core's part of `medium`'s
+/// `W_h` (3.4 MB) does not fit its L2 (2 MiB on the Xeon of docs/BENCHMARKS.md): swept the same
+/// way every step, each panel has been evicted by the time it comes round again, and the whole
+/// part streams from L3. Sweeping back on alternate steps starts each step on the panels the last
+/// one ended on, still in L2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sweep {
+    /// First panel to last.
+    Forward,
+    /// Last panel to first.
+    Backward,
+}
+
+impl Sweep {
+    /// The sweep of a recurrence's step `t`: forward on even steps, back on odd ones.
+    pub fn of_step(t: usize) -> Self {
+        if t.is_multiple_of(2) {
+            Sweep::Forward
+        } else {
+            Sweep::Backward
+        }
+    }
 }
 
 /// One kernel call's block: `rows` x (up to two panels from `b`) into `c`; the tile's last
@@ -249,8 +278,13 @@ impl Product<'_> {
         let count = n.div_ceil(lanes);
         let blocks = m.div_ceil(max_rows);
         let block = m.div_ceil(blocks);
-        let mut p = 0;
-        while p < count {
+        let pairs = count.div_ceil(2);
+        for q in 0..pairs {
+            let q = match self.sweep {
+                Sweep::Forward => q,
+                Sweep::Backward => pairs - 1 - q,
+            };
+            let p = 2 * q;
             let np = if p + 2 <= count { 2 } else { 1 };
             let tail = if p + np == count {
                 n - (count - 1) * lanes
@@ -272,7 +306,6 @@ impl Product<'_> {
                 // SAFETY: the caller's promise; the tile lies inside the product.
                 unsafe { kernel(&tile, np) };
             }
-            p += np;
         }
     }
 }
@@ -696,8 +729,8 @@ mod tests {
         }
     }
 
-    /// `packed` (of `whole`, `[k, n]`) times every row count up to 25, both
-    /// `accumulate` modes: the naive product, the destination's padding columns left alone.
+    /// `packed` (of `whole`, `[k, n]`) times every row count up to 25, both `accumulate` modes,
+    /// both sweeps: the naive product, the destination's padding columns left alone.
     fn check(packed: &PackedWeight, whole: Mat, k: usize, n: usize) {
         let isa = packed.isa;
         let w: Vec<f32> = (0..k)
@@ -708,9 +741,12 @@ mod tests {
             let a = values(m * k, m);
             let expected = naive(&a, &w, m, k, n);
             let ld = n + 3;
-            for accumulate in [false, true] {
+            for (accumulate, sweep) in [false, true]
+                .into_iter()
+                .flat_map(|acc| [(acc, Sweep::Forward), (acc, Sweep::Backward)])
+            {
                 let mut dst = vec![0.5f32; m * ld];
-                packed.mul(&mut dst, ld, accumulate, Mat::new(&a, m, k, k));
+                packed.mul(&mut dst, ld, accumulate, Mat::new(&a, m, k, k), sweep);
                 for i in 0..m {
                     for j in 0..ld {
                         let got = dst[i * ld + j];
@@ -721,7 +757,7 @@ mod tests {
                         };
                         assert!(
                             (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "{isa:?}: n {n}, m {m}, accumulate {accumulate}, \
+                            "{isa:?}: n {n}, m {m}, accumulate {accumulate}, {sweep:?}, \
                              ({i}, {j}): {got} != {want}"
                         );
                     }

@@ -45,6 +45,66 @@ pub(super) fn on_threads(blocks: &[(usize, usize)], work: impl Fn(usize, (usize,
     });
 }
 
+/// Pins each thread of rayon's global pool to a CPU of its own, when the pool has one thread for
+/// every CPU this process may run on (rayon's default) and `LSTM_LM_PIN_THREADS` is not `0`;
+/// otherwise leaves the pool to be made as rayon makes it. Call it first thing in `main`,
+/// before anything uses the pool (a pool already made is left as it is). Linux only; elsewhere
+/// it does nothing.
+///
+/// The recurrence's threads ([`on_threads`]) spin, then yield, while they wait for each other
+/// every step: unpinned, the kernel sometimes woke both on the same CPU, where each step then ran
+/// on one core in turn, and left them there for milliseconds (a `medium` forward call took ~6
+/// ms longer, both threads timed waiting, in about one call in 28; docs/BENCHMARKS.md).
+pub fn pin_pool_threads() {
+    #[cfg(target_os = "linux")]
+    {
+        if std::env::var("LSTM_LM_PIN_THREADS").is_ok_and(|v| v.trim() == "0") {
+            return;
+        }
+        let cpus = allowed_cpus();
+        let threads = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()));
+        if cpus.len() < 2 || threads != Some(cpus.len()) {
+            return;
+        }
+        // An error means the pool exists already: it stays as it is.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(cpus.len())
+            .start_handler(move |i| pin_to(cpus[i]))
+            .build_global();
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask), in order.
+#[cfg(target_os = "linux")]
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is plain bits (all zeros is the empty set); `sched_getaffinity` writes
+    // at most `size_of::<cpu_set_t>()` bytes into it, and `CPU_ISSET` reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// Restricts the calling thread to `cpu` (a failure leaves it free to run anywhere).
+#[cfg(target_os = "linux")]
+fn pin_to(cpu: usize) {
+    // SAFETY: as in `allowed_cpus`; `sched_setaffinity(0, ..)` applies to the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// Where the threads of [`on_threads`] meet after every step: each spins, then yields
 /// (crossbeam's `Backoff`), until the last one arrives. A step's work per core is a few tenths
 /// of a millisecond, and waking a thread parked on `std::sync::Barrier` cost tens of
@@ -179,6 +239,35 @@ mod tests {
                 assert!(rayon::current_thread_index().is_some());
                 run(2);
             });
+    }
+
+    /// A thread pinned to each CPU the process may use runs on that CPU and no other (what
+    /// [`pin_pool_threads`] gives each pool thread).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_pinned_thread_runs_on_its_cpu() {
+        let cpus = allowed_cpus();
+        assert!(!cpus.is_empty(), "no CPU in this process's affinity mask");
+        for &cpu in &cpus {
+            let seen = std::thread::spawn(move || {
+                pin_to(cpu);
+                let mut seen = Vec::new();
+                for _ in 0..50 {
+                    std::thread::yield_now();
+                    // SAFETY: `sched_getcpu` only reads which CPU the caller runs on.
+                    seen.push(unsafe { libc::sched_getcpu() });
+                }
+                (seen, allowed_cpus())
+            })
+            .join()
+            .expect("the pinned thread");
+            assert!(
+                seen.0.iter().all(|&c| c as usize == cpu),
+                "pinned to {cpu}: {:?}",
+                seen.0
+            );
+            assert_eq!(seen.1, [cpu]);
+        }
     }
 
     /// Once `wait_for_others` returns for step `r`, a thread sees every other thread's writes

@@ -18,7 +18,7 @@ use std::mem::MaybeUninit;
 
 use super::{Dims, LstmLayerOps};
 use crate::model::fused::matmul::{equal_spans, matmul, product, Mat};
-use crate::model::fused::panels::PackedWeight;
+use crate::model::fused::panels::{PackedWeight, Sweep};
 use crate::model::fused::simd::{self, multiversion};
 use crate::model::fused::threads::{on_threads, Progress, SpinBarrier};
 use crate::model::fused::xent::PARALLEL_MIN;
@@ -221,7 +221,7 @@ fn forward_by_rows(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f3
             } else {
                 (Mat::new(prev, nb, h, w7), &prev[h..], w7)
             };
-            w.mul(&mut z, g4, true, h_prev);
+            w.mul(&mut z, g4, true, h_prev, Sweep::of_step(t));
             for r in 0..nb {
                 kernels::forward(
                     segments(&z, r * g4, h, h),
@@ -353,7 +353,13 @@ fn backward_by_rows(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32], 
             }
             // SAFETY: the rows just written, of this block only.
             let dz_t = unsafe { read(dz_rows, first * g4, nb * g4) };
-            w_t.mul(&mut dh, h, false, Mat::new(dz_t, nb, g4, g4));
+            w_t.mul(
+                &mut dh,
+                h,
+                false,
+                Mat::new(dz_t, nb, g4, g4),
+                Sweep::of_step(t),
+            );
         }
         // SAFETY: rows of this block only.
         unsafe {
@@ -430,9 +436,13 @@ unsafe fn write_at(buf: Rows, offset: usize, src: &[f32]) {
 /// [`forward`] with the hidden units split between the cores ([`Split::Units`]): each core
 /// packs its units' columns of the four gates of `W_h` once, cut by the rows each core's units
 /// own; each step it computes its gate pre-activations for all batch rows from the whole
-/// previous `h` and its units' cell and hidden states. Its own units' part of the product comes
-/// first: it needs only what this core wrote, so a core that finished the last step early works
-/// on it instead of waiting, and only the other cores' parts wait for them ([`Progress`]).
+/// previous `h` and its units' cell and hidden states. On even steps its own units' part of the
+/// product comes first: it needs only what this core wrote, so a core that finished the last
+/// step early works on it instead of waiting, and only the other cores' parts wait for them
+/// ([`Progress`]). Odd steps take the parts, and each part's panels, in the reverse order
+/// ([`Sweep::of_step`]): each step then starts on the part the last one ended on, which is still
+/// in the core's L2 (a part is half the core's 3.4 MB of `medium`'s `W_h`, the L2 2 MiB on the
+/// Xeon of docs/BENCHMARKS.md), instead of on the part it evicted first.
 fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f32], out: Rows) {
     let Dims {
         steps,
@@ -465,7 +475,14 @@ fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f
                     z[(r * 4 + s) * n..][..n].copy_from_slice(&src[s * h + u0..s * h + u1]);
                 }
             }
-            parts[i].mul(&mut z, 4 * n, true, Mat::new(&own, batch, n, n));
+            let sweep = Sweep::of_step(t);
+            let own_first = sweep == Sweep::Forward;
+            let own_part = |z: &mut [f32]| {
+                parts[i].mul(z, 4 * n, true, Mat::new(&own, batch, n, n), sweep);
+            };
+            if own_first {
+                own_part(&mut z);
+            }
             progress.wait_for_others(i, t);
             // SAFETY: every core finished step t - 1 (the wait above) and nothing writes its
             // rows any more (this step writes step t's rows).
@@ -474,10 +491,16 @@ fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f
                 Some(prev) => Mat::new(prev, batch, h, w7),
                 None => Mat::new(h0, batch, h, h),
             };
-            for (j, (&(v0, v1), w)) in blocks.iter().zip(&parts).enumerate() {
-                if j != i {
-                    w.mul(&mut z, 4 * n, true, h_prev.cols(v0, v1));
-                }
+            let others = blocks.iter().zip(&parts).enumerate();
+            let others: Vec<_> = match sweep {
+                Sweep::Forward => others.filter(|&(j, _)| j != i).collect(),
+                Sweep::Backward => others.rev().filter(|&(j, _)| j != i).collect(),
+            };
+            for (_, (&(v0, v1), w)) in others {
+                w.mul(&mut z, 4 * n, true, h_prev.cols(v0, v1), sweep);
+            }
+            if !own_first {
+                own_part(&mut z);
             }
             for r in 0..batch {
                 let c_prev = match prev {
@@ -556,7 +579,13 @@ fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32],
             // SAFETY: dz's rows of step t are complete (the barrier) and no thread writes them
             // any more (the steps go down).
             let dz_t = unsafe { read(dz_rows, t * batch * g4, batch * g4) };
-            w_t.mul(&mut dh, n, false, Mat::new(dz_t, batch, g4, g4));
+            w_t.mul(
+                &mut dh,
+                n,
+                false,
+                Mat::new(dz_t, batch, g4, g4),
+                Sweep::of_step(t),
+            );
         }
         for r in 0..batch {
             // SAFETY: this block's units of row r, touched by no other thread.
