@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use super::{Dims, LstmLayerOps};
-use crate::model::fused::matmul::{equal_spans, matmul, product, Mat};
+use crate::model::fused::matmul::{equal_spans, product, Mat};
 use crate::model::fused::panels::{PackedWeight, Sweep};
 use crate::model::fused::simd::{self, multiversion};
 use crate::model::fused::threads::{on_threads, Progress, SpinBarrier};
@@ -114,25 +114,13 @@ impl LstmLayerOps for Flex {
         // The hidden states of every step, then the last step's cell states, gathered on every
         // core (the rows are independent) unless they are few (a generation step's).
         let w7 = 7 * h;
-        let mut out = Vec::with_capacity((rows + b) * h);
-        let gather = |(r, dst): (usize, &mut [MaybeUninit<f32>])| {
-            let src = if r < rows {
+        let out = gather_rows(rows + b, h, |r| {
+            if r < rows {
                 &ws[r * w7..][..h]
             } else {
                 &ws[(r - b) * w7 + h..][..h]
-            };
-            for (d, &v) in dst.iter_mut().zip(src) {
-                d.write(v);
             }
-        };
-        let dst = &mut out.spare_capacity_mut()[..(rows + b) * h];
-        if dst.len() >= PARALLEL_MIN {
-            dst.par_chunks_mut(h.max(1)).enumerate().for_each(gather);
-        } else {
-            dst.chunks_mut(h.max(1)).enumerate().for_each(gather);
-        }
-        // SAFETY: each of the `rows + b` rows of `h` values was written above.
-        unsafe { out.set_len((rows + b) * h) };
+        });
         (to_flex(out, &[rows + b, h]), to_flex(ws, &[rows, w7]))
     }
 
@@ -234,6 +222,26 @@ fn forward_by_rows(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f3
     });
 }
 
+/// A new `[rows, n]` buffer whose row `r` is `row(r)` (`n` values), copied on every core unless
+/// it is small, written once (not zeroed first).
+fn gather_rows<'a>(rows: usize, n: usize, row: impl Fn(usize) -> &'a [f32] + Sync) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * n);
+    let copy = |(r, dst): (usize, &mut [MaybeUninit<f32>])| {
+        for (d, &v) in dst.iter_mut().zip(&row(r)[..n]) {
+            d.write(v);
+        }
+    };
+    let dst = &mut out.spare_capacity_mut()[..rows * n];
+    if dst.len() >= PARALLEL_MIN {
+        dst.par_chunks_mut(n.max(1)).enumerate().for_each(copy);
+    } else {
+        dst.chunks_mut(n.max(1)).enumerate().for_each(copy);
+    }
+    // SAFETY: each of the `rows` rows of `n` values was written above (`row(r)` holds `n`).
+    unsafe { out.set_len(rows * n) };
+    out
+}
+
 /// The four gradients of [`backward`].
 struct LayerGrads {
     projected: Vec<f32>,
@@ -242,7 +250,12 @@ struct LayerGrads {
     c0: Vec<f32>,
 }
 
-/// `dW_h = Σ_t h_{t-1}ᵀ dz_t`: `h0` for the first step, the workspace's h columns after it.
+/// `dW_h = Σ_t h_{t-1}ᵀ dz_t` as one product `[hidden, steps * batch] x [steps * batch, 4 *
+/// hidden]` over `h_{t-1}` gathered into one buffer: `h0`, then the workspace's h columns of all
+/// steps but the last. As two products (`h0`'s rows, then the workspace's onto it), the first,
+/// with only `batch` rows to sum over, still wrote the whole `[hidden, 4 * hidden]` result and
+/// the second read it back: `medium`'s took 0.9 - 1.2 ms a step for 1% of the arithmetic
+/// (docs/BENCHMARKS.md).
 fn recurrent_weight_grad(d: Dims, ws: &[f32], h0: &[f32], dz: &[f32]) -> Vec<f32> {
     let Dims {
         steps,
@@ -250,17 +263,18 @@ fn recurrent_weight_grad(d: Dims, ws: &[f32], h0: &[f32], dz: &[f32]) -> Vec<f32
         hidden: h,
     } = d;
     let (g4, w7, rows) = (4 * h, 7 * h, steps * batch);
-    let mut dw = product(
-        Mat::new(h0, batch, h, h).t(),
-        Mat::new(dz, batch, g4, g4),
+    let h_prev = gather_rows(rows, h, |r| {
+        if r < batch {
+            &h0[r * h..][..h]
+        } else {
+            &ws[(r - batch) * w7..][..h]
+        }
+    });
+    product(
+        Mat::new(&h_prev, rows, h, h).t(),
+        Mat::new(dz, rows, g4, g4),
         true,
-    );
-    if steps > 1 {
-        let h_prev = Mat::new(ws, rows - batch, h, w7).t();
-        let dz_rest = Mat::new(&dz[batch * g4..], rows - batch, g4, g4);
-        matmul(&mut dw, g4, true, h_prev, dz_rest, true);
-    }
-    dw
+    )
 }
 
 /// Where the backward loops write: `dz` `[T * B, 4H]`, `dh0` and `dc0` `[B, H]`.
