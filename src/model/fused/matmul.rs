@@ -216,6 +216,10 @@ unsafe fn product_into(
     } else {
         1
     };
+    if cores > 1 && k >= 2 * m.max(n) {
+        // SAFETY: passed on from the caller.
+        return unsafe { product_along_k(dst, ld, accumulate, a, b, cores, library) };
+    }
     // By columns whenever each block gets at least 64: each core then packs only its part of
     // `b`. Cut by rows, every core packs all of `b`: the output layer's input gradient
     // `[700, 10000] x [10000, 650]` ran at 110 - 136 GFLOP/s a core that way against 147 - 150
@@ -243,6 +247,67 @@ unsafe fn product_into(
         Some(library) => blocks(library),
         None => library::run(Shape::of(&a, &b), openblas_takes(&a, &b), blocks),
     }
+}
+
+/// [`product_into`] for a product whose inner dimension is at least twice as long as either of
+/// the others (the input gradients of the output layer, `[700, 10000] x [10000, 650]`, and of
+/// `medium`'s LSTM layers, `[700, 2600] x [2600, 650]`): cut along `k` into one equal span a
+/// core, each core's product into a buffer of its own (the first core's into `dst`), then the
+/// buffers added onto `dst`. Cut by columns, every core packed all of the long `a` (28 MB for the
+/// output layer's); cut along `k`, each packs its share of both operands, and the added partial
+/// results are small (`[m, n]`). The spans are equal, not sized by the cores' speeds: where `k`
+/// is cut changes the values at rounding level, and equal spans keep every run's values the
+/// same. In `medium` training, 0.4 ms less a step for the output layer's and 0.2 for the LSTM
+/// layers' (docs/BENCHMARKS.md).
+///
+/// # Safety
+/// As [`product_into`].
+unsafe fn product_along_k(
+    dst: DstPtr,
+    ld: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    cores: usize,
+    library: Option<Library>,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let spans = equal_spans(k, cores, 16);
+    let mut partials: Vec<Vec<f32>> = (1..spans.len())
+        .map(|_| Vec::with_capacity(m * n))
+        .collect();
+    let into: Vec<DstPtr> = partials
+        .iter_mut()
+        .map(|p| DstPtr(p.spare_capacity_mut().as_mut_ptr().cast()))
+        .collect();
+    spans
+        .par_iter()
+        .enumerate()
+        .with_max_len(1)
+        .for_each(|(i, &(k0, k1))| {
+            let (a, b) = (a.cols(k0, k1), b.rows(k0, k1));
+            // SAFETY: span 0 goes to `dst` as the caller asked; each other span to its own
+            // buffer of `[m, n]` values, only written (`accumulate` off).
+            unsafe {
+                match i {
+                    0 => product_into(dst, ld, accumulate, a, b, false, library),
+                    _ => product_into(into[i - 1], n, false, a, b, false, library),
+                }
+            }
+        });
+    for p in &mut partials {
+        // SAFETY: the product above wrote all `m * n` values.
+        unsafe { p.set_len(m * n) };
+    }
+    (0..m).into_par_iter().with_min_len(16).for_each(|i| {
+        // SAFETY: row i of `dst` (`n` values) lies inside it and only this task touches it.
+        let row = unsafe { std::slice::from_raw_parts_mut(dst.at(i * ld), n) };
+        for p in &partials {
+            for (d, &v) in row.iter_mut().zip(&p[i * n..][..n]) {
+                *d += v;
+            }
+        }
+    });
 }
 
 /// Whether OpenBLAS (in this build) can read the operands `a` and `b`.
@@ -704,13 +769,15 @@ mod tests {
     /// destination, gives the naive product's values.
     #[test]
     fn blocks_by_columns_and_rows_and_transposed_views_match_the_naive_product() {
-        // (9, 7, 4109): wider than 4096 columns, two blocks a core.
+        // (9, 7, 4109): wider than 4096 columns, two blocks a core; (30, 301, 70): cut along
+        // `k` (parallel).
         for &(m, k, n) in &[
             (3, 5, 7),
             (70, 33, 301),
             (301, 17, 40),
             (1, 1, 1),
             (9, 7, 4109),
+            (30, 301, 70),
         ] {
             let a = values(m * k, 1);
             let b = values(k * n, 2);
