@@ -8,7 +8,8 @@
 //! - each step's product `h_{t-1} W_h` runs on the weight packed once a call (`panels.rs`), the
 //!   gate math on one batch row at a time (`kernels`);
 //! - the backward runs the steps in reverse the same way, keeping only `dh` and `dc` per block,
-//!   and computes the recurrent weight's gradient after the loop as one product
+//!   fetching each next row of the gate gradients `dz` for writing while it computes one, and
+//!   computes the recurrent weight's gradient after the loop as one product
 //!   `[hidden, steps * batch] x [steps * batch, 4 * hidden]`.
 
 use burn::backend::tensor::FloatTensor;
@@ -356,6 +357,10 @@ fn backward_by_rows(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32], 
                 (&ws[(first - batch) * w7 + h..], w7)
             };
             for r in 0..nb {
+                // The next row of `dz`, fetched for writing (as in `backward_by_units`).
+                if r + 1 < nb {
+                    simd::prefetch_for_write(dz_rows.ptr().wrapping_add((first + r + 1) * g4), g4);
+                }
                 kernels::backward_step(
                     segments(cur, r * w7 + 2 * h, h, h),
                     &c_prev[r * c_stride..][..h],
@@ -579,6 +584,14 @@ fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32],
                 } else {
                     &ws[((t - 1) * batch + r) * w7 + h + u0..][..n]
                 };
+                // The next row's `dz` segments, fetched for writing while this row is computed
+                // (docs/BENCHMARKS.md: without, each store waited for its line).
+                if r + 1 < batch {
+                    let next = (t * batch + r + 1) * g4 + u0;
+                    for s in 0..4 {
+                        simd::prefetch_for_write(dz_rows.ptr().wrapping_add(next + s * h), n);
+                    }
+                }
                 kernels::backward_step(
                     segments(ws, (t * batch + r) * w7 + 2 * h + u0, h, n),
                     c_prev,
