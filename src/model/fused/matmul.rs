@@ -137,7 +137,10 @@ impl DstPtr {
 /// one block of columns (or of rows, when `b` is too narrow to give each at least 64 columns)
 /// per rayon thread, each computed on one core and sized by how fast that core ran the last
 /// products; a product over 4096 columns wide has equal blocks and ends in small ones that the
-/// threads take as they free up. The cut never changes a value.
+/// threads take as they free up. These cuts never change a value. A product whose `k` is at
+/// least twice `m` and `n` is cut along `k` instead, one equal span a thread
+/// ([`product_along_k`]): its values then depend on the number of threads (the order of the
+/// sum), never on their speeds, so a run repeats bit for bit on the same machine.
 pub(crate) fn matmul(dst: &mut [f32], ld: usize, accumulate: bool, a: Mat, b: Mat, parallel: bool) {
     matmul_using(None, dst, ld, accumulate, a, b, parallel);
 }
