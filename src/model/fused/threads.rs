@@ -51,7 +51,7 @@ pub(super) fn on_threads(blocks: &[(usize, usize)], work: impl Fn(usize, (usize,
 /// before anything uses the pool (a pool already made is left as it is). Linux only; elsewhere
 /// it does nothing.
 ///
-/// The recurrence's threads ([`on_threads`]) spin, then yield, while they wait for each other
+/// The recurrence's threads (`on_threads`) spin, then yield, while they wait for each other
 /// every step: unpinned, the kernel sometimes woke both on the same CPU, where each step then ran
 /// on one core in turn, and left them there for milliseconds (a `medium` forward call took ~6
 /// ms longer, both threads timed waiting, in about one call in 28; docs/BENCHMARKS.md).
