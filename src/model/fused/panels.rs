@@ -8,7 +8,8 @@
 //! 8]` with AVX2 + FMA; zero-padded), and a kernel keeps a block of rows x two panels of the
 //! result in registers while it streams the panels: at batch 20 the weight no longer fits a
 //! core's L2, so each step streams it from L3 (the AVX-512 kernel prefetches it ahead of use;
-//! on Zen 3 the hardware prefetchers did better alone). Measured (docs/BENCHMARKS.md): `[20,
+//! on Zen 3 the hardware prefetchers did better alone), all but the part that the last step,
+//! sweeping the other way, left in L2 ([`Sweep`]). Measured (docs/BENCHMARKS.md): `[20,
 //! 650] x [650, 1300]` at ~140 GFLOP/s a core against ~90 for `gemm` on a Xeon (AVX-512,
 //! 2026-12-01); on a Zen 3 EPYC (AVX2) 81 - 92 against 36 - 72 (2026-12-02 11:00).
 //!
