@@ -15,7 +15,7 @@ use cli::args::{
 use cli::display::Display;
 use cli::memory;
 use lstm_lm::commands::{bench, eval, export, generate, import, score};
-use lstm_lm::data::corpus::{self, CorpusSource, TextLines};
+use lstm_lm::data::corpus::{self, CorpusSource, LinePieces, TextLines};
 use lstm_lm::device::{self, DeviceChoice};
 use lstm_lm::model::Softmax;
 use lstm_lm::run::{self, summary, Run};
@@ -286,13 +286,21 @@ fn run_import(args: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How much of a line `tokenize` reads at a time: a text on one line is not held whole.
+const TOKENIZE_READ_BYTES: usize = 1 << 20;
+
 fn run_tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     let run = Run::open(&args.run)?;
-    let lines = TextLines::open(&args.text)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for line in lines {
-        run.codec().write_spaced(run.vocab(), &line?, &mut out)?;
-        writeln!(out)?;
+    let mut first = true;
+    for piece in LinePieces::open(&args.text, TOKENIZE_READ_BYTES)? {
+        let (piece, ends) = piece?;
+        run.codec()
+            .write_spaced_piece(run.vocab(), &piece, &mut first, &mut out)?;
+        if ends {
+            writeln!(out)?;
+            first = true;
+        }
     }
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! Reading corpora in PTB format: one sentence per line, whitespace-separated tokens, UTF-8.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use datasets::{Dataset, Split};
 
+use super::tokenizer::line_cut;
 use crate::error::{Error, Result};
 
 /// Tiny Shakespeare (public domain), embedded so that training works with no download.
@@ -67,15 +68,146 @@ impl<R: BufRead> Iterator for TextLines<R> {
         trim_line_end(&mut bytes);
         Some(String::from_utf8(bytes).map_err(|e| {
             self.failed = true;
-            Error::Corpus {
-                path: self.path.clone(),
-                problem: format!(
-                    "line {}: not valid UTF-8 (byte {} of the line); convert the file to UTF-8",
-                    self.line,
-                    e.utf8_error().valid_up_to() + 1
-                ),
-            }
+            not_utf8(&self.path, self.line, e.utf8_error().valid_up_to() + 1)
         }))
+    }
+}
+
+/// The lines of a text in pieces: each piece with whether its line ends after it. A line
+/// longer than `max` bytes comes in pieces cut at the last [`line_cut`] of what has been read
+/// (every tokenizer reads the pieces one after the other as it reads the whole line), so a
+/// text on one line (text8 and the like) takes about `max` bytes, not the whole line; a line
+/// with no such cut comes whole. Lines as [`TextLines`] cuts them; a piece that is not UTF-8,
+/// or a read error, is an error naming the file and the line, and ends them.
+pub struct LinePieces<R> {
+    reader: R,
+    path: PathBuf,
+    max: usize,
+    /// Bytes read and not yet handed out, from `start`.
+    pending: Vec<u8>,
+    start: usize,
+    /// Where the search for a line end in `pending` goes on from.
+    searched: usize,
+    /// The line being handed out (1-based), and how many of its bytes went out already.
+    line: usize,
+    line_offset: usize,
+    done: bool,
+}
+
+impl LinePieces<Box<dyn Read>> {
+    /// The lines of the file `path`, in pieces of about `max` bytes.
+    pub fn open(path: &Path, max: usize) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io("cannot read", path, e))?;
+        Ok(Self::new(Box::new(file), path, max))
+    }
+}
+
+impl<R: Read> LinePieces<R> {
+    /// The lines of `reader`, the text `path` (as errors name it), in pieces of about `max`
+    /// bytes.
+    pub fn new(reader: R, path: &Path, max: usize) -> Self {
+        Self {
+            reader,
+            path: path.to_path_buf(),
+            max: max.max(1),
+            pending: Vec::new(),
+            start: 0,
+            searched: 0,
+            line: 1,
+            line_offset: 0,
+            done: false,
+        }
+    }
+
+    /// `pending[start..start + len]` as a piece (a line end trimmed when `ends`).
+    fn take(&mut self, len: usize, ends: bool) -> Result<(String, bool)> {
+        let mut bytes = self.pending[self.start..self.start + len].to_vec();
+        self.start += len;
+        self.searched = self.start;
+        if ends {
+            trim_line_end(&mut bytes);
+        }
+        let piece = String::from_utf8(bytes).map_err(|e| {
+            self.done = true;
+            let byte = self.line_offset + e.utf8_error().valid_up_to() + 1;
+            not_utf8(&self.path, self.line, byte)
+        })?;
+        if ends {
+            self.line += 1;
+            self.line_offset = 0;
+        } else {
+            self.line_offset += len;
+        }
+        Ok((piece, ends))
+    }
+
+    /// Reads more of the text after what is pending; `false` at its end.
+    fn fill(&mut self) -> Result<bool> {
+        self.pending.drain(..self.start);
+        self.searched -= self.start;
+        self.start = 0;
+        let have = self.pending.len();
+        self.pending.resize(have + self.max.max(1 << 16), 0);
+        loop {
+            match self.reader.read(&mut self.pending[have..]) {
+                Ok(n) => {
+                    self.pending.truncate(have + n);
+                    return Ok(n > 0);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.pending.truncate(have);
+                    return Err(Error::io("cannot read", &self.path, e));
+                }
+            }
+        }
+    }
+}
+
+impl<R: Read> Iterator for LinePieces<R> {
+    type Item = Result<(String, bool)>;
+
+    fn next(&mut self) -> Option<Result<(String, bool)>> {
+        while !self.done {
+            let rest = &self.pending[self.searched..];
+            if let Some(at) = memchr::memchr(b'\n', rest) {
+                let len = self.searched + at + 1 - self.start;
+                return Some(self.take(len, true));
+            }
+            self.searched = self.pending.len();
+            let open = &self.pending[self.start..];
+            if open.len() >= self.max {
+                if let Some(at) = line_cut(open) {
+                    return Some(self.take(at, false));
+                }
+            }
+            match self.fill() {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.done = true;
+                    let len = self.pending.len() - self.start;
+                    // The last line, when it has no line end (or a piece of it went out).
+                    if len > 0 || self.line_offset > 0 {
+                        return Some(self.take(len, true));
+                    }
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The error for a text whose line `line` is not UTF-8 from its byte `byte` (1-based) on.
+fn not_utf8(path: &Path, line: usize, byte: usize) -> Error {
+    Error::Corpus {
+        path: path.to_path_buf(),
+        problem: format!(
+            "line {line}: not valid UTF-8 (byte {byte} of the line); convert the file to UTF-8"
+        ),
     }
 }
 
@@ -351,6 +483,90 @@ mod tests {
         let e = read[2].as_ref().unwrap_err().to_string();
         assert!(
             e.contains("t.txt") && e.contains("line 3: not valid UTF-8"),
+            "{e}"
+        );
+    }
+
+    /// A reader that gives at most `step` bytes a call, as a pipe may.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    /// Lines read in pieces join to the lines of `str::lines` (CRLF, blank lines, a last line
+    /// without its end), however the reads come; a line longer than `max` comes in pieces about
+    /// `max` long, each but a line's last cut before a single space between two words;
+    /// a piece that is not UTF-8 names its line and its byte in the line, and ends them.
+    #[test]
+    fn line_pieces_join_to_the_lines_and_cut_long_ones_between_words() {
+        let long = "one two  three\tfour ".repeat(40) + "end";
+        let texts = [
+            "a b\r\n\nc\n".to_string(),
+            "x\ny".into(),
+            String::new(),
+            "\n\n".into(),
+            "é\r\n😀".into(),
+            format!("{long}\r\nshort\n{long}"),
+            "nospacesatallinthislongline\nz".into(),
+        ];
+        for text in &texts {
+            for (max, step) in [(8, 3), (16, 1000), (1 << 20, 7)] {
+                let reader = Trickle(text.as_bytes(), step);
+                let mut lines = vec![String::new()];
+                let (mut open, mut at) = (false, 0);
+                for piece in LinePieces::new(reader, Path::new("t.txt"), max) {
+                    let (piece, ends) = piece.unwrap();
+                    assert!(text[at..].starts_with(&piece), "{piece:?} at {at}");
+                    at += piece.len();
+                    if ends {
+                        at += ["\r\n", "\n"]
+                            .iter()
+                            .find(|end| text[at..].starts_with(**end))
+                            .map_or(0, |end| end.len());
+                    } else {
+                        // Cut before a single space between two words, within what was read
+                        // (`long` has one at least every 20 bytes).
+                        let b = text.as_bytes();
+                        assert!(piece.len() <= max + step + 20, "{piece:?}");
+                        assert!(b[at] == b' ' && !b[at - 1].is_ascii_whitespace());
+                        assert!(!b[at + 1].is_ascii_whitespace(), "{piece:?}");
+                    }
+                    lines.last_mut().unwrap().push_str(&piece);
+                    open = !ends;
+                    if ends {
+                        lines.push(String::new());
+                    }
+                }
+                assert!(!open, "{text:?}: a line left open");
+                lines.pop();
+                assert_eq!(
+                    lines,
+                    text.lines().collect::<Vec<_>>(),
+                    "{text:?} {max} {step}"
+                );
+            }
+        }
+        let bad = b"ok\r\nfine words here\nno\xff good\nnever read\n";
+        let read: Vec<_> = LinePieces::new(&bad[..], Path::new("t.txt"), 4).collect();
+        let e = read.last().unwrap().as_ref().unwrap_err().to_string();
+        assert!(
+            e.contains("t.txt") && e.contains("line 3: not valid UTF-8 (byte 3 of the line)"),
+            "{e}"
+        );
+        assert!(read[..read.len() - 1].iter().all(|r| r.is_ok()));
+        // The byte counts from the line's start when the line came in pieces.
+        let bad = b"ok\nno go\xff good\n";
+        let read: Vec<_> = LinePieces::new(Trickle(bad, 3), Path::new("t.txt"), 4).collect();
+        assert_eq!(read[1].as_ref().unwrap(), &("no".to_string(), false));
+        let e = read.last().unwrap().as_ref().unwrap_err().to_string();
+        assert!(
+            e.contains("line 2: not valid UTF-8 (byte 6 of the line)"),
             "{e}"
         );
     }

@@ -234,13 +234,25 @@ impl Codec {
         line: &str,
         out: &mut dyn std::io::Write,
     ) -> std::io::Result<()> {
-        let mut first = true;
-        for piece in pieces(line, ENCODE_PIECE_BYTES) {
+        self.write_spaced_piece(vocab, line, &mut true, out)
+    }
+
+    /// [`Codec::write_spaced`] for a piece of a line cut at a [`line_cut`] (as
+    /// [`super::corpus::LinePieces`] hands them out), one after the other: `first` is true
+    /// for a line's first piece and stays false once a token of the line was written.
+    pub fn write_spaced_piece(
+        &self,
+        vocab: &Vocab,
+        piece: &str,
+        first: &mut bool,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        for piece in pieces(piece, ENCODE_PIECE_BYTES) {
             for token in self.tokens_of(vocab, piece) {
-                if !first {
+                if !*first {
                     out.write_all(b" ")?;
                 }
-                first = false;
+                *first = false;
                 if !token.contains(char::is_whitespace) {
                     out.write_all(token.as_bytes())?;
                     continue;

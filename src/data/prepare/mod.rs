@@ -191,7 +191,7 @@ fn open(dir: &Path, material: &serde_json::Value, plan: &Plan) -> Result<Prepare
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::corpus::{read_corpus, EMBEDDED_TINY_SHAKESPEARE};
+    use crate::data::corpus::{read_corpus, LinePieces, EMBEDDED_TINY_SHAKESPEARE};
     use crate::data::tokenizer::{count_chars, count_words, TextStream, BPE_FILE};
     use crate::data::vocab::{EOS, EOS_ID, PAD, UNK, UNK_ID};
 
@@ -482,8 +482,8 @@ mod tests {
     /// cut between words, and prepares to the ids, sentences, characters and words of the
     /// text read whole, for words and characters (a line of 17 MiB, read in 16 MiB blocks)
     /// and BPE (a line of 2.5 MiB, learned from in 1 MiB pieces, encoded in 16 KiB ones);
-    /// `lstm-lm tokenize`, which takes the line in 16 KiB pieces, writes the tokens of the
-    /// line cut whole.
+    /// `lstm-lm tokenize`, which reads the file's lines in pieces of about 1 MiB and writes
+    /// them in 16 KiB ones, writes the tokens of the line cut whole.
     #[test]
     fn a_line_longer_than_a_block_prepares_as_if_read_whole() {
         let tmp = tempfile::tempdir().unwrap();
@@ -498,7 +498,7 @@ mod tests {
             let valid = tmp.path().join("v.txt");
             std::fs::write(&valid, "the mat\n").unwrap();
             let source = CorpusSource::Files {
-                train,
+                train: train.clone(),
                 valid: Some(valid),
                 test: None,
                 train_fraction: 0.9,
@@ -555,6 +555,28 @@ mod tests {
             assert!(
                 written == expected.as_bytes(),
                 "{tokenizer:?}: tokenize differs from the line cut whole"
+            );
+            // As `tokenize` reads a file: its lines in pieces of about 1 MiB, each written
+            // after the last; the same as every line written whole.
+            let (mut pieces, mut first) = (Vec::new(), true);
+            for piece in LinePieces::open(&train, 1 << 20).unwrap() {
+                let (piece, ends) = piece.unwrap();
+                p.codec
+                    .write_spaced_piece(&p.vocab, &piece, &mut first, &mut pieces)
+                    .unwrap();
+                if ends {
+                    pieces.push(b'\n');
+                    first = true;
+                }
+            }
+            let mut whole = Vec::new();
+            for line in text.lines() {
+                p.codec.write_spaced(&p.vocab, line, &mut whole).unwrap();
+                whole.push(b'\n');
+            }
+            assert!(
+                pieces == whole,
+                "{tokenizer:?}: a file read in pieces differs"
             );
             assert_eq!(p.train.chars(), Some(count_chars(&text)), "{tokenizer:?}");
             let words = p.train.len() as f64 / p.train.tokens_per_word().unwrap();
