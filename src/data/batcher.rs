@@ -10,7 +10,7 @@
 //! built when the loader serves it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::DatasetError;
@@ -238,6 +238,20 @@ pub struct BucketLoader {
     next_epoch: Arc<AtomicUsize>,
     range: Option<(usize, usize)>,
     device: Device,
+    /// The order of the pass read last, shared by the epochs (and the loaders made with
+    /// `to_device` and `slice`) that read it: with epochs shorter than a pass
+    /// ([`with_epoch_steps`](Self::with_epoch_steps)), each epoch made its pass's order again,
+    /// a scan and a shuffle of every sentence (about a second at a billion tokens).
+    last_order: Arc<Mutex<LastOrder>>,
+}
+
+/// [`BucketLoader::last_order`]: the pass and its order (and, for the tests, how many orders
+/// were made).
+#[derive(Default)]
+struct LastOrder {
+    order: Option<(usize, Arc<EpochOrder>)>,
+    #[cfg(test)]
+    made: usize,
 }
 
 impl BucketLoader {
@@ -284,7 +298,27 @@ impl BucketLoader {
             next_epoch: Arc::new(AtomicUsize::new(first_epoch)),
             range: None,
             device,
+            last_order: Arc::default(),
         }
+    }
+
+    /// The order of pass `pass`: the one made last when it is that pass's, otherwise made now
+    /// (the last one let go first, so that two are never held at once by the loader).
+    fn shared_order(&self, pass: usize) -> Arc<EpochOrder> {
+        let mut last = self.last_order.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((p, order)) = &last.order {
+            if *p == pass {
+                return order.clone();
+            }
+        }
+        last.order = None;
+        let order = Arc::new(self.pass_order(pass));
+        last.order = Some((pass, order.clone()));
+        #[cfg(test)]
+        {
+            last.made += 1;
+        }
+        order
     }
 
     /// The same loader with epochs of `steps` batches, the passes read on end to end across
@@ -384,7 +418,7 @@ struct BucketIter<'a> {
     next: usize,
     end: usize,
     /// The pass being read and its order.
-    order: Option<(usize, EpochOrder)>,
+    order: Option<(usize, Arc<EpochOrder>)>,
     done: usize,
     total: usize,
 }
@@ -393,7 +427,9 @@ impl BucketIter<'_> {
     /// The order of pass `pass`, made when it is first asked for.
     fn order_of(&mut self, pass: usize) -> &EpochOrder {
         if self.order.as_ref().is_none_or(|(p, _)| *p != pass) {
-            self.order = Some((pass, self.loader.pass_order(pass)));
+            // The last pass's order let go before the next is made.
+            self.order = None;
+            self.order = Some((pass, self.loader.shared_order(pass)));
         }
         &self.order.as_ref().expect("just made").1
     }
@@ -553,6 +589,14 @@ mod tests {
             .collect();
         let expected: Vec<i64> = passes[..6].iter().map(|b| b.inputs[0]).collect();
         assert_eq!(served, expected);
+        // Each pass's order is made once, however many epochs read it: epochs 1 - 3 read
+        // passes 1, 1 and 2, 2 and 3 (three orders, where each epoch making its own made five).
+        let fresh = loader().with_epoch_steps(3);
+        for _ in 0..3 {
+            assert_eq!(fresh.iter().count(), 3);
+        }
+        let made = fresh.last_order.lock().unwrap().made;
+        assert_eq!(made, 3, "orders made for three passes");
         // A pass's length keeps the default order.
         assert_eq!(
             loader().with_epoch_steps(4).epoch_batches(2),
