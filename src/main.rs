@@ -292,16 +292,10 @@ const TOKENIZE_READ_BYTES: usize = 1 << 20;
 fn run_tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     let run = Run::open(&args.run)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut first = true;
-    for piece in LinePieces::open(&args.text, TOKENIZE_READ_BYTES)? {
-        let (piece, ends) = piece?;
-        run.codec()
-            .write_spaced_piece(run.vocab(), &piece, &mut first, &mut out)?;
-        if ends {
-            writeln!(out)?;
-            first = true;
-        }
-    }
+    let pieces = LinePieces::open(&args.text, TOKENIZE_READ_BYTES)?;
+    run.codec()
+        .write_spaced_lines(run.vocab(), pieces, &mut out)?;
+    out.flush()?;
     Ok(())
 }
 

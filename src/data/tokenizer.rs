@@ -237,10 +237,33 @@ impl Codec {
         self.write_spaced_piece(vocab, line, &mut true, out)
     }
 
-    /// [`Codec::write_spaced`] for a piece of a line cut at a [`line_cut`] (as
-    /// [`super::corpus::LinePieces`] hands them out), one after the other: `first` is true
-    /// for a line's first piece and stays false once a token of the line was written.
-    pub fn write_spaced_piece(
+    /// [`Codec::write_spaced`] for a text's lines in pieces cut at [`line_cut`]s, each with
+    /// whether its line ends after it (as [`super::corpus::LinePieces`] hands them out): each
+    /// line's tokens, then a line end. What `lstm-lm tokenize` writes.
+    pub fn write_spaced_lines(
+        &self,
+        vocab: &Vocab,
+        pieces: impl IntoIterator<Item = Result<(String, bool)>>,
+        out: &mut dyn std::io::Write,
+    ) -> Result<()> {
+        let written = |e| Error::io("cannot write the tokens to", "the output", e);
+        let mut first = true;
+        for piece in pieces {
+            let (piece, ends) = piece?;
+            self.write_spaced_piece(vocab, &piece, &mut first, out)
+                .map_err(written)?;
+            if ends {
+                out.write_all(b"\n").map_err(written)?;
+                first = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Codec::write_spaced`] for a piece of a line cut at a [`line_cut`], one after the
+    /// other: `first` is true for a line's first piece and stays false once a token of the
+    /// line was written.
+    fn write_spaced_piece(
         &self,
         vocab: &Vocab,
         piece: &str,

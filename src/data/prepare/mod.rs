@@ -558,17 +558,11 @@ mod tests {
             );
             // As `tokenize` reads a file: its lines in pieces of about 1 MiB, each written
             // after the last; the same as every line written whole.
-            let (mut pieces, mut first) = (Vec::new(), true);
-            for piece in LinePieces::open(&train, 1 << 20).unwrap() {
-                let (piece, ends) = piece.unwrap();
-                p.codec
-                    .write_spaced_piece(&p.vocab, &piece, &mut first, &mut pieces)
-                    .unwrap();
-                if ends {
-                    pieces.push(b'\n');
-                    first = true;
-                }
-            }
+            let mut pieces = Vec::new();
+            let read = LinePieces::open(&train, 1 << 20).unwrap();
+            p.codec
+                .write_spaced_lines(&p.vocab, read, &mut pieces)
+                .unwrap();
             let mut whole = Vec::new();
             for line in text.lines() {
                 p.codec.write_spaced(&p.vocab, line, &mut whole).unwrap();
