@@ -110,31 +110,61 @@ pub fn errors_against_composed(
     let wy = normal([steps * batch, hidden], 1.0);
     let wc = normal([batch, hidden], 1.0);
     let on_flex = |t: Tensor<2>| Tensor::<2>::from_data(t.to_data(), &flex);
-    let run = |device: &Device, recurrence: Recurrence| {
+    // Outputs, then gradients in p and w, then (with `track_state`) in h0 and c0: untracked,
+    // they stand for a state carried over from the last window, detached.
+    let run = |device: &Device, recurrence: Recurrence, track_state: bool| {
         let ad = device.clone().autodiff();
-        let leaf = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &ad).require_grad();
-        let [p, w, h0, c0] = inputs.each_ref().map(leaf);
+        let leaf = |t: &Tensor<2>, tracked: bool| {
+            let t = Tensor::<2>::from_data(t.to_data(), &ad);
+            if tracked {
+                t.require_grad()
+            } else {
+                t
+            }
+        };
+        let [p, w, h0, c0] = inputs.each_ref().map(|t| leaf(t, true));
+        let (h0, c0) = if track_state {
+            (h0, c0)
+        } else {
+            (leaf(&inputs[2], false), leaf(&inputs[3], false))
+        };
         let (hs, h_last, c_last) = recurrence(p.clone(), w.clone(), h0.clone(), c0.clone());
         let loss = (hs.clone() * Tensor::from_data(wy.to_data(), &ad)).sum()
             + (c_last.clone() * Tensor::from_data(wc.to_data(), &ad)).sum()
             + h_last.clone().sum();
         let grads = loss.backward();
         let grad = |t: &Tensor<2>| t.grad(&grads).unwrap();
+        let state_grads = track_state.then(|| [grad(&h0), grad(&c0)]);
         [hs, h_last, c_last]
             .map(|t| t.inner())
             .into_iter()
-            .chain([grad(&p), grad(&w), grad(&h0), grad(&c0)])
+            .chain([grad(&p), grad(&w)])
+            .chain(state_grads.into_iter().flatten())
             .map(on_flex)
             .collect::<Vec<_>>()
     };
-    let fused = run(device, lstm_recurrence);
-    let reference = run(&flex, composed_recurrence);
+    let fused = run(device, lstm_recurrence, true);
+    let reference = run(&flex, composed_recurrence, true);
     let names = ["h", "h_T", "c_T", "d projected", "d w_h", "d h0", "d c0"];
     let mut errors: Vec<_> = names
         .into_iter()
         .zip(fused.into_iter().zip(reference.iter().cloned()))
         .map(|(name, (a, b))| (name, max_rel_err(a, b)))
         .collect();
+    // The state detached: the backward skips h0's gradient; the others are unchanged.
+    let detached = run(device, lstm_recurrence, false);
+    let names = ["d projected, state detached", "d w_h, state detached"];
+    errors.extend(
+        names
+            .into_iter()
+            .zip(
+                detached
+                    .into_iter()
+                    .skip(3)
+                    .zip(reference[3..5].iter().cloned()),
+            )
+            .map(|(name, (a, b))| (name, max_rel_err(a, b))),
+    );
 
     let [p, w, h0, c0] = inputs.map(|t| Tensor::<2>::from_data(t.to_data(), device));
     let (hs, _, c_last) = lstm_recurrence(p, w, h0, c0);
@@ -207,7 +237,9 @@ pub trait LstmLayerOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// Gradients in `projected`, `w_h`, `h0` and `c0`, from the workspace and the gradient of
-    /// the output `[(T + 1) * B, H]`.
+    /// the output `[(T + 1) * B, H]`. Without `state_grads` nobody reads the gradient in `h0`
+    /// (a state carried over from the last window is detached): the last step's product that
+    /// gives it, `dz_0 W_hᵀ`, is skipped and `h0`'s gradient is zeros.
     #[fusion(meta = fusion_meta::backward)]
     fn lstm_layer_backward(
         ws: FloatTensor<Self>,
@@ -215,6 +247,7 @@ pub trait LstmLayerOps: Backend {
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        state_grads: bool,
     ) -> (
         FloatTensor<Self>,
         FloatTensor<Self>,
@@ -260,6 +293,7 @@ mod fusion_meta {
         h0: &TensorSpec,
         c0: &TensorSpec,
         _grad: &TensorSpec,
+        _state_grads: &bool,
     ) -> (TensorSpec, TensorSpec, TensorSpec, TensorSpec) {
         (
             TensorSpec::new(Shape::new([ws.shape[0], 4 * h0.shape[1]]), ws.dtype),
@@ -363,7 +397,9 @@ impl<B: Backend + LstmLayerOps, C: CheckpointStrategy> LstmLayerOps for Autodiff
             ) {
                 let grad = grads.consume::<B>(&ops.node);
                 let (ws, w_h, h0, c0) = ops.state;
-                let (dp, dw, dh0, dc0) = B::lstm_layer_backward(ws, w_h, h0, c0, grad);
+                let [_, _, h0_node, c0_node] = &ops.parents;
+                let state_grads = h0_node.is_some() || c0_node.is_some();
+                let (dp, dw, dh0, dc0) = B::lstm_layer_backward(ws, w_h, h0, c0, grad, state_grads);
                 register_grads::<B, 4>(
                     grads,
                     ops.parents.map(|p| p.map(|n| n.id)),
@@ -415,6 +451,7 @@ impl<B: Backend + LstmLayerOps, C: CheckpointStrategy> LstmLayerOps for Autodiff
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        state_grads: bool,
     ) -> (
         FloatTensor<Self>,
         FloatTensor<Self>,
@@ -427,6 +464,7 @@ impl<B: Backend + LstmLayerOps, C: CheckpointStrategy> LstmLayerOps for Autodiff
             Self::inner(h0),
             Self::inner(c0),
             Self::inner(grad),
+            state_grads,
         );
         (
             Self::from_inner(a),

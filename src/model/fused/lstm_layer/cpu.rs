@@ -131,6 +131,7 @@ impl LstmLayerOps for Flex {
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        state_grads: bool,
     ) -> (
         FloatTensor<Self>,
         FloatTensor<Self>,
@@ -151,6 +152,7 @@ impl LstmLayerOps for Flex {
             values(&c0),
             values(&grad),
             Split::for_dims(&d),
+            state_grads,
         );
         (
             to_flex(g.projected, &[rows, 4 * h]),
@@ -278,16 +280,20 @@ fn recurrent_weight_grad(d: Dims, ws: &[f32], h0: &[f32], dz: &[f32]) -> Vec<f32
     )
 }
 
-/// Where the backward loops write: `dz` `[T * B, 4H]`, `dh0` and `dc0` `[B, H]`.
+/// Where the backward loops write: `dz` `[T * B, 4H]`, `dh0` and `dc0` `[B, H]`; `dh0` is
+/// `None` when nobody reads the gradient in `h0`, and the loops then skip the last step's
+/// product `dz_0 W_hᵀ` that gives it (one of `T` in the backward recurrence's products).
 #[derive(Clone, Copy)]
 struct GradRows {
     dz: Rows,
-    dh0: Rows,
+    dh0: Option<Rows>,
     dc0: Rows,
 }
 
 /// Backpropagates `grad` `[(T + 1) * B, H]` (hidden states, then the last cell state), the
-/// steps' work cut between the cores as `split` says.
+/// steps' work cut between the cores as `split` says; `h0`'s gradient only with `state_grads`
+/// (zeros without, see [`GradRows`]).
+#[allow(clippy::too_many_arguments)]
 fn backward(
     d: Dims,
     ws: &[f32],
@@ -296,11 +302,13 @@ fn backward(
     c0: &[f32],
     grad: &[f32],
     split: Split,
+    state_grads: bool,
 ) -> LayerGrads {
     let (b, h) = (d.batch, d.hidden);
     let mut dh0 = vec![0.0f32; b * h];
     let mut dc0 = vec![0.0f32; b * h];
-    let (dh0_rows, dc0_rows) = (Rows(dh0.as_mut_ptr()), Rows(dc0.as_mut_ptr()));
+    let dh0_rows = state_grads.then_some(Rows(dh0.as_mut_ptr()));
+    let dc0_rows = Rows(dc0.as_mut_ptr());
     // SAFETY: both splits write every row of `dz` whole (`kernels::backward_step` writes all
     // 4h values of a row; the blocks cover the batch or the units).
     let dz = unsafe {
@@ -370,6 +378,9 @@ fn backward_by_rows(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32], 
                     unsafe { dz_rows.segments((first + r) * g4, h, h) },
                 );
             }
+            if t == 0 && dh0_rows.is_none() {
+                break;
+            }
             // SAFETY: the rows just written, of this block only.
             let dz_t = unsafe { read(dz_rows, first * g4, nb * g4) };
             w_t.mul(
@@ -382,7 +393,9 @@ fn backward_by_rows(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32], 
         }
         // SAFETY: rows of this block only.
         unsafe {
-            write_at(dh0_rows, r0 * h, &dh);
+            if let Some(dh0_rows) = dh0_rows {
+                write_at(dh0_rows, r0 * h, &dh);
+            }
             write_at(dc0_rows, r0 * h, &dc);
         }
     });
@@ -602,6 +615,9 @@ fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32],
                     unsafe { dz_rows.segments((t * batch + r) * g4 + u0, h, n) },
                 );
             }
+            if t == 0 && dh0_rows.is_none() {
+                break;
+            }
             barrier.wait();
             // SAFETY: dz's rows of step t are complete (the barrier) and no thread writes them
             // any more (the steps go down).
@@ -617,7 +633,9 @@ fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32],
         for r in 0..batch {
             // SAFETY: this block's units of row r, touched by no other thread.
             unsafe {
-                write_at(dh0_rows, r * h + u0, &dh[r * n..][..n]);
+                if let Some(dh0_rows) = dh0_rows {
+                    write_at(dh0_rows, r * h + u0, &dh[r * n..][..n]);
+                }
                 write_at(dc0_rows, r * h + u0, &dc[r * n..][..n]);
             }
         }
@@ -685,26 +703,42 @@ mod kernels {
 mod tests {
     use super::*;
 
-    /// The split by hidden units gives what the split by batch rows gives: the same workspace
-    /// and gradients up to the products' summation order (on two cores, uneven blocks: the
-    /// backward's 40 units are 32 + 8 and its 100 are 64 + 36, the forward's 52 + 48).
-    #[test]
-    fn the_split_by_units_matches_the_split_by_rows() {
+    /// A layer's inputs `(dims, projected, w_h, h0, c0, grad)` of the given sizes, with
+    /// values spread over [-1, 1) (`w_h` over [-0.3, 0.3)).
+    #[allow(clippy::type_complexity)]
+    fn inputs(
+        steps: usize,
+        batch: usize,
+        h: usize,
+    ) -> (Dims, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
         let value = |n: usize, seed: usize| -> Vec<f32> {
             (0..n)
                 .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0 - 1.0)
                 .collect()
         };
+        let d = Dims {
+            steps,
+            batch,
+            hidden: h,
+        };
+        let w_h: Vec<f32> = value(h * 4 * h, 2).iter().map(|v| v * 0.3).collect();
+        (
+            d,
+            value(steps * batch * 4 * h, 1),
+            w_h,
+            value(batch * h, 3),
+            value(batch * h, 4),
+            value((steps + 1) * batch * h, 5),
+        )
+    }
+
+    /// The split by hidden units gives what the split by batch rows gives: the same workspace
+    /// and gradients up to the products' summation order (on two cores, uneven blocks: the
+    /// backward's 40 units are 32 + 8 and its 100 are 64 + 36, the forward's 52 + 48).
+    #[test]
+    fn the_split_by_units_matches_the_split_by_rows() {
         for (steps, batch, h) in [(4, 3, 40), (3, 5, 100), (1, 1, 16)] {
-            let d = Dims {
-                steps,
-                batch,
-                hidden: h,
-            };
-            let projected = value(steps * batch * 4 * h, 1);
-            let w_h: Vec<f32> = value(h * 4 * h, 2).iter().map(|v| v * 0.3).collect();
-            let (h0, c0) = (value(batch * h, 3), value(batch * h, 4));
-            let grad = value((steps + 1) * batch * h, 5);
+            let (d, projected, w_h, h0, c0, grad) = inputs(steps, batch, h);
             let close = |a: &[f32], b: &[f32], what: &str| {
                 assert_eq!(a.len(), b.len());
                 let err = a
@@ -717,8 +751,8 @@ mod tests {
             let rows = forward(d, &projected, &w_h, &h0, &c0, Split::Rows);
             let units = forward(d, &projected, &w_h, &h0, &c0, Split::Units);
             close(&rows, &units, "workspace");
-            let a = backward(d, &rows, &w_h, &h0, &c0, &grad, Split::Rows);
-            let b = backward(d, &rows, &w_h, &h0, &c0, &grad, Split::Units);
+            let a = backward(d, &rows, &w_h, &h0, &c0, &grad, Split::Rows, true);
+            let b = backward(d, &rows, &w_h, &h0, &c0, &grad, Split::Units, true);
             close(&a.projected, &b.projected, "dz");
             close(&a.w_h, &b.w_h, "dW_h");
             close(&a.h0, &b.h0, "dh0");
@@ -737,6 +771,27 @@ mod tests {
         if rayon::current_num_threads() == 2 {
             assert_eq!(unit_blocks(650, 4), [(0, 328), (328, 650)]);
             assert_eq!(unit_blocks(650, 16), [(0, 336), (336, 650)]);
+        }
+    }
+
+    /// Without `state_grads` (a detached carried state) the backward skips the product that
+    /// gives `h0`'s gradient: every other gradient is the same bit for bit, on either split,
+    /// and `h0`'s is zeros (it is not, with the product).
+    #[test]
+    fn skipping_h0s_gradient_changes_no_other_gradient() {
+        for (steps, batch, h) in [(4, 3, 40), (3, 5, 100), (1, 1, 16)] {
+            let (d, projected, w_h, h0, c0, grad) = inputs(steps, batch, h);
+            let ws = forward(d, &projected, &w_h, &h0, &c0, Split::Rows);
+            for split in [Split::Rows, Split::Units] {
+                let all = backward(d, &ws, &w_h, &h0, &c0, &grad, split, true);
+                let some = backward(d, &ws, &w_h, &h0, &c0, &grad, split, false);
+                let case = format!("{steps}x{batch}x{h} {split:?}");
+                assert_eq!(all.projected, some.projected, "{case}: dz");
+                assert_eq!(all.w_h, some.w_h, "{case}: dW_h");
+                assert_eq!(all.c0, some.c0, "{case}: dc0");
+                assert!(all.h0.iter().any(|&v| v != 0.0), "{case}: dh0 computed");
+                assert!(some.h0.iter().all(|&v| v == 0.0), "{case}: dh0 skipped");
+            }
         }
     }
 

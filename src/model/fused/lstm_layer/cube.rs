@@ -232,6 +232,7 @@ impl LstmLayerOps for CubeBackend {
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        state_grads: bool,
     ) -> (
         FloatTensor<Self>,
         FloatTensor<Self>,
@@ -271,7 +272,11 @@ impl LstmLayerOps for CubeBackend {
                 row0 as u32,
                 F32,
             );
-            dh_next = Self::float_matmul(view(&dz, row0..row0 + batch, 0..4 * hidden), w_t.clone());
+            dh_next = if t > 0 || state_grads {
+                Self::float_matmul(view(&dz, row0..row0 + batch, 0..4 * hidden), w_t.clone())
+            } else {
+                Self::float_zeros(Shape::new([batch, hidden]), &ws.device, FloatDType::F32)
+            };
             dc_in = dc_out;
         }
         let dc0 = dc_in;
