@@ -107,13 +107,13 @@ impl LstmLayer {
             state.unwrap_or_else(|| LstmState::zeros(batch, d_hidden, &device));
 
         // All time steps' input projections in one matmul, time-major so that each step's
-        // rows are contiguous: [seq * batch, 4h].
+        // rows are contiguous: [seq * batch, 4h]. The recurrence adds the bias as it reads them.
         let projected = linear(
             input.swap_dims(0, 1).reshape([seq * batch, d_input]),
             self.input_weight.val(),
-            self.bias.val(),
         );
-        let (hs, h, c) = lstm_recurrence(projected, self.hidden_weight.val(), h, c);
+        let (hs, h, c) =
+            lstm_recurrence(projected, self.hidden_weight.val(), self.bias.val(), h, c);
         let output = hs.reshape([seq, batch, d_hidden]).swap_dims(0, 1);
         (output, LstmState { hidden: h, cell: c })
     }

@@ -1,7 +1,7 @@
 //! A whole LSTM layer's recurrence as one op, with its own backward pass.
 //!
-//! Given the input projections of every step `p_t = x_t W_x + b` (one matmul outside), the op
-//! runs `z_t = p_t + h_{t-1} W_h`, `i, f, o = σ(z_i, z_f, z_o)`, `g = tanh(z_g)`,
+//! Given the input projections of every step `p_t = x_t W_x` (one matmul outside) and the bias
+//! `b`, the op runs `z_t = p_t + b + h_{t-1} W_h`, `i, f, o = σ(z_i, z_f, z_o)`, `g = tanh(z_g)`,
 //! `c_t = f c_{t-1} + i g`, `h_t = o tanh(c_t)` for all steps. Composed from Burn ops, each step
 //! was a recurrent matmul plus a cell op, two autodiff nodes, and in the backward a separate
 //! `[hidden, 4 * hidden]` weight gradient per step that autodiff allocated and summed; flex also
@@ -13,7 +13,9 @@
 //! the cores by batch rows or by hidden units, the row kernels) and `cube.rs` (wgpu).
 //!
 //! The forward keeps a workspace row `h | c | i f g o | tanh c` (`7 * hidden` values) per step
-//! and batch row: the backward needs exactly these, so nothing is recomputed.
+//! and batch row: the backward needs exactly these, so nothing is recomputed. The bias is added
+//! where each step reads its projections, and its gradient summed where the backward writes the
+//! gates' gradients: no pass of its own over either (docs/BENCHMARKS.md).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -28,9 +30,9 @@ use super::{has_fused_kernels, max_rel_err, register_grads};
 
 /// The recurrence of one LSTM layer over a sequence, time-major.
 ///
-/// - `projected`: `[seq * batch, 4 * hidden]`, row `t * batch + b` = `x_{b,t} W_x + bias`,
-///   gate blocks i, f, g, o
-/// - `w_h`: recurrent weights `[hidden, 4 * hidden]`
+/// - `projected`: `[seq * batch, 4 * hidden]`, row `t * batch + b` = `x_{b,t} W_x`, gate blocks
+///   i, f, g, o
+/// - `w_h`: recurrent weights `[hidden, 4 * hidden]`; `bias`: `[4 * hidden]`
 /// - `h0`, `c0`: the state before the first step, `[batch, hidden]`
 /// - returns the hidden states `[seq * batch, hidden]` (time-major, as `projected`), and the
 ///   last hidden and cell states `[batch, hidden]`.
@@ -39,6 +41,7 @@ use super::{has_fused_kernels, max_rel_err, register_grads};
 pub fn lstm_recurrence(
     projected: Tensor<2>,
     w_h: Tensor<2>,
+    bias: Tensor<1>,
     h0: Tensor<2>,
     c0: Tensor<2>,
 ) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
@@ -52,6 +55,7 @@ pub fn lstm_recurrence(
         let packed = Tensor::<2>::from_dispatch(<Dispatch as LstmLayerOps>::lstm_layer(
             projected.into_dispatch(),
             w_h.into_dispatch(),
+            bias.into_dispatch(),
             h0.into_dispatch(),
             c0.into_dispatch(),
         ));
@@ -60,7 +64,7 @@ pub fn lstm_recurrence(
         let c_last = packed.slice([rows..rows + batch, 0..hidden]);
         (hs, h_last, c_last)
     } else {
-        composed_recurrence(projected, w_h, h0, c0)
+        composed_recurrence(projected, w_h, bias, h0, c0)
     }
 }
 
@@ -69,6 +73,7 @@ pub fn lstm_recurrence(
 pub fn composed_recurrence(
     projected: Tensor<2>,
     w_h: Tensor<2>,
+    bias: Tensor<1>,
     h0: Tensor<2>,
     c0: Tensor<2>,
 ) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
@@ -76,8 +81,11 @@ pub fn composed_recurrence(
     let batch = h0.dims()[0];
     let (mut h, mut c) = (h0, c0);
     let mut outputs = Vec::with_capacity(rows / batch);
+    let bias = bias.unsqueeze_dim::<2>(0);
     for t in 0..rows / batch {
-        let z = projected.clone().slice([t * batch..(t + 1) * batch, 0..g]) + h.matmul(w_h.clone());
+        let z = projected.clone().slice([t * batch..(t + 1) * batch, 0..g])
+            + bias.clone()
+            + h.matmul(w_h.clone());
         (h, c) = cell(z, c);
         outputs.push(h.clone());
     }
@@ -89,7 +97,8 @@ pub fn composed_recurrence(
 /// the gates): the largest relative error ([`max_rel_err`]) of the hidden states, the last
 /// hidden and cell states and the gradients in all four inputs, through a loss that weights
 /// every output differently; then of the hidden states and the last cell state without autodiff
-/// (evaluation, generation). What the tests of the fused layers (flex, wgpu) assert on.
+/// (evaluation, generation). The bias is a `[1, 4 * hidden]` leaf, reshaped for the op. What the
+/// tests of the fused layers (flex, wgpu) assert on.
 pub fn errors_against_composed(
     device: &Device,
     steps: usize,
@@ -104,6 +113,7 @@ pub fn errors_against_composed(
     let inputs = [
         normal([steps * batch, 4 * hidden], scale),
         normal([hidden, 4 * hidden], 0.5),
+        normal([1, 4 * hidden], 0.5),
         normal([batch, hidden], 0.5),
         normal([batch, hidden], 1.0),
     ];
@@ -122,13 +132,14 @@ pub fn errors_against_composed(
                 t
             }
         };
-        let [p, w, h0, c0] = inputs.each_ref().map(|t| leaf(t, true));
+        let [p, w, b, h0, c0] = inputs.each_ref().map(|t| leaf(t, true));
         let (h0, c0) = if track_state {
             (h0, c0)
         } else {
-            (leaf(&inputs[2], false), leaf(&inputs[3], false))
+            (leaf(&inputs[3], false), leaf(&inputs[4], false))
         };
-        let (hs, h_last, c_last) = recurrence(p.clone(), w.clone(), h0.clone(), c0.clone());
+        let bias = b.clone().reshape([4 * hidden]);
+        let (hs, h_last, c_last) = recurrence(p.clone(), w.clone(), bias, h0.clone(), c0.clone());
         let loss = (hs.clone() * Tensor::from_data(wy.to_data(), &ad)).sum()
             + (c_last.clone() * Tensor::from_data(wc.to_data(), &ad)).sum()
             + h_last.clone().sum();
@@ -138,14 +149,23 @@ pub fn errors_against_composed(
         [hs, h_last, c_last]
             .map(|t| t.inner())
             .into_iter()
-            .chain([grad(&p), grad(&w)])
+            .chain([grad(&p), grad(&w), grad(&b)])
             .chain(state_grads.into_iter().flatten())
             .map(on_flex)
             .collect::<Vec<_>>()
     };
     let fused = run(device, lstm_recurrence, true);
     let reference = run(&flex, composed_recurrence, true);
-    let names = ["h", "h_T", "c_T", "d projected", "d w_h", "d h0", "d c0"];
+    let names = [
+        "h",
+        "h_T",
+        "c_T",
+        "d projected",
+        "d w_h",
+        "d bias",
+        "d h0",
+        "d c0",
+    ];
     let mut errors: Vec<_> = names
         .into_iter()
         .zip(fused.into_iter().zip(reference.iter().cloned()))
@@ -153,7 +173,11 @@ pub fn errors_against_composed(
         .collect();
     // The state detached: the backward skips h0's gradient; the others are unchanged.
     let detached = run(device, lstm_recurrence, false);
-    let names = ["d projected, state detached", "d w_h, state detached"];
+    let names = [
+        "d projected, state detached",
+        "d w_h, state detached",
+        "d bias, state detached",
+    ];
     errors.extend(
         names
             .into_iter()
@@ -161,13 +185,13 @@ pub fn errors_against_composed(
                 detached
                     .into_iter()
                     .skip(3)
-                    .zip(reference[3..5].iter().cloned()),
+                    .zip(reference[3..6].iter().cloned()),
             )
             .map(|(name, (a, b))| (name, max_rel_err(a, b))),
     );
 
-    let [p, w, h0, c0] = inputs.map(|t| Tensor::<2>::from_data(t.to_data(), device));
-    let (hs, _, c_last) = lstm_recurrence(p, w, h0, c0);
+    let [p, w, b, h0, c0] = inputs.map(|t| Tensor::<2>::from_data(t.to_data(), device));
+    let (hs, _, c_last) = lstm_recurrence(p, w, b.reshape([4 * hidden]), h0, c0);
     errors.push((
         "h without autodiff",
         max_rel_err(on_flex(hs), reference[0].clone()),
@@ -181,7 +205,7 @@ pub fn errors_against_composed(
 
 /// [`lstm_recurrence`]'s signature.
 type Recurrence =
-    fn(Tensor<2>, Tensor<2>, Tensor<2>, Tensor<2>) -> (Tensor<2>, Tensor<2>, Tensor<2>);
+    fn(Tensor<2>, Tensor<2>, Tensor<1>, Tensor<2>, Tensor<2>) -> (Tensor<2>, Tensor<2>, Tensor<2>);
 
 /// Whether `device` runs the fused layer: flex, and with the `wgpu` feature the cubecl backend.
 pub fn has_fused_layer(device: &Device) -> bool {
@@ -212,18 +236,20 @@ pub fn cell(z: Tensor<2>, c_prev: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
     Autodiff
 )]
 pub trait LstmLayerOps: Backend {
-    /// `projected` `[T * B, 4H]`, `w_h` `[H, 4H]`, `h0`, `c0` `[B, H]` -> `[(T + 1) * B, H]`:
-    /// the hidden states `h_1 .. h_T` (time-major), then `c_T`. Differentiable in all four.
+    /// `projected` `[T * B, 4H]`, `w_h` `[H, 4H]`, `bias` `[4H]`, `h0`, `c0` `[B, H]` ->
+    /// `[(T + 1) * B, H]`: the hidden states `h_1 .. h_T` (time-major), then `c_T`.
+    /// Differentiable in all five.
     /// By default [`lstm_layer_forward`](Self::lstm_layer_forward)'s output, its workspace
     /// dropped; autodiff overrides it to keep the workspace for the backward.
     #[fusion(dtype = projected, shape = output_shape(projected, h0))]
     fn lstm_layer(
         projected: FloatTensor<Self>,
         w_h: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        Self::lstm_layer_forward(projected, w_h, h0, c0).0
+        Self::lstm_layer_forward(projected, w_h, bias, h0, c0).0
     }
 
     /// [`lstm_layer`](Self::lstm_layer)'s output and the workspace `[T * B, 7H]` (rows
@@ -232,14 +258,17 @@ pub trait LstmLayerOps: Backend {
     fn lstm_layer_forward(
         projected: FloatTensor<Self>,
         w_h: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
-    /// Gradients in `projected`, `w_h`, `h0` and `c0`, from the workspace and the gradient of
-    /// the output `[(T + 1) * B, H]`. Without `state_grads` nobody reads the gradient in `h0`
-    /// (a state carried over from the last window is detached): the last step's product that
-    /// gives it, `dz_0 W_hᵀ`, is skipped and `h0`'s gradient is zeros.
+    /// Gradients in `projected`, `w_h`, `bias`, `h0` and `c0` ([`LayerGradTensors`], spelled
+    /// out here for the extension macro), from the workspace and the gradient of the output
+    /// `[(T + 1) * B, H]`. Without `state_grads` nobody reads the gradient in `h0` (a state
+    /// carried over from the last window is detached): the last step's product that gives it,
+    /// `dz_0 W_hᵀ`, is skipped and `h0`'s gradient is zeros.
+    #[allow(clippy::type_complexity)]
     #[fusion(meta = fusion_meta::backward)]
     fn lstm_layer_backward(
         ws: FloatTensor<Self>,
@@ -253,8 +282,19 @@ pub trait LstmLayerOps: Backend {
         FloatTensor<Self>,
         FloatTensor<Self>,
         FloatTensor<Self>,
+        FloatTensor<Self>,
     );
 }
+
+/// The gradients of [`LstmLayerOps::lstm_layer_backward`], in the op's input order:
+/// `projected`, `w_h`, `bias`, `h0`, `c0`.
+pub type LayerGradTensors<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+);
 
 /// The output shape of [`LstmLayerOps::lstm_layer`]: `[T * B + B, H]` from `projected`
 /// `[T * B, 4H]` and `h0` `[B, H]`.
@@ -273,6 +313,7 @@ mod fusion_meta {
     pub fn forward(
         projected: &TensorSpec,
         _w_h: &TensorSpec,
+        _bias: &TensorSpec,
         h0: &TensorSpec,
         _c0: &TensorSpec,
     ) -> (TensorSpec, TensorSpec) {
@@ -286,7 +327,7 @@ mod fusion_meta {
         )
     }
 
-    /// Gradients shaped as `projected` `[T * B, 4H]`, `w_h`, `h0` and `c0`.
+    /// Gradients shaped as `projected` `[T * B, 4H]`, `w_h`, `bias` `[4H]`, `h0` and `c0`.
     pub fn backward(
         ws: &TensorSpec,
         w_h: &TensorSpec,
@@ -294,10 +335,12 @@ mod fusion_meta {
         c0: &TensorSpec,
         _grad: &TensorSpec,
         _state_grads: &bool,
-    ) -> (TensorSpec, TensorSpec, TensorSpec, TensorSpec) {
+    ) -> (TensorSpec, TensorSpec, TensorSpec, TensorSpec, TensorSpec) {
+        let gates = 4 * h0.shape[1];
         (
-            TensorSpec::new(Shape::new([ws.shape[0], 4 * h0.shape[1]]), ws.dtype),
+            TensorSpec::new(Shape::new([ws.shape[0], gates]), ws.dtype),
             w_h.clone(),
+            TensorSpec::new(Shape::new([gates]), ws.dtype),
             h0.clone(),
             c0.clone(),
         )
@@ -317,11 +360,12 @@ struct Dims {
 }
 
 impl Dims {
-    /// The shapes of a forward call, checked: `projected` `[T * B, 4H]`, `w_h` `[H, 4H]`, `h0`
-    /// and `c0` `[B, H]`.
+    /// The shapes of a forward call, checked: `projected` `[T * B, 4H]`, `w_h` `[H, 4H]`, the
+    /// bias's length `4H`, `h0` and `c0` `[B, H]`.
     fn forward(
         projected: (usize, usize),
         w_h: (usize, usize),
+        bias: usize,
         h0: (usize, usize),
         c0: (usize, usize),
     ) -> Self {
@@ -331,6 +375,7 @@ impl Dims {
             (hidden, 4 * hidden),
             "w_h must be [hidden, 4 * hidden]"
         );
+        assert_eq!(bias, 4 * hidden, "bias must be [4 * hidden]");
         assert_eq!(
             projected.1,
             4 * hidden,
@@ -364,7 +409,7 @@ impl Dims {
             7 * hidden,
             "the workspace must be [rows, 7 * hidden]"
         );
-        let d = Self::forward((rows, 4 * hidden), w_h, h0, c0);
+        let d = Self::forward((rows, 4 * hidden), w_h, 4 * hidden, h0, c0);
         assert_eq!(grad, (rows + batch, hidden), "gradient shape");
         d
     }
@@ -374,6 +419,7 @@ impl<B: Backend + LstmLayerOps, C: CheckpointStrategy> LstmLayerOps for Autodiff
     fn lstm_layer(
         projected: FloatTensor<Self>,
         w_h: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
@@ -381,7 +427,7 @@ impl<B: Backend + LstmLayerOps, C: CheckpointStrategy> LstmLayerOps for Autodiff
         #[derive(Debug)]
         struct LayerBackward;
 
-        impl<B: Backend + LstmLayerOps> Backward<B, 4> for LayerBackward {
+        impl<B: Backend + LstmLayerOps> Backward<B, 5> for LayerBackward {
             type State = (
                 FloatTensor<B>,
                 FloatTensor<B>,
@@ -391,54 +437,58 @@ impl<B: Backend + LstmLayerOps, C: CheckpointStrategy> LstmLayerOps for Autodiff
 
             fn backward(
                 self,
-                ops: Ops<Self::State, 4>,
+                ops: Ops<Self::State, 5>,
                 grads: &mut Gradients,
                 _checkpointer: &mut Checkpointer,
             ) {
                 let grad = grads.consume::<B>(&ops.node);
                 let (ws, w_h, h0, c0) = ops.state;
-                let [_, _, h0_node, c0_node] = &ops.parents;
+                let [_, _, _, h0_node, c0_node] = &ops.parents;
                 let state_grads = h0_node.is_some() || c0_node.is_some();
-                let (dp, dw, dh0, dc0) = B::lstm_layer_backward(ws, w_h, h0, c0, grad, state_grads);
-                register_grads::<B, 4>(
+                let (dp, dw, db, dh0, dc0) =
+                    B::lstm_layer_backward(ws, w_h, h0, c0, grad, state_grads);
+                register_grads::<B, 5>(
                     grads,
                     ops.parents.map(|p| p.map(|n| n.id)),
-                    [dp, dw, dh0, dc0],
+                    [dp, dw, db, dh0, dc0],
                 );
             }
         }
 
-        let guards = [projected.node(), w_h.node(), h0.node(), c0.node()];
+        let guards = [
+            projected.node(),
+            w_h.node(),
+            bias.node(),
+            h0.node(),
+            c0.node(),
+        ];
         let (w_h, h0, c0) = (Self::inner(w_h), Self::inner(h0), Self::inner(c0));
+        let (projected, bias) = (Self::inner(projected), Self::inner(bias));
         match LayerBackward
             .prepare::<C>(guards)
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (out, ws) = B::lstm_layer_forward(
-                    Self::inner(projected),
-                    w_h.clone(),
-                    h0.clone(),
-                    c0.clone(),
-                );
+                let (out, ws) =
+                    B::lstm_layer_forward(projected, w_h.clone(), bias, h0.clone(), c0.clone());
                 prep.finish((ws, w_h, h0, c0), out)
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::lstm_layer(Self::inner(projected), w_h, h0, c0))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(B::lstm_layer(projected, w_h, bias, h0, c0)),
         }
     }
 
     fn lstm_layer_forward(
         projected: FloatTensor<Self>,
         w_h: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (out, ws) = B::lstm_layer_forward(
             Self::inner(projected),
             Self::inner(w_h),
+            Self::inner(bias),
             Self::inner(h0),
             Self::inner(c0),
         );
@@ -452,13 +502,8 @@ impl<B: Backend + LstmLayerOps, C: CheckpointStrategy> LstmLayerOps for Autodiff
         c0: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         state_grads: bool,
-    ) -> (
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-    ) {
-        let (a, b, c, d) = B::lstm_layer_backward(
+    ) -> LayerGradTensors<Self> {
+        let (a, b, c, d, e) = B::lstm_layer_backward(
             Self::inner(ws),
             Self::inner(w_h),
             Self::inner(h0),
@@ -471,6 +516,7 @@ impl<B: Backend + LstmLayerOps, C: CheckpointStrategy> LstmLayerOps for Autodiff
             Self::from_inner(b),
             Self::from_inner(c),
             Self::from_inner(d),
+            Self::from_inner(e),
         )
     }
 }
@@ -513,7 +559,10 @@ mod tests {
         assert_eq!((d.steps, d.batch, d.hidden), (4, 2, 5));
         let refused = |f: fn()| std::panic::catch_unwind(f).is_err();
         assert!(refused(|| {
-            Dims::forward((8, 20), (5, 20), (2, 5), (3, 5));
+            Dims::forward((8, 20), (5, 20), 20, (2, 5), (3, 5));
+        }));
+        assert!(refused(|| {
+            Dims::forward((8, 20), (5, 20), 5, (2, 5), (2, 5));
         }));
         assert!(refused(|| {
             Dims::backward((8, 35), (5, 20), (2, 5), (2, 5), (8, 5));

@@ -18,7 +18,6 @@ pub mod lstm_layer;
 pub(crate) mod matmul;
 pub mod output;
 mod panels;
-mod rows;
 mod simd;
 mod threads;
 pub mod update;

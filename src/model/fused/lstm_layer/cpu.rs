@@ -17,7 +17,7 @@ use burn::backend::Flex;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use super::{Dims, LstmLayerOps};
+use super::{Dims, LayerGradTensors, LstmLayerOps};
 use crate::model::fused::matmul::{equal_spans, product, Mat};
 use crate::model::fused::panels::{PackedWeight, Sweep};
 use crate::model::fused::simd::{self, multiversion};
@@ -77,6 +77,31 @@ fn segments<const N: usize>(row: &[f32], start: usize, stride: usize, n: usize) 
     std::array::from_fn(|s| &row[start + s * stride..][..n])
 }
 
+/// `z = p + b`, value by value (all three of one length).
+fn add_into(z: &mut [f32], p: &[f32], b: &[f32]) {
+    for ((z, &p), &b) in z.iter_mut().zip(p).zip(b) {
+        *z = p + b;
+    }
+}
+
+/// The four gates' segments of `n` values each of a `[4n]` buffer.
+fn gates(v: &mut [f32], n: usize) -> [&mut [f32]; 4] {
+    let (i, rest) = v.split_at_mut(n);
+    let (f, rest) = rest.split_at_mut(n);
+    let (g, o) = rest.split_at_mut(n);
+    [i, f, g, &mut o[..n]]
+}
+
+/// The rows of a row-major `[rows, n]` buffer added in order.
+fn sum_rows(v: Vec<f32>, n: usize) -> Vec<f32> {
+    let mut rows = v.chunks_exact(n);
+    let mut sum = rows.next().map(<[f32]>::to_vec).unwrap_or_default();
+    for row in rows {
+        sum.iter_mut().zip(row).for_each(|(a, &b)| *a += b);
+    }
+    sum
+}
+
 /// A new buffer of `len` values, every one of which `fill` writes through the [`Rows`] it is
 /// given: the buffer is not zeroed first (that was a serial pass over megabytes on one core,
 /// docs/BENCHMARKS.md).
@@ -95,17 +120,20 @@ impl LstmLayerOps for Flex {
     fn lstm_layer_forward(
         projected: FloatTensor<Self>,
         w_h: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (projected, [pr, pc]) = host_f32(projected, "projected inputs");
         let (w_h, [wr, wc]) = host_f32(w_h, "recurrent weights");
+        let (bias, [bl]) = host_f32(bias, "bias");
         let (h0, [b, h]) = host_f32(h0, "h0");
         let (c0, [cr, cc]) = host_f32(c0, "c0");
-        let d = Dims::forward((pr, pc), (wr, wc), (b, h), (cr, cc));
+        let d = Dims::forward((pr, pc), (wr, wc), bl, (b, h), (cr, cc));
         let ws = forward(
             d,
             values(&projected),
+            values(&bias),
             values(&w_h),
             values(&h0),
             values(&c0),
@@ -132,12 +160,7 @@ impl LstmLayerOps for Flex {
         c0: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         state_grads: bool,
-    ) -> (
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-    ) {
+    ) -> LayerGradTensors<Self> {
         let (ws, [rows, wsc]) = host_f32(ws, "workspace");
         let (w_h, [wr, wc]) = host_f32(w_h, "recurrent weights");
         let (h0, [b, h]) = host_f32(h0, "h0");
@@ -157,6 +180,7 @@ impl LstmLayerOps for Flex {
         (
             to_flex(g.projected, &[rows, 4 * h]),
             to_flex(g.w_h, &[h, 4 * h]),
+            to_flex(g.bias, &[4 * h]),
             to_flex(g.h0, &[b, h]),
             to_flex(g.c0, &[b, h]),
         )
@@ -164,10 +188,12 @@ impl LstmLayerOps for Flex {
 }
 
 /// Runs the recurrence, its work cut between the cores as `split` says; returns the workspace
-/// `[T * B, 7H]`.
+/// `[T * B, 7H]`. Each step's `z` starts as its projections plus `bias`, in the copy it is
+/// accumulated in.
 fn forward(
     d: Dims,
     projected: &[f32],
+    bias: &[f32],
     w_h: &[f32],
     h0: &[f32],
     c0: &[f32],
@@ -178,15 +204,23 @@ fn forward(
     // values of a row, and the blocks of rows (or of units) cover the batch (or the units).
     unsafe {
         written_once(len, |out| match split {
-            Split::Rows => forward_by_rows(d, projected, w_h, h0, c0, out),
-            Split::Units => forward_by_units(d, projected, w_h, h0, c0, out),
+            Split::Rows => forward_by_rows(d, projected, bias, w_h, h0, c0, out),
+            Split::Units => forward_by_units(d, projected, bias, w_h, h0, c0, out),
         })
     }
 }
 
 /// [`forward`] with the batch rows split between the cores: each block of rows runs every
 /// step on its own, writing its rows of the workspace `out`.
-fn forward_by_rows(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f32], out: Rows) {
+fn forward_by_rows(
+    d: Dims,
+    projected: &[f32],
+    bias: &[f32],
+    w_h: &[f32],
+    h0: &[f32],
+    c0: &[f32],
+    out: Rows,
+) {
     let Dims {
         steps,
         batch,
@@ -199,7 +233,10 @@ fn forward_by_rows(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f3
         let mut z = vec![0.0f32; nb * g4];
         for t in 0..steps {
             let first = t * batch + r0;
-            z.copy_from_slice(&projected[first * g4..(first + nb) * g4]);
+            let p = &projected[first * g4..(first + nb) * g4];
+            for (z, p) in z.chunks_exact_mut(g4).zip(p.chunks_exact(g4)) {
+                add_into(z, p, bias);
+            }
             // SAFETY: this block's rows of step t - 1, written at the last step; nothing writes
             // them now.
             let prev: &[f32] = if t == 0 {
@@ -245,10 +282,11 @@ fn gather_rows<'a>(rows: usize, n: usize, row: impl Fn(usize) -> &'a [f32] + Syn
     out
 }
 
-/// The four gradients of [`backward`].
+/// The five gradients of [`backward`].
 struct LayerGrads {
     projected: Vec<f32>,
     w_h: Vec<f32>,
+    bias: Vec<f32>,
     h0: Vec<f32>,
     c0: Vec<f32>,
 }
@@ -280,14 +318,17 @@ fn recurrent_weight_grad(d: Dims, ws: &[f32], h0: &[f32], dz: &[f32]) -> Vec<f32
     )
 }
 
-/// Where the backward loops write: `dz` `[T * B, 4H]`, `dh0` and `dc0` `[B, H]`; `dh0` is
-/// `None` when nobody reads the gradient in `h0`, and the loops then skip the last step's
-/// product `dz_0 W_hᵀ` that gives it (one of `T` in the backward recurrence's products).
+/// Where the backward loops write: `dz` `[T * B, 4H]`, `dh0` and `dc0` `[B, H]`, and the bias's
+/// gradient summed by each block of batch rows (row `k` of `db` `[blocks, 4H]`, [`Split::Rows`])
+/// or by each core's units (their columns of `db` `[1, 4H]`, [`Split::Units`]). `dh0` is `None`
+/// when nobody reads the gradient in `h0`, and the loops then skip the last step's product
+/// `dz_0 W_hᵀ` that gives it (one of `T` in the backward recurrence's products).
 #[derive(Clone, Copy)]
 struct GradRows {
     dz: Rows,
     dh0: Option<Rows>,
     dc0: Rows,
+    db: Rows,
 }
 
 /// Backpropagates `grad` `[(T + 1) * B, H]` (hidden states, then the last cell state), the
@@ -309,6 +350,12 @@ fn backward(
     let mut dc0 = vec![0.0f32; b * h];
     let dh0_rows = state_grads.then_some(Rows(dh0.as_mut_ptr()));
     let dc0_rows = Rows(dc0.as_mut_ptr());
+    let parts = match split {
+        Split::Rows => d.blocks().len(),
+        Split::Units => 1,
+    };
+    let mut db = vec![0.0f32; parts * 4 * h];
+    let db_rows = Rows(db.as_mut_ptr());
     // SAFETY: both splits write every row of `dz` whole (`kernels::backward_step` writes all
     // 4h values of a row; the blocks cover the batch or the units).
     let dz = unsafe {
@@ -317,6 +364,7 @@ fn backward(
                 dz,
                 dh0: dh0_rows,
                 dc0: dc0_rows,
+                db: db_rows,
             };
             match split {
                 Split::Rows => backward_by_rows(d, ws, w_h, c0, grad, out),
@@ -326,6 +374,7 @@ fn backward(
     };
     LayerGrads {
         w_h: recurrent_weight_grad(d, ws, h0, &dz),
+        bias: sum_rows(db, 4 * h),
         projected: dz,
         h0: dh0,
         c0: dc0,
@@ -345,60 +394,70 @@ fn backward_by_rows(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32], 
         dz: dz_rows,
         dh0: dh0_rows,
         dc0: dc0_rows,
+        db: db_rows,
     } = out;
     // W_hᵀ `[4H, H]`, packed once for all steps.
     let w_t = PackedWeight::new(&[Mat::new(w_h, h, g4, g4).t()]);
-    d.blocks().into_par_iter().for_each(|(r0, r1)| {
-        let nb = r1 - r0;
-        // dh: the gradient reaching h_t from step t + 1; dc: reaching c_t.
-        let mut dh = vec![0.0f32; nb * h];
-        let mut dc = grad[(rows + r0) * h..(rows + r1) * h].to_vec();
-        for t in (0..steps).rev() {
-            let first = t * batch + r0;
-            for (a, &g) in dh.iter_mut().zip(&grad[first * h..(first + nb) * h]) {
-                *a += g;
-            }
-            let cur = &ws[first * w7..(first + nb) * w7];
-            let (c_prev, c_stride) = if t == 0 {
-                (&c0[r0 * h..r1 * h], h)
-            } else {
-                (&ws[(first - batch) * w7 + h..], w7)
-            };
-            for r in 0..nb {
-                // The next row of `dz`, fetched for writing (as in `backward_by_units`).
-                if r + 1 < nb {
-                    simd::prefetch_for_write(dz_rows.ptr().wrapping_add((first + r + 1) * g4), g4);
+    d.blocks()
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(k, (r0, r1))| {
+            let nb = r1 - r0;
+            let mut db = vec![0.0f32; g4];
+            // dh: the gradient reaching h_t from step t + 1; dc: reaching c_t.
+            let mut dh = vec![0.0f32; nb * h];
+            let mut dc = grad[(rows + r0) * h..(rows + r1) * h].to_vec();
+            for t in (0..steps).rev() {
+                let first = t * batch + r0;
+                for (a, &g) in dh.iter_mut().zip(&grad[first * h..(first + nb) * h]) {
+                    *a += g;
                 }
-                kernels::backward_step(
-                    segments(cur, r * w7 + 2 * h, h, h),
-                    &c_prev[r * c_stride..][..h],
-                    &dh[r * h..][..h],
-                    &mut dc[r * h..][..h],
-                    // SAFETY: this block's row (t, r) of `dz`, touched by no other reference.
-                    unsafe { dz_rows.segments((first + r) * g4, h, h) },
+                let cur = &ws[first * w7..(first + nb) * w7];
+                let (c_prev, c_stride) = if t == 0 {
+                    (&c0[r0 * h..r1 * h], h)
+                } else {
+                    (&ws[(first - batch) * w7 + h..], w7)
+                };
+                for r in 0..nb {
+                    // The next row of `dz`, fetched for writing (as in `backward_by_units`).
+                    if r + 1 < nb {
+                        simd::prefetch_for_write(
+                            dz_rows.ptr().wrapping_add((first + r + 1) * g4),
+                            g4,
+                        );
+                    }
+                    kernels::backward_step(
+                        segments(cur, r * w7 + 2 * h, h, h),
+                        &c_prev[r * c_stride..][..h],
+                        &dh[r * h..][..h],
+                        &mut dc[r * h..][..h],
+                        // SAFETY: this block's row (t, r) of `dz`, touched by no other reference.
+                        unsafe { dz_rows.segments((first + r) * g4, h, h) },
+                        gates(&mut db, h),
+                    );
+                }
+                if t == 0 && dh0_rows.is_none() {
+                    break;
+                }
+                // SAFETY: the rows just written, of this block only.
+                let dz_t = unsafe { read(dz_rows, first * g4, nb * g4) };
+                w_t.mul(
+                    &mut dh,
+                    h,
+                    false,
+                    Mat::new(dz_t, nb, g4, g4),
+                    Sweep::of_step(t),
                 );
             }
-            if t == 0 && dh0_rows.is_none() {
-                break;
+            // SAFETY: rows of this block only.
+            unsafe {
+                if let Some(dh0_rows) = dh0_rows {
+                    write_at(dh0_rows, r0 * h, &dh);
+                }
+                write_at(dc0_rows, r0 * h, &dc);
+                write_at(db_rows, k * g4, &db);
             }
-            // SAFETY: the rows just written, of this block only.
-            let dz_t = unsafe { read(dz_rows, first * g4, nb * g4) };
-            w_t.mul(
-                &mut dh,
-                h,
-                false,
-                Mat::new(dz_t, nb, g4, g4),
-                Sweep::of_step(t),
-            );
-        }
-        // SAFETY: rows of this block only.
-        unsafe {
-            if let Some(dh0_rows) = dh0_rows {
-                write_at(dh0_rows, r0 * h, &dh);
-            }
-            write_at(dc0_rows, r0 * h, &dc);
-        }
-    });
+        });
 }
 
 /// How a layer's recurrence is cut between the cores.
@@ -475,7 +534,15 @@ unsafe fn write_at(buf: Rows, offset: usize, src: &[f32]) {
 /// ([`Sweep::of_step`]): each step then starts on the part the last one ended on, which is still
 /// in the core's L2 (a part is half the core's 3.4 MB of `medium`'s `W_h`, the L2 2 MiB on the
 /// Xeon of docs/BENCHMARKS.md), instead of on the part it evicted first.
-fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f32], out: Rows) {
+fn forward_by_units(
+    d: Dims,
+    projected: &[f32],
+    bias: &[f32],
+    w_h: &[f32],
+    h0: &[f32],
+    c0: &[f32],
+    out: Rows,
+) {
     let Dims {
         steps,
         batch,
@@ -504,7 +571,8 @@ fn forward_by_units(d: Dims, projected: &[f32], w_h: &[f32], h0: &[f32], c0: &[f
             for r in 0..batch {
                 let src = &projected[(t * batch + r) * g4..][..g4];
                 for s in 0..4 {
-                    z[(r * 4 + s) * n..][..n].copy_from_slice(&src[s * h + u0..s * h + u1]);
+                    let (p, b) = (&src[s * h + u0..s * h + u1], &bias[s * h + u0..s * h + u1]);
+                    add_into(&mut z[(r * 4 + s) * n..][..n], p, b);
                 }
             }
             let sweep = Sweep::of_step(t);
@@ -568,6 +636,7 @@ fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32],
         dz: dz_rows,
         dh0: dh0_rows,
         dc0: dc0_rows,
+        db: db_rows,
     } = out;
     let blocks = unit_blocks(h, 16);
     let barrier = SpinBarrier::new(blocks.len());
@@ -576,6 +645,7 @@ fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32],
         // `W_hᵀ` `[4h, h]`, this block's units' columns: `[4h, n]`.
         let w_t = PackedWeight::new(&[Mat::new(w_h, h, g4, g4).t().cols(u0, u1)]);
         let mut dh = vec![0.0f32; batch * n];
+        let mut db = vec![0.0f32; 4 * n];
         let mut dc: Vec<f32> = (0..batch)
             .flat_map(|r| {
                 grad[(rows + r) * h + u0..(rows + r) * h + u1]
@@ -613,6 +683,7 @@ fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32],
                     // SAFETY: this block's units of dz's row (t, r): no other thread touches
                     // them.
                     unsafe { dz_rows.segments((t * batch + r) * g4 + u0, h, n) },
+                    gates(&mut db, n),
                 );
             }
             if t == 0 && dh0_rows.is_none() {
@@ -638,6 +709,10 @@ fn backward_by_units(d: Dims, ws: &[f32], w_h: &[f32], c0: &[f32], grad: &[f32],
                 }
                 write_at(dc0_rows, r * h + u0, &dc[r * n..][..n]);
             }
+        }
+        for (s, sums) in db.chunks_exact(n).enumerate() {
+            // SAFETY: this block's units of gate s, touched by no other thread.
+            unsafe { write_at(db_rows, s * h + u0, sums) };
         }
     });
 }
@@ -675,24 +750,37 @@ mod kernels {
     multiversion! {
         /// From the step's activations `i f g o | tanh c`, `dh` (reaching `h_t`) and `dc`
         /// (reaching `c_t` from step t + 1): the gate gradients `dz` (i, f, g, o), every value
-        /// written, and `dc` becomes the gradient reaching `c_{t-1}`.
+        /// written and added to the bias's gradient `db` (the same four gates), and `dc`
+        /// becomes the gradient reaching `c_{t-1}`.
         pub fn backward_step(
             acts: [&[f32]; 5],
             c_prev: &[f32],
             dh: &[f32],
             dc: &mut [f32],
             dz: [&mut [MaybeUninit<f32>]; 4],
+            db: [&mut [f32]; 4],
         ) {
             let n = c_prev.len();
             let [i, f, g, o, tc] = acts.map(|s| &s[..n]);
             let (dh, dc) = (&dh[..n], &mut dc[..n]);
             let [di, df, dg, do_] = dz.map(|s| &mut s[..n]);
+            let [bi, bf, bg, bo] = db.map(|s| &mut s[..n]);
             for j in 0..n {
                 let c = dc[j] + dh[j] * o[j] * (1.0 - tc[j] * tc[j]);
-                di[j].write(c * g[j] * i[j] * (1.0 - i[j]));
-                df[j].write(c * c_prev[j] * f[j] * (1.0 - f[j]));
-                dg[j].write(c * i[j] * (1.0 - g[j] * g[j]));
-                do_[j].write(dh[j] * tc[j] * o[j] * (1.0 - o[j]));
+                let z = [
+                    c * g[j] * i[j] * (1.0 - i[j]),
+                    c * c_prev[j] * f[j] * (1.0 - f[j]),
+                    c * i[j] * (1.0 - g[j] * g[j]),
+                    dh[j] * tc[j] * o[j] * (1.0 - o[j]),
+                ];
+                di[j].write(z[0]);
+                df[j].write(z[1]);
+                dg[j].write(z[2]);
+                do_[j].write(z[3]);
+                bi[j] += z[0];
+                bf[j] += z[1];
+                bg[j] += z[2];
+                bo[j] += z[3];
                 dc[j] = c * f[j];
             }
         }
@@ -703,14 +791,22 @@ mod kernels {
 mod tests {
     use super::*;
 
-    /// A layer's inputs `(dims, projected, w_h, h0, c0, grad)` of the given sizes, with
+    /// A layer's inputs `(dims, projected, bias, w_h, h0, c0, grad)` of the given sizes, with
     /// values spread over [-1, 1) (`w_h` over [-0.3, 0.3)).
     #[allow(clippy::type_complexity)]
     fn inputs(
         steps: usize,
         batch: usize,
         h: usize,
-    ) -> (Dims, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    ) -> (
+        Dims,
+        Vec<f32>,
+        Vec<f32>,
+        Vec<f32>,
+        Vec<f32>,
+        Vec<f32>,
+        Vec<f32>,
+    ) {
         let value = |n: usize, seed: usize| -> Vec<f32> {
             (0..n)
                 .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0 - 1.0)
@@ -725,6 +821,7 @@ mod tests {
         (
             d,
             value(steps * batch * 4 * h, 1),
+            value(4 * h, 6),
             w_h,
             value(batch * h, 3),
             value(batch * h, 4),
@@ -738,7 +835,7 @@ mod tests {
     #[test]
     fn the_split_by_units_matches_the_split_by_rows() {
         for (steps, batch, h) in [(4, 3, 40), (3, 5, 100), (1, 1, 16)] {
-            let (d, projected, w_h, h0, c0, grad) = inputs(steps, batch, h);
+            let (d, projected, bias, w_h, h0, c0, grad) = inputs(steps, batch, h);
             let close = |a: &[f32], b: &[f32], what: &str| {
                 assert_eq!(a.len(), b.len());
                 let err = a
@@ -748,13 +845,14 @@ mod tests {
                     .fold(0.0, f32::max);
                 assert!(err < 1e-5, "{steps}x{batch}x{h} {what}: {err}");
             };
-            let rows = forward(d, &projected, &w_h, &h0, &c0, Split::Rows);
-            let units = forward(d, &projected, &w_h, &h0, &c0, Split::Units);
+            let rows = forward(d, &projected, &bias, &w_h, &h0, &c0, Split::Rows);
+            let units = forward(d, &projected, &bias, &w_h, &h0, &c0, Split::Units);
             close(&rows, &units, "workspace");
             let a = backward(d, &rows, &w_h, &h0, &c0, &grad, Split::Rows, true);
             let b = backward(d, &rows, &w_h, &h0, &c0, &grad, Split::Units, true);
             close(&a.projected, &b.projected, "dz");
             close(&a.w_h, &b.w_h, "dW_h");
+            close(&a.bias, &b.bias, "d bias");
             close(&a.h0, &b.h0, "dh0");
             close(&a.c0, &b.c0, "dc0");
         }
@@ -780,14 +878,15 @@ mod tests {
     #[test]
     fn skipping_h0s_gradient_changes_no_other_gradient() {
         for (steps, batch, h) in [(4, 3, 40), (3, 5, 100), (1, 1, 16)] {
-            let (d, projected, w_h, h0, c0, grad) = inputs(steps, batch, h);
-            let ws = forward(d, &projected, &w_h, &h0, &c0, Split::Rows);
+            let (d, projected, bias, w_h, h0, c0, grad) = inputs(steps, batch, h);
+            let ws = forward(d, &projected, &bias, &w_h, &h0, &c0, Split::Rows);
             for split in [Split::Rows, Split::Units] {
                 let all = backward(d, &ws, &w_h, &h0, &c0, &grad, split, true);
                 let some = backward(d, &ws, &w_h, &h0, &c0, &grad, split, false);
                 let case = format!("{steps}x{batch}x{h} {split:?}");
                 assert_eq!(all.projected, some.projected, "{case}: dz");
                 assert_eq!(all.w_h, some.w_h, "{case}: dW_h");
+                assert_eq!(all.bias, some.bias, "{case}: d bias");
                 assert_eq!(all.c0, some.c0, "{case}: dc0");
                 assert!(all.h0.iter().any(|&v| v != 0.0), "{case}: dh0 computed");
                 assert!(some.h0.iter().all(|&v| v == 0.0), "{case}: dh0 skipped");

@@ -24,7 +24,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 
-use super::{Dims, LstmLayerOps};
+use super::{Dims, LayerGradTensors, LstmLayerOps};
 
 /// The element type of every kernel here (the op is f32 only, as on flex).
 const F32: ElemType = ElemType::Float(FloatKind::F32);
@@ -191,16 +191,22 @@ impl LstmLayerOps for CubeBackend {
     fn lstm_layer_forward(
         projected: FloatTensor<Self>,
         w_h: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let d = Dims::forward(
             dims2(&projected, "projected inputs"),
             dims2(&w_h, "recurrent weights"),
+            bias.meta.shape()[0],
             dims2(&h0, "h0"),
             dims2(&c0, "c0"),
         );
         let rows = d.steps * d.batch;
+        // The bias added to every step's projections at once: one kernel, not one a step.
+        let gates = Shape::new([rows, 4 * d.hidden]);
+        let bias = Self::float_reshape(bias, Shape::new([1, 4 * d.hidden]));
+        let projected = Self::float_add(projected, Self::float_expand(bias, gates));
         let out = empty(&projected, [rows + d.batch, d.hidden]);
         let ws = empty(&projected, [rows, 7 * d.hidden]);
         let (count, dim) = grid(&projected, d);
@@ -233,12 +239,7 @@ impl LstmLayerOps for CubeBackend {
         c0: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         state_grads: bool,
-    ) -> (
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-    ) {
+    ) -> LayerGradTensors<Self> {
         let d = Dims::backward(
             dims2(&ws, "workspace"),
             dims2(&w_h, "recurrent weights"),
@@ -294,6 +295,7 @@ impl LstmLayerOps for CubeBackend {
             );
             dw = Self::float_add(dw, rest);
         }
-        (dz, dw, dh_next, dc0)
+        let db = Self::float_reshape(Self::float_sum_dim(dz.clone(), 0), Shape::new([4 * hidden]));
+        (dz, dw, db, dh_next, dc0)
     }
 }
