@@ -130,15 +130,14 @@ impl LstmLayerOps for Flex {
         let (h0, [b, h]) = host_f32(h0, "h0");
         let (c0, [cr, cc]) = host_f32(c0, "c0");
         let d = Dims::forward((pr, pc), (wr, wc), bl, (b, h), (cr, cc));
-        let ws = forward(
-            d,
-            values(&projected),
-            values(&bias),
-            values(&w_h),
-            values(&h0),
-            values(&c0),
-            Split::for_dims(&d),
-        );
+        let inputs = Inputs {
+            projected: values(&projected),
+            bias: values(&bias),
+            w_h: values(&w_h),
+            h0: values(&h0),
+            c0: values(&c0),
+        };
+        let ws = forward(d, inputs, Split::for_dims(&d));
         let rows = d.steps * b;
         // The hidden states of every step, then the last step's cell states, gathered on every
         // core (the rows are independent) unless they are few (a generation step's).
@@ -187,55 +186,50 @@ impl LstmLayerOps for Flex {
     }
 }
 
+/// A forward call's inputs: `projected` `[T * B, 4H]`, `bias` `[4H]`, `w_h` `[H, 4H]`, `h0`
+/// and `c0` `[B, H]`, row-major.
+#[derive(Clone, Copy)]
+struct Inputs<'a> {
+    projected: &'a [f32],
+    bias: &'a [f32],
+    w_h: &'a [f32],
+    h0: &'a [f32],
+    c0: &'a [f32],
+}
+
 /// Runs the recurrence, its work cut between the cores as `split` says; returns the workspace
 /// `[T * B, 7H]`. Each step's `z` starts as its projections plus `bias`, in the copy it is
 /// accumulated in.
-fn forward(
-    d: Dims,
-    projected: &[f32],
-    bias: &[f32],
-    w_h: &[f32],
-    h0: &[f32],
-    c0: &[f32],
-    split: Split,
-) -> Vec<f32> {
+fn forward(d: Dims, x: Inputs, split: Split) -> Vec<f32> {
     let len = d.steps * d.batch * 7 * d.hidden;
     // SAFETY: both splits write every workspace row whole: `kernels::forward` writes all 7h
     // values of a row, and the blocks of rows (or of units) cover the batch (or the units).
     unsafe {
         written_once(len, |out| match split {
-            Split::Rows => forward_by_rows(d, projected, bias, w_h, h0, c0, out),
-            Split::Units => forward_by_units(d, projected, bias, w_h, h0, c0, out),
+            Split::Rows => forward_by_rows(d, x, out),
+            Split::Units => forward_by_units(d, x, out),
         })
     }
 }
 
 /// [`forward`] with the batch rows split between the cores: each block of rows runs every
 /// step on its own, writing its rows of the workspace `out`.
-fn forward_by_rows(
-    d: Dims,
-    projected: &[f32],
-    bias: &[f32],
-    w_h: &[f32],
-    h0: &[f32],
-    c0: &[f32],
-    out: Rows,
-) {
+fn forward_by_rows(d: Dims, x: Inputs, out: Rows) {
     let Dims {
         steps,
         batch,
         hidden: h,
     } = d;
     let (g4, w7) = (4 * h, 7 * h);
-    let w = PackedWeight::new(&[Mat::new(w_h, h, g4, g4)]);
+    let w = PackedWeight::new(&[Mat::new(x.w_h, h, g4, g4)]);
     d.blocks().into_par_iter().for_each(|(r0, r1)| {
         let nb = r1 - r0;
         let mut z = vec![0.0f32; nb * g4];
         for t in 0..steps {
             let first = t * batch + r0;
-            let p = &projected[first * g4..(first + nb) * g4];
+            let p = &x.projected[first * g4..(first + nb) * g4];
             for (z, p) in z.chunks_exact_mut(g4).zip(p.chunks_exact(g4)) {
-                add_into(z, p, bias);
+                add_into(z, p, x.bias);
             }
             // SAFETY: this block's rows of step t - 1, written at the last step; nothing writes
             // them now.
@@ -245,7 +239,11 @@ fn forward_by_rows(
                 unsafe { read(out, (first - batch) * w7, nb * w7) }
             };
             let (h_prev, c_prev, c_stride) = if t == 0 {
-                (Mat::new(&h0[r0 * h..], nb, h, h), &c0[r0 * h..r1 * h], h)
+                (
+                    Mat::new(&x.h0[r0 * h..], nb, h, h),
+                    &x.c0[r0 * h..r1 * h],
+                    h,
+                )
             } else {
                 (Mat::new(prev, nb, h, w7), &prev[h..], w7)
             };
@@ -534,15 +532,7 @@ unsafe fn write_at(buf: Rows, offset: usize, src: &[f32]) {
 /// ([`Sweep::of_step`]): each step then starts on the part the last one ended on, which is still
 /// in the core's L2 (a part is half the core's 3.4 MB of `medium`'s `W_h`, the L2 2 MiB on the
 /// Xeon of docs/BENCHMARKS.md), instead of on the part it evicted first.
-fn forward_by_units(
-    d: Dims,
-    projected: &[f32],
-    bias: &[f32],
-    w_h: &[f32],
-    h0: &[f32],
-    c0: &[f32],
-    out: Rows,
-) {
+fn forward_by_units(d: Dims, x: Inputs, out: Rows) {
     let Dims {
         steps,
         batch,
@@ -554,7 +544,7 @@ fn forward_by_units(
     on_threads(&blocks, |i, (u0, u1)| {
         let n = u1 - u0;
         // This block's columns of each gate (`[h, 4n]`), cut by the rows of each core's units.
-        let whole = Mat::new(w_h, h, g4, g4);
+        let whole = Mat::new(x.w_h, h, g4, g4);
         let gates: Vec<Mat> = (0..4).map(|s| whole.cols(s * h + u0, s * h + u1)).collect();
         let parts: Vec<PackedWeight> = blocks
             .iter()
@@ -564,14 +554,17 @@ fn forward_by_units(
             .collect();
         // This core's units of `h_{t-1}`, `[batch, n]`: read by this core only.
         let mut own: Vec<f32> = (0..batch)
-            .flat_map(|r| h0[r * h + u0..r * h + u1].iter().copied())
+            .flat_map(|r| x.h0[r * h + u0..r * h + u1].iter().copied())
             .collect();
         let mut z = vec![0.0f32; batch * 4 * n];
         for t in 0..steps {
             for r in 0..batch {
-                let src = &projected[(t * batch + r) * g4..][..g4];
+                let src = &x.projected[(t * batch + r) * g4..][..g4];
                 for s in 0..4 {
-                    let (p, b) = (&src[s * h + u0..s * h + u1], &bias[s * h + u0..s * h + u1]);
+                    let (p, b) = (
+                        &src[s * h + u0..s * h + u1],
+                        &x.bias[s * h + u0..s * h + u1],
+                    );
                     add_into(&mut z[(r * 4 + s) * n..][..n], p, b);
                 }
             }
@@ -589,7 +582,7 @@ fn forward_by_units(
             let prev = (t > 0).then(|| unsafe { read(out, (t - 1) * batch * w7, batch * w7) });
             let h_prev = match prev {
                 Some(prev) => Mat::new(prev, batch, h, w7),
-                None => Mat::new(h0, batch, h, h),
+                None => Mat::new(x.h0, batch, h, h),
             };
             let others = blocks.iter().zip(&parts).enumerate();
             let others: Vec<_> = match sweep {
@@ -605,7 +598,7 @@ fn forward_by_units(
             for r in 0..batch {
                 let c_prev = match prev {
                     Some(prev) => &prev[r * w7 + h + u0..][..n],
-                    None => &c0[r * h + u0..][..n],
+                    None => &x.c0[r * h + u0..][..n],
                 };
                 let row = (t * batch + r) * w7 + u0;
                 kernels::forward(
@@ -791,42 +784,57 @@ mod kernels {
 mod tests {
     use super::*;
 
-    /// A layer's inputs `(dims, projected, bias, w_h, h0, c0, grad)` of the given sizes, with
-    /// values spread over [-1, 1) (`w_h` over [-0.3, 0.3)).
-    #[allow(clippy::type_complexity)]
-    fn inputs(
-        steps: usize,
-        batch: usize,
-        h: usize,
-    ) -> (
-        Dims,
-        Vec<f32>,
-        Vec<f32>,
-        Vec<f32>,
-        Vec<f32>,
-        Vec<f32>,
-        Vec<f32>,
-    ) {
-        let value = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0 - 1.0)
-                .collect()
-        };
-        let d = Dims {
-            steps,
-            batch,
-            hidden: h,
-        };
-        let w_h: Vec<f32> = value(h * 4 * h, 2).iter().map(|v| v * 0.3).collect();
-        (
-            d,
-            value(steps * batch * 4 * h, 1),
-            value(4 * h, 6),
-            w_h,
-            value(batch * h, 3),
-            value(batch * h, 4),
-            value((steps + 1) * batch * h, 5),
-        )
+    /// A layer's inputs and output gradient of the given sizes, with values spread over [-1, 1)
+    /// (`w_h` over [-0.3, 0.3)).
+    struct Case {
+        d: Dims,
+        projected: Vec<f32>,
+        bias: Vec<f32>,
+        w_h: Vec<f32>,
+        h0: Vec<f32>,
+        c0: Vec<f32>,
+        grad: Vec<f32>,
+    }
+
+    impl Case {
+        fn new(steps: usize, batch: usize, h: usize) -> Self {
+            let value = |n: usize, seed: usize| -> Vec<f32> {
+                (0..n)
+                    .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0 - 1.0)
+                    .collect()
+            };
+            Self {
+                d: Dims {
+                    steps,
+                    batch,
+                    hidden: h,
+                },
+                projected: value(steps * batch * 4 * h, 1),
+                bias: value(4 * h, 6),
+                w_h: value(h * 4 * h, 2).iter().map(|v| v * 0.3).collect(),
+                h0: value(batch * h, 3),
+                c0: value(batch * h, 4),
+                grad: value((steps + 1) * batch * h, 5),
+            }
+        }
+
+        /// The forward's workspace, cut as `split` says.
+        fn forward(&self, split: Split) -> Vec<f32> {
+            let x = Inputs {
+                projected: &self.projected,
+                bias: &self.bias,
+                w_h: &self.w_h,
+                h0: &self.h0,
+                c0: &self.c0,
+            };
+            forward(self.d, x, split)
+        }
+
+        /// The backward from the workspace `ws`.
+        fn backward(&self, ws: &[f32], split: Split, state_grads: bool) -> LayerGrads {
+            let (w_h, h0, c0, grad) = (&self.w_h, &self.h0, &self.c0, &self.grad);
+            backward(self.d, ws, w_h, h0, c0, grad, split, state_grads)
+        }
     }
 
     /// The split by hidden units gives what the split by batch rows gives: the same workspace
@@ -835,7 +843,7 @@ mod tests {
     #[test]
     fn the_split_by_units_matches_the_split_by_rows() {
         for (steps, batch, h) in [(4, 3, 40), (3, 5, 100), (1, 1, 16)] {
-            let (d, projected, bias, w_h, h0, c0, grad) = inputs(steps, batch, h);
+            let case = Case::new(steps, batch, h);
             let close = |a: &[f32], b: &[f32], what: &str| {
                 assert_eq!(a.len(), b.len());
                 let err = a
@@ -845,11 +853,10 @@ mod tests {
                     .fold(0.0, f32::max);
                 assert!(err < 1e-5, "{steps}x{batch}x{h} {what}: {err}");
             };
-            let rows = forward(d, &projected, &bias, &w_h, &h0, &c0, Split::Rows);
-            let units = forward(d, &projected, &bias, &w_h, &h0, &c0, Split::Units);
-            close(&rows, &units, "workspace");
-            let a = backward(d, &rows, &w_h, &h0, &c0, &grad, Split::Rows, true);
-            let b = backward(d, &rows, &w_h, &h0, &c0, &grad, Split::Units, true);
+            let rows = case.forward(Split::Rows);
+            close(&rows, &case.forward(Split::Units), "workspace");
+            let a = case.backward(&rows, Split::Rows, true);
+            let b = case.backward(&rows, Split::Units, true);
             close(&a.projected, &b.projected, "dz");
             close(&a.w_h, &b.w_h, "dW_h");
             close(&a.bias, &b.bias, "d bias");
@@ -878,11 +885,11 @@ mod tests {
     #[test]
     fn skipping_h0s_gradient_changes_no_other_gradient() {
         for (steps, batch, h) in [(4, 3, 40), (3, 5, 100), (1, 1, 16)] {
-            let (d, projected, bias, w_h, h0, c0, grad) = inputs(steps, batch, h);
-            let ws = forward(d, &projected, &bias, &w_h, &h0, &c0, Split::Rows);
+            let case = Case::new(steps, batch, h);
+            let ws = case.forward(Split::Rows);
             for split in [Split::Rows, Split::Units] {
-                let all = backward(d, &ws, &w_h, &h0, &c0, &grad, split, true);
-                let some = backward(d, &ws, &w_h, &h0, &c0, &grad, split, false);
+                let all = case.backward(&ws, split, true);
+                let some = case.backward(&ws, split, false);
                 let case = format!("{steps}x{batch}x{h} {split:?}");
                 assert_eq!(all.projected, some.projected, "{case}: dz");
                 assert_eq!(all.w_h, some.w_h, "{case}: dW_h");
