@@ -81,11 +81,9 @@ pub fn composed_recurrence(
     let batch = h0.dims()[0];
     let (mut h, mut c) = (h0, c0);
     let mut outputs = Vec::with_capacity(rows / batch);
-    let bias = bias.unsqueeze_dim::<2>(0);
+    let projected = projected + bias.unsqueeze_dim(0);
     for t in 0..rows / batch {
-        let z = projected.clone().slice([t * batch..(t + 1) * batch, 0..g])
-            + bias.clone()
-            + h.matmul(w_h.clone());
+        let z = projected.clone().slice([t * batch..(t + 1) * batch, 0..g]) + h.matmul(w_h.clone());
         (h, c) = cell(z, c);
         outputs.push(h.clone());
     }
