@@ -77,10 +77,13 @@ fn segments<const N: usize>(row: &[f32], start: usize, stride: usize, n: usize) 
     std::array::from_fn(|s| &row[start + s * stride..][..n])
 }
 
-/// `z = p + b`, value by value (all three of one length).
-fn add_into(z: &mut [f32], p: &[f32], b: &[f32]) {
-    for ((z, &p), &b) in z.iter_mut().zip(p).zip(b) {
-        *z = p + b;
+multiversion! {
+    /// `z = p + b`, value by value (all three of one length), in the widest vectors the CPU
+    /// has (it replaced a `copy_from_slice`, a `memcpy` in them).
+    fn add_into(z: &mut [f32], p: &[f32], b: &[f32]) {
+        for ((z, &p), &b) in z.iter_mut().zip(p).zip(b) {
+            *z = p + b;
+        }
     }
 }
 
