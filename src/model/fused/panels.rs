@@ -321,7 +321,8 @@ const ROWS_AT_ONCE: usize = 16;
 /// kilobyte in one place, from rows still in L1), one whose columns are contiguous (a transposed
 /// view) a run at a time by [`transpose_run`]. Row by row (each row's runs to their panels), a
 /// `medium` forward call's packing took 1.1 ms on Zen 3 against 1.5 writing one panel after the
-/// other; 16 rows at a time took it from 0.78 to 0.53 ms on the 2 MiB-L2 Xeon (docs/BENCHMARKS.md).
+/// other; 16 rows at a time took it from 0.78 - 0.87 to 0.58 - 0.63 ms on the 2 MiB-L2 Xeon
+/// (docs/BENCHMARKS.md).
 fn pack_panels(parts: &[Mat], k: usize, n: usize, lanes: usize) -> Vec<f32> {
     let len = n.div_ceil(lanes) * k * lanes;
     // Written once below, not zeroed first: only the last panel's padding lanes are zeros.
