@@ -103,6 +103,10 @@ fn bucket_loaders(source: &Source, events: &EventSink) -> Result<Loaders> {
     if data.epoch_tokens > 0 {
         train = train.with_epoch_steps(steps_for_tokens(data.epoch_tokens, per_batch));
         events.info(epochs_note(train.epochs(), per_batch));
+        let epoch = train.epochs().per_epoch as f64 * per_batch;
+        if let Some(warning) = validation_note(source.valid_ids.len(), epoch) {
+            events.warn(warning);
+        }
     }
     let steps_per_epoch = train.epochs().per_epoch;
     Ok(Loaders {
@@ -159,6 +163,10 @@ fn stream_loaders(source: &Source, events: &EventSink) -> Result<Loaders> {
         let per_window = (data.batch_size * data.bptt) as f64;
         train = train.with_epoch_steps(steps_for_tokens(data.epoch_tokens, per_window));
         events.info(epochs_note(train.epochs(), per_window));
+        let epoch = train.epochs().per_epoch as f64 * per_window;
+        if let Some(warning) = validation_note(source.valid_ids.len(), epoch) {
+            events.warn(warning);
+        }
     }
     Ok(Loaders {
         steps_per_epoch: train.num_windows(),
@@ -183,6 +191,22 @@ fn epochs_note(epochs: Epochs, per_step: f64) -> String {
         epochs.share_of_pass(),
         epochs.per_pass,
     )
+}
+
+/// A warning when the validation text is longer than the training tokens of an epoch (about
+/// `epoch_tokens`), after each of which it is read whole: a large text's automatic held-out
+/// share (10% of the lines) with a small `--epoch-tokens` would then spend most of the run
+/// validating. `None` when validation is the shorter.
+fn validation_note(valid_tokens: usize, epoch_tokens: f64) -> Option<String> {
+    (valid_tokens as f64 > epoch_tokens).then(|| {
+        format!(
+            "validation reads {valid_tokens} tokens after every epoch of about {} training \
+             tokens, more than the epoch trains on (a validation token costs about a third of \
+             a training one): give a shorter --valid (held-out lines: a higher \
+             --train-fraction), or raise --epoch-tokens",
+            epoch_tokens.round()
+        )
+    })
 }
 
 /// Refuses device lists that cannot train `config`: none at all, or a stream whose columns do not
@@ -250,4 +274,63 @@ pub(crate) fn parallel_summary(
             .collect::<Vec<_>>()
             .join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::presets::Preset;
+    use crate::train::events::TrainEvent;
+
+    /// The warnings `loaders` gives for 40 training and `valid` validation sentences of 10
+    /// tokens, with epochs of `epoch_tokens` training tokens.
+    fn warnings(batching: Batching, valid: usize, epoch_tokens: u64) -> Vec<String> {
+        let sentences = |n: usize| -> Arc<Tokens> {
+            let s: Vec<Vec<usize>> = (0..n)
+                .map(|i| (0..10).map(|w| 3 + (i + w) % 20).collect())
+                .collect();
+            Arc::new(Tokens::from_sentences(&s))
+        };
+        let mut config = Preset::Tiny.config();
+        config.data.batching = batching;
+        config.data.batch_size = 4;
+        config.data.bptt = 5;
+        config.data.epoch_tokens = epoch_tokens;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = {
+            let seen = seen.clone();
+            EventSink::new(move |e| {
+                if let TrainEvent::Warning(w) = e {
+                    seen.lock().unwrap().push(w);
+                }
+            })
+        };
+        let (train, valid) = (sentences(40), sentences(valid));
+        loaders(&config, &train, &valid, 1, &Device::flex(), &sink).unwrap();
+        let seen = seen.lock().unwrap().clone();
+        seen
+    }
+
+    /// Epochs of fewer training tokens than the validation text holds get a warning that says
+    /// how to shorten validation; longer epochs, or none set, get none.
+    #[test]
+    fn a_validation_longer_than_an_epoch_is_warned_of() {
+        for batching in [Batching::Stream, Batching::Buckets] {
+            let short = warnings(batching, 30, 100);
+            assert_eq!(short.len(), 1, "{batching:?}: {short:?}");
+            for remedy in ["--valid", "--train-fraction", "--epoch-tokens"] {
+                assert!(short[0].contains(remedy), "{batching:?}: {}", short[0]);
+            }
+            assert!(
+                warnings(batching, 30, 0).is_empty(),
+                "{batching:?}: no epoch tokens"
+            );
+            assert!(
+                warnings(batching, 5, 100).is_empty(),
+                "{batching:?}: a short validation"
+            );
+        }
+    }
 }
