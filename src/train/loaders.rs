@@ -102,11 +102,7 @@ fn bucket_loaders(source: &Source, events: &EventSink) -> Result<Loaders> {
     );
     if data.epoch_tokens > 0 {
         train = train.with_epoch_steps(steps_for_tokens(data.epoch_tokens, per_batch));
-        events.info(epochs_note(train.epochs(), per_batch));
-        let epoch = train.epochs().per_epoch as f64 * per_batch;
-        if let Some(warning) = validation_note(source.valid_ids.len(), epoch) {
-            events.warn(warning);
-        }
+        report_epochs(events, train.epochs(), per_batch, source.valid_ids.len());
     }
     let steps_per_epoch = train.epochs().per_epoch;
     Ok(Loaders {
@@ -162,11 +158,7 @@ fn stream_loaders(source: &Source, events: &EventSink) -> Result<Loaders> {
     if data.epoch_tokens > 0 {
         let per_window = (data.batch_size * data.bptt) as f64;
         train = train.with_epoch_steps(steps_for_tokens(data.epoch_tokens, per_window));
-        events.info(epochs_note(train.epochs(), per_window));
-        let epoch = train.epochs().per_epoch as f64 * per_window;
-        if let Some(warning) = validation_note(source.valid_ids.len(), epoch) {
-            events.warn(warning);
-        }
+        report_epochs(events, train.epochs(), per_window, source.valid_ids.len());
     }
     Ok(Loaders {
         steps_per_epoch: train.num_windows(),
@@ -179,6 +171,15 @@ fn stream_loaders(source: &Source, events: &EventSink) -> Result<Loaders> {
 /// Steps that hold about `tokens` training tokens at `per_step` tokens a step (at least one).
 fn steps_for_tokens(tokens: u64, per_step: f64) -> usize {
     ((tokens as f64 / per_step.max(1.0)).round() as usize).max(1)
+}
+
+/// Says what `--epoch-tokens` made of an epoch (`per_step` training tokens a step), and warns
+/// when the validation text (`valid_tokens`) is the longer ([`validation_note`]).
+fn report_epochs(events: &EventSink, epochs: Epochs, per_step: f64, valid_tokens: usize) {
+    events.info(epochs_note(epochs, per_step));
+    if let Some(warning) = validation_note(valid_tokens, epochs.per_epoch as f64 * per_step) {
+        events.warn(warning);
+    }
 }
 
 /// What `--epoch-tokens` made of an epoch, in one line.
