@@ -130,12 +130,9 @@ pub fn errors_against_composed(
                 t
             }
         };
-        let [p, w, b, h0, c0] = inputs.each_ref().map(|t| leaf(t, true));
-        let (h0, c0) = if track_state {
-            (h0, c0)
-        } else {
-            (leaf(&inputs[3], false), leaf(&inputs[4], false))
-        };
+        // p, w and b always tracked; h0 and c0 (the last two) only with `track_state`.
+        let [p, w, b, h0, c0]: [Tensor<2>; 5] =
+            std::array::from_fn(|i| leaf(&inputs[i], i < 3 || track_state));
         let bias = b.clone().reshape([4 * hidden]);
         let (hs, h_last, c_last) = recurrence(p.clone(), w.clone(), bias, h0.clone(), c0.clone());
         let loss = (hs.clone() * Tensor::from_data(wy.to_data(), &ad)).sum()
